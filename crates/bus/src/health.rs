@@ -1,0 +1,65 @@
+//! Health of a bus's links.
+
+use std::fmt;
+
+/// State of one link (the publishing pool or the subscriber connection).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum LinkState {
+    /// Connected and working.
+    Up,
+    /// Not connected yet, or reconnecting.
+    Connecting,
+    /// Failing; `error` is the last error (already free of secrets).
+    Down {
+        /// The last error seen.
+        error: String,
+    },
+}
+
+impl LinkState {
+    /// True when the link is up.
+    pub fn is_up(&self) -> bool {
+        matches!(self, Self::Up)
+    }
+
+    /// A one-word label: `up`, `connecting` or `down`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::Up => "up",
+            Self::Connecting => "connecting",
+            Self::Down { .. } => "down",
+        }
+    }
+}
+
+impl fmt::Display for LinkState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Down { error } => write!(f, "down ({error})"),
+            other => f.write_str(other.label()),
+        }
+    }
+}
+
+/// Health of a bus.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Health {
+    /// The link used for publishing.
+    pub publisher: LinkState,
+    /// The link receiving subscribed messages.
+    pub subscriber: LinkState,
+}
+
+impl Health {
+    /// Both links up.
+    pub const UP: Health = Health {
+        publisher: LinkState::Up,
+        subscriber: LinkState::Up,
+    };
+
+    /// True when both links are up.
+    pub fn is_up(&self) -> bool {
+        self.publisher.is_up() && self.subscriber.is_up()
+    }
+}

@@ -1,0 +1,93 @@
+//! Moving envelopes between Roomcast nodes and publishers.
+//!
+//! The [`Bus`] trait is the transport: publish bytes on a named channel, subscribe and
+//! unsubscribe channels (a subscribe returns only once the transport confirmed it), and
+//! report [`Health`]. Messages for subscribed channels arrive on the [`Inbox`] handed out
+//! when the bus is created. [`MemoryHub`] is the in-process implementation for a single
+//! node and for tests; the Redis implementation shares the trait so the rest of the system
+//! cannot tell them apart. [`Outbox`] turns an [`envelope::Envelope`] into one publish on
+//! the right channel.
+//!
+//! The bus knows nothing about Socket.IO or HTTP.
+//!
+//! # How it works
+//!
+//! Channel names come from [`rooms::Channels`]; payloads on room and namespace channels
+//! are MessagePack envelopes written by [`Outbox`] (JSON envelopes are accepted too, so
+//! any language can publish). Delivery is at most once: pub/sub keeps nothing for a
+//! subscriber that is not connected.
+
+mod health;
+mod memory;
+mod outbox;
+
+use std::fmt;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+
+pub use health::{Health, LinkState};
+pub use memory::{MemoryBus, MemoryHub};
+pub use outbox::{Outbox, SendError, parse_rooms};
+
+/// A message received on a subscribed channel.
+#[derive(Debug, Clone)]
+pub struct Message {
+    /// The channel it was published on.
+    pub channel: Arc<str>,
+    /// The raw payload.
+    pub payload: Bytes,
+}
+
+/// Where a bus delivers the messages of the channels it is subscribed to.
+pub type Inbox = mpsc::UnboundedReceiver<Message>;
+
+/// Why a publish failed.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum PublishError {
+    /// The transport is unreachable (after the configured retries).
+    #[error("bus unavailable: {0}")]
+    Unavailable(String),
+    /// The bus was shut down.
+    #[error("bus closed")]
+    Closed,
+}
+
+/// Why a subscribe or unsubscribe failed.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum SubscribeError {
+    /// The transport is unreachable; the subscription is remembered and applied when it
+    /// returns.
+    #[error("bus unavailable: {0}")]
+    Unavailable(String),
+    /// The transport did not confirm in time; the subscription is remembered.
+    #[error("bus did not confirm the subscription in time")]
+    Timeout,
+    /// The bus was shut down.
+    #[error("bus closed")]
+    Closed,
+}
+
+/// A pub/sub transport between nodes.
+#[async_trait::async_trait]
+pub trait Bus: Send + Sync + fmt::Debug + 'static {
+    /// Publishes `payload` on `channel`; returns how many subscribers received it, when the
+    /// transport knows.
+    async fn publish(&self, channel: &str, payload: Bytes) -> Result<usize, PublishError>;
+
+    /// Subscribes to `channels`. Returns once the transport has confirmed, so a message
+    /// published after this returns is delivered.
+    async fn subscribe(&self, channels: &[String]) -> Result<(), SubscribeError>;
+
+    /// Unsubscribes from `channels`.
+    async fn unsubscribe(&self, channels: &[String]) -> Result<(), SubscribeError>;
+
+    /// Current health of the publishing and subscribing links.
+    fn health(&self) -> Health;
+
+    /// A short name for logs and `/health` (`memory`, `redis`).
+    fn kind(&self) -> &'static str;
+}

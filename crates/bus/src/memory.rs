@@ -1,0 +1,181 @@
+//! The in-process bus.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+
+use crate::{Bus, Health, Inbox, Message, PublishError, SubscribeError};
+
+/// An in-process pub/sub hub with Redis's semantics: a message reaches every connected
+/// bus subscribed to its channel, at the moment it is published. Several [`MemoryBus`]es
+/// connected to one hub behave like several nodes sharing one Redis, which is how routing
+/// logic is unit-tested in-process.
+#[derive(Debug, Clone, Default)]
+pub struct MemoryHub {
+    inner: Arc<Mutex<Vec<Subscriber>>>,
+}
+
+#[derive(Debug)]
+struct Subscriber {
+    id: u64,
+    channels: HashSet<String>,
+    tx: mpsc::UnboundedSender<Message>,
+}
+
+/// One node's connection to a [`MemoryHub`].
+#[derive(Debug)]
+pub struct MemoryBus {
+    id: u64,
+    hub: MemoryHub,
+}
+
+impl MemoryHub {
+    /// A new, empty hub.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Connects a new bus; its messages arrive on the returned [`Inbox`].
+    ///
+    /// ```
+    /// # tokio_test_block(async {
+    /// use bus::{Bus, MemoryHub};
+    /// let hub = MemoryHub::new();
+    /// let (a, mut inbox) = hub.connect();
+    /// let (b, _) = hub.connect();
+    /// a.subscribe(&["news".to_owned()]).await.unwrap();
+    /// assert_eq!(b.publish("news", "hello".into()).await.unwrap(), 1);
+    /// assert_eq!(&inbox.recv().await.unwrap().payload[..], b"hello");
+    /// # });
+    /// # fn tokio_test_block(f: impl std::future::Future<Output = ()>) {
+    /// #     tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(f)
+    /// # }
+    /// ```
+    pub fn connect(&self) -> (MemoryBus, Inbox) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mut subs = self.lock();
+        let id = subs.iter().map(|s| s.id + 1).max().unwrap_or(0);
+        subs.push(Subscriber {
+            id,
+            channels: HashSet::new(),
+            tx,
+        });
+        (
+            MemoryBus {
+                id,
+                hub: self.clone(),
+            },
+            rx,
+        )
+    }
+
+    /// Every channel at least one bus is subscribed to, like Redis's `PUBSUB CHANNELS`.
+    pub fn channels(&self) -> Vec<String> {
+        let mut all: Vec<String> = self
+            .lock()
+            .iter()
+            .flat_map(|s| s.channels.iter().cloned())
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        all.sort();
+        all
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Vec<Subscriber>> {
+        // The critical sections cannot panic half-way, so a poisoned lock still holds
+        // consistent data.
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl MemoryBus {
+    fn update(&self, f: impl FnOnce(&mut HashSet<String>)) -> Result<(), SubscribeError> {
+        let mut subs = self.hub.lock();
+        let sub = subs
+            .iter_mut()
+            .find(|s| s.id == self.id)
+            .ok_or(SubscribeError::Closed)?;
+        f(&mut sub.channels);
+        Ok(())
+    }
+}
+
+impl Drop for MemoryBus {
+    fn drop(&mut self) {
+        self.hub.lock().retain(|s| s.id != self.id);
+    }
+}
+
+#[async_trait::async_trait]
+impl Bus for MemoryBus {
+    async fn publish(&self, channel: &str, payload: Bytes) -> Result<usize, PublishError> {
+        let channel: Arc<str> = Arc::from(channel);
+        let mut delivered = 0;
+        for sub in self.hub.lock().iter() {
+            if sub.channels.contains(&*channel) {
+                let msg = Message {
+                    channel: channel.clone(),
+                    payload: payload.clone(),
+                };
+                // A closed inbox is a node that is shutting down: like Redis, skip it.
+                if sub.tx.send(msg).is_ok() {
+                    delivered += 1;
+                }
+            }
+        }
+        Ok(delivered)
+    }
+
+    async fn subscribe(&self, channels: &[String]) -> Result<(), SubscribeError> {
+        self.update(|set| set.extend(channels.iter().cloned()))
+    }
+
+    async fn unsubscribe(&self, channels: &[String]) -> Result<(), SubscribeError> {
+        self.update(|set| {
+            for c in channels {
+                set.remove(c);
+            }
+        })
+    }
+
+    fn health(&self) -> Health {
+        Health::UP
+    }
+
+    fn kind(&self) -> &'static str {
+        "memory"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn delivers_only_to_subscribers_of_the_channel() {
+        let hub = MemoryHub::new();
+        let (a, mut a_in) = hub.connect();
+        let (b, mut b_in) = hub.connect();
+        a.subscribe(&["x".into(), "y".into()]).await.unwrap();
+        b.subscribe(&["y".into()]).await.unwrap();
+        assert_eq!(hub.channels(), vec!["x".to_owned(), "y".to_owned()]);
+
+        assert_eq!(b.publish("x", Bytes::from_static(b"1")).await.unwrap(), 1);
+        assert_eq!(a.publish("y", Bytes::from_static(b"2")).await.unwrap(), 2);
+        assert_eq!(a.publish("z", Bytes::from_static(b"3")).await.unwrap(), 0);
+
+        assert_eq!(&a_in.recv().await.unwrap().payload[..], b"1");
+        assert_eq!(&a_in.recv().await.unwrap().payload[..], b"2");
+        let m = b_in.recv().await.unwrap();
+        assert_eq!((&*m.channel, &m.payload[..]), ("y", &b"2"[..]));
+        assert!(a_in.try_recv().is_err() && b_in.try_recv().is_err());
+
+        a.unsubscribe(&["x".into(), "y".into()]).await.unwrap();
+        assert_eq!(hub.channels(), vec!["y".to_owned()]);
+        drop(b);
+        assert!(hub.channels().is_empty());
+    }
+}

@@ -1,0 +1,94 @@
+//! Room → bus channel naming.
+
+use crate::Room;
+
+/// Names the bus channels for one deployment. Every node and publisher sharing a Redis
+/// must use the same prefix; different apps sharing one Redis use different prefixes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Channels {
+    prefix: String,
+}
+
+impl Default for Channels {
+    /// The default prefix is `roomcast`.
+    fn default() -> Self {
+        Self::new("roomcast")
+    }
+}
+
+impl Channels {
+    /// Channel names under `prefix`.
+    pub fn new(prefix: impl Into<String>) -> Self {
+        Self {
+            prefix: prefix.into(),
+        }
+    }
+
+    /// The prefix in use.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The channel carrying messages for `room` in namespace `ns`.
+    ///
+    /// ```
+    /// let ch = rooms::Channels::new("app");
+    /// let room = rooms::Room::user("42")?;
+    /// assert_eq!(ch.room("/", &room), "app:room:/#user:42");
+    /// # Ok::<(), rooms::RoomError>(())
+    /// ```
+    pub fn room(&self, ns: &str, room: &Room) -> String {
+        format!("{}:room:{ns}#{room}", self.prefix)
+    }
+
+    /// The channel for whole-namespace broadcasts (and multi-room messages), which every
+    /// node subscribes to.
+    pub fn namespace(&self, ns: &str) -> String {
+        format!("{}:ns:{ns}", self.prefix)
+    }
+
+    /// A node's own channel, for requests addressed to it.
+    pub fn node(&self, node_id: &str) -> String {
+        format!("{}:node:{node_id}", self.prefix)
+    }
+
+    /// True when `channel` is a room channel of this prefix.
+    pub fn is_room_channel(&self, channel: &str) -> bool {
+        channel
+            .strip_prefix(self.prefix.as_str())
+            .is_some_and(|rest| rest.starts_with(":room:"))
+    }
+
+    /// The single channel a message for `rooms` in `ns` is published on: the room's own
+    /// channel for one room, else the namespace channel. A multi-room message is sent once
+    /// on the namespace channel so each node receives it once and de-duplicates sockets
+    /// locally, instead of receiving one copy per room.
+    pub fn for_target(&self, ns: &str, rooms: &[Room]) -> String {
+        match rooms {
+            [room] => self.room(ns, room),
+            _ => self.namespace(ns),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        let ch = Channels::new("p");
+        let u = Room::user("1").unwrap();
+        let t = Room::tenant("t").unwrap();
+        assert_eq!(ch.room("/chat", &u), "p:room:/chat#user:1");
+        assert_eq!(ch.namespace("/"), "p:ns:/");
+        assert_eq!(ch.node("n1"), "p:node:n1");
+        assert_eq!(ch.for_target("/", std::slice::from_ref(&u)), "p:room:/#user:1");
+        assert_eq!(ch.for_target("/", &[u.clone(), t]), "p:ns:/");
+        assert_eq!(ch.for_target("/", &[]), "p:ns:/");
+        assert!(ch.is_room_channel("p:room:/#user:1"));
+        assert!(!ch.is_room_channel("p:ns:/"));
+        assert!(!ch.is_room_channel("q:room:/#user:1"));
+        assert_eq!(Channels::default().prefix(), "roomcast");
+    }
+}
