@@ -22,6 +22,8 @@ mod memory;
 mod outbox;
 
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -71,19 +73,27 @@ pub enum SubscribeError {
     Closed,
 }
 
-/// A pub/sub transport between nodes.
-#[async_trait::async_trait]
-pub trait Bus: Send + Sync + fmt::Debug + 'static {
-    /// Publishes `payload` on `channel`; returns how many subscribers received it, when the
-    /// transport knows.
-    async fn publish(&self, channel: &str, payload: Bytes) -> Result<usize, PublishError>;
+/// The future a bus operation returns. It owns everything it needs, so it can be awaited
+/// after the lock that ordered the operation has been released.
+pub type BusFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 
-    /// Subscribes to `channels`. Returns once the transport has confirmed, so a message
-    /// published after this returns is delivered.
-    async fn subscribe(&self, channels: &[String]) -> Result<(), SubscribeError>;
+/// A pub/sub transport between nodes.
+///
+/// Every operation is *ordered when it is called*, not when its future is first polled:
+/// two calls made one after the other reach the transport in that order even if their
+/// futures are awaited in another order (or not at all). Callers rely on this to compute
+/// subscribe/unsubscribe deltas under a lock and await the confirmation outside it.
+pub trait Bus: Send + Sync + fmt::Debug + 'static {
+    /// Publishes `payload` on `channel`; resolves to how many subscribers received it,
+    /// when the transport knows. Publishes from one bus keep their order.
+    fn publish(&self, channel: &str, payload: Bytes) -> BusFuture<Result<usize, PublishError>>;
+
+    /// Subscribes to `channels`; resolves once the transport has confirmed, so a message
+    /// published after that is delivered.
+    fn subscribe(&self, channels: Vec<String>) -> BusFuture<Result<(), SubscribeError>>;
 
     /// Unsubscribes from `channels`.
-    async fn unsubscribe(&self, channels: &[String]) -> Result<(), SubscribeError>;
+    fn unsubscribe(&self, channels: Vec<String>) -> BusFuture<Result<(), SubscribeError>>;
 
     /// Current health of the publishing and subscribing links.
     fn health(&self) -> Health;

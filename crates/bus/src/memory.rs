@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
-use crate::{Bus, Health, Inbox, Message, PublishError, SubscribeError};
+use crate::{Bus, BusFuture, Health, Inbox, Message, PublishError, SubscribeError};
 
 /// An in-process pub/sub hub with Redis's semantics: a message reaches every connected
 /// bus subscribed to its channel, at the moment it is published. Several [`MemoryBus`]es
@@ -45,7 +45,7 @@ impl MemoryHub {
     /// let hub = MemoryHub::new();
     /// let (a, mut inbox) = hub.connect();
     /// let (b, _) = hub.connect();
-    /// a.subscribe(&["news".to_owned()]).await.unwrap();
+    /// a.subscribe(vec!["news".to_owned()]).await.unwrap();
     /// assert_eq!(b.publish("news", "hello".into()).await.unwrap(), 1);
     /// assert_eq!(&inbox.recv().await.unwrap().payload[..], b"hello");
     /// # });
@@ -109,9 +109,8 @@ impl Drop for MemoryBus {
     }
 }
 
-#[async_trait::async_trait]
 impl Bus for MemoryBus {
-    async fn publish(&self, channel: &str, payload: Bytes) -> Result<usize, PublishError> {
+    fn publish(&self, channel: &str, payload: Bytes) -> BusFuture<Result<usize, PublishError>> {
         let channel: Arc<str> = Arc::from(channel);
         let mut delivered = 0;
         for sub in self.hub.lock().iter() {
@@ -126,19 +125,21 @@ impl Bus for MemoryBus {
                 }
             }
         }
-        Ok(delivered)
+        Box::pin(std::future::ready(Ok(delivered)))
     }
 
-    async fn subscribe(&self, channels: &[String]) -> Result<(), SubscribeError> {
-        self.update(|set| set.extend(channels.iter().cloned()))
+    fn subscribe(&self, channels: Vec<String>) -> BusFuture<Result<(), SubscribeError>> {
+        let res = self.update(|set| set.extend(channels));
+        Box::pin(std::future::ready(res))
     }
 
-    async fn unsubscribe(&self, channels: &[String]) -> Result<(), SubscribeError> {
-        self.update(|set| {
-            for c in channels {
+    fn unsubscribe(&self, channels: Vec<String>) -> BusFuture<Result<(), SubscribeError>> {
+        let res = self.update(|set| {
+            for c in &channels {
                 set.remove(c);
             }
-        })
+        });
+        Box::pin(std::future::ready(res))
     }
 
     fn health(&self) -> Health {
@@ -159,8 +160,8 @@ mod tests {
         let hub = MemoryHub::new();
         let (a, mut a_in) = hub.connect();
         let (b, mut b_in) = hub.connect();
-        a.subscribe(&["x".into(), "y".into()]).await.unwrap();
-        b.subscribe(&["y".into()]).await.unwrap();
+        a.subscribe(vec!["x".into(), "y".into()]).await.unwrap();
+        b.subscribe(vec!["y".into()]).await.unwrap();
         assert_eq!(hub.channels(), vec!["x".to_owned(), "y".to_owned()]);
 
         assert_eq!(b.publish("x", Bytes::from_static(b"1")).await.unwrap(), 1);
@@ -173,7 +174,7 @@ mod tests {
         assert_eq!((&*m.channel, &m.payload[..]), ("y", &b"2"[..]));
         assert!(a_in.try_recv().is_err() && b_in.try_recv().is_err());
 
-        a.unsubscribe(&["x".into(), "y".into()]).await.unwrap();
+        a.unsubscribe(vec!["x".into(), "y".into()]).await.unwrap();
         assert_eq!(hub.channels(), vec!["y".to_owned()]);
         drop(b);
         assert!(hub.channels().is_empty());

@@ -88,7 +88,7 @@ mod tests {
         let (node, mut inbox) = hub.connect();
         let (publisher, _) = hub.connect();
         let channels = Channels::new("t");
-        node.subscribe(&[channels.room("/", &Room::user("1").unwrap())])
+        node.subscribe(vec![channels.room("/", &Room::user("1").unwrap())])
             .await
             .unwrap();
         let outbox = Outbox::new(Arc::new(publisher), channels);

@@ -1,1 +1,184 @@
-//! stub
+//! The Roomcast gateway: a Socket.IO server (socketioxide on axum) whose nodes act as one.
+//!
+//! Clients connect with any Socket.IO v5 client and a JWT; they join their `user:` and
+//! `tenant:` rooms automatically and may `join`/`leave` further rooms their token allows.
+//! Backend services publish over HTTP (`POST /v1/publish`) or onto the bus directly
+//! (the `publisher` crate); every node delivers to its own sockets in the target rooms.
+//!
+//! This crate holds no business logic of any one app; `main.rs` only parses
+//! configuration and calls [`run`].
+//!
+//! # How it works
+//!
+//! * [`Cluster`] tracks which rooms have local members and keeps the bus subscribed to
+//!   exactly those rooms' channels (plus each namespace's broadcast channel and the
+//!   node's own channel). A join completes only after the bus confirmed the subscription.
+//! * The socketioxide adapter ([`BusAdapter`]) makes `io.to(room).emit(..)` cluster-wide:
+//!   it delivers locally and publishes one envelope on the bus.
+//! * A dispatcher task reads the bus inbox and delivers each envelope to local sockets,
+//!   skipping the ones this node published itself (already delivered).
+
+mod adapter;
+mod auth;
+mod cluster;
+mod config;
+mod http;
+mod sio;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bus::{Bus, Inbox, MemoryHub, Outbox};
+use envelope::Limits;
+use rooms::Channels;
+use socketioxide::SocketIo;
+use tokio::net::TcpListener;
+use tower_http::cors::{AllowOrigin, Any, CorsLayer};
+
+pub use adapter::BusAdapter;
+pub use auth::{AuthError, Authenticator, Identity, TokenSources, sign_hs256, unix_now};
+pub use cluster::{Cluster, JoinWarning, Stats};
+pub use config::{Args, ClaimNames, Config, ConfigError, DevCredentials, JwtKey, Mode};
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// The JWT key is unusable.
+    #[error("{0}")]
+    Key(String),
+    /// The bus refused the node's base subscriptions.
+    #[error("cannot subscribe to the bus: {0}")]
+    Bus(#[from] bus::SubscribeError),
+    /// Serving failed.
+    #[error("server error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// A built node, ready to serve.
+#[derive(Debug)]
+pub struct Node {
+    /// The HTTP + Socket.IO application.
+    pub router: axum::Router,
+    /// The cluster view (for tests and embedding).
+    pub cluster: Arc<Cluster>,
+    /// The Socket.IO handle, e.g. to emit from embedding code.
+    pub io: SocketIo<BusAdapter>,
+}
+
+impl Node {
+    /// Builds a node over `bus`, whose incoming messages arrive on `inbox`.
+    pub async fn build(config: &Config, bus: Arc<dyn Bus>, inbox: Inbox) -> Result<Self, StartError> {
+        let limits = Limits::default().with_max_size(config.max_payload);
+        let outbox = Outbox::new(bus, Channels::default());
+        let cluster = Arc::new(Cluster::new(
+            config.node_id.clone(),
+            outbox,
+            limits,
+            config.namespaces.clone(),
+        ));
+        cluster.bus().subscribe(cluster.base_channels()).await?;
+
+        let (layer, io) = SocketIo::builder()
+            .req_path(config.socketio_path.clone())
+            .ping_interval(config.ping_interval)
+            .ping_timeout(config.ping_timeout)
+            .max_payload(config.max_payload as u64)
+            .with_adapter::<BusAdapter>(cluster.clone())
+            .build_layer();
+        cluster.set_io(io.clone());
+
+        let auth = Authenticator::new(&config.jwt_key, config.claims.clone()).map_err(StartError::Key)?;
+        let sio_ctx = Arc::new(sio::SocketCtx {
+            auth,
+            cluster: cluster.clone(),
+        });
+        for ns in &config.namespaces {
+            sio::register(&io, ns, sio_ctx.clone());
+        }
+        tokio::spawn(cluster.clone().dispatch(inbox));
+
+        let http_ctx = Arc::new(http::HttpCtx {
+            cluster: cluster.clone(),
+            publish_api_key: config.publish_api_key.clone(),
+            mode: config.mode,
+        });
+        let router = http::router(http_ctx, config.max_payload)
+            .layer(layer)
+            .layer(cors(&config.cors_allowed_origins));
+        Ok(Self { router, cluster, io })
+    }
+
+    /// Serves on `listener` until `shutdown` resolves, then disconnects every socket and
+    /// waits for in-flight requests.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), StartError> {
+        let io = self.io.clone();
+        axum::serve(listener, self.router)
+            .with_graceful_shutdown(async move {
+                shutdown.await;
+                tracing::info!("shutting down: disconnecting sockets");
+                // Open WebSockets would otherwise keep the graceful shutdown waiting.
+                io.close().await;
+            })
+            .await?;
+        Ok(())
+    }
+}
+
+fn cors(origins: &[String]) -> CorsLayer {
+    let layer = CorsLayer::new().allow_methods(Any).allow_headers(Any);
+    if origins.iter().any(|o| o == "*") {
+        return layer.allow_origin(Any);
+    }
+    let list = origins.iter().filter_map(|o| o.parse().ok()).collect::<Vec<_>>();
+    layer.allow_origin(AllowOrigin::list(list))
+}
+
+/// Runs one node with the bus its configuration selects until `shutdown` resolves.
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), StartError> {
+    let (bus, inbox) = MemoryHub::new().connect();
+    let node = Node::build(&config, Arc::new(bus), inbox).await?;
+    node.serve(listener, shutdown).await
+}
+
+/// The text printed at start-up: where to connect and, in development, a token, the
+/// publish key and a `curl` line to try.
+pub fn banner(config: &Config, addr: SocketAddr, bus_kind: &str) -> String {
+    let host = if addr.ip().is_unspecified() { "127.0.0.1".to_owned() } else { addr.ip().to_string() };
+    let base = format!("http://{host}:{}", addr.port());
+    let mut out = format!(
+        "Roomcast gateway {} listening on {base} ({} mode, {bus_kind} bus)\n  Socket.IO path: {}  namespaces: {}\n",
+        config.node_id,
+        config.mode.as_str(),
+        config.socketio_path,
+        config.namespaces.join(", "),
+    );
+    let Some(dev) = &config.dev else { return out };
+    let claims = serde_json::json!({
+        "sub": "dev", "tenant_id": "dev", "rooms": ["*"], "exp": unix_now() + 7 * 24 * 3600,
+    });
+    let token = match sign_hs256(&dev.jwt_secret, &claims) {
+        Ok(t) => t,
+        Err(e) => return format!("{out}  (could not sign a dev token: {e})\n"),
+    };
+    let key = config.publish_api_key.as_deref().unwrap_or("");
+    out.push_str(&format!(
+        "\nDevelopment mode: a JWT secret was generated for this run.\n  \
+         Dev token (user dev, tenant dev, may join any room, valid 7 days):\n    {token}\n  \
+         Publish key: {key}\n  \
+         Connect:  io(\"{base}\", {{ path: \"{path}\", auth: {{ token: \"<dev token>\" }} }})\n  \
+         Publish to user dev:\n    \
+         curl -sS -X POST {base}/v1/publish -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' -d '{{\"event\":\"hello\",\"to\":[\"user:dev\"],\"data\":{{\"text\":\"hi from curl\"}}}}'\n",
+        path = config.socketio_path,
+    ));
+    out
+}

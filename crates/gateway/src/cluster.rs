@@ -1,0 +1,296 @@
+//! The node's view of the cluster: room membership and bus interest, publishing, and the
+//! dispatcher that delivers what other nodes publish.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
+
+use bus::{Bus, BusFuture, Inbox, Message, Outbox, SendError, SubscribeError};
+use envelope::{Envelope, Limits};
+use futures_util::FutureExt;
+use futures_util::future::Shared;
+use rooms::{Channels, Interest, Room};
+use serde::ser::{Serialize, SerializeTuple, Serializer};
+use serde_json::Value;
+use socketioxide::SocketIo;
+use socketioxide::extract::SocketRef;
+use socketioxide::socket::Sid;
+
+use crate::adapter::BusAdapter;
+
+type Confirmation = Shared<BusFuture<Result<(), SubscribeError>>>;
+
+/// Shared state of one node: which rooms have local members, what the bus is subscribed
+/// to, and the handle used to deliver to local sockets.
+#[derive(Debug)]
+pub struct Cluster {
+    node_id: String,
+    outbox: Outbox,
+    limits: Limits,
+    namespaces: Vec<String>,
+    state: Mutex<State>,
+    io: OnceLock<SocketIo<BusAdapter>>,
+    /// Counters exported on `/health` and `/metrics`.
+    pub stats: Stats,
+}
+
+/// Node counters.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Sockets currently connected (all namespaces).
+    pub connections: AtomicU64,
+    /// Messages this node published to the bus.
+    pub published: AtomicU64,
+    /// Messages received from the bus and delivered to local sockets.
+    pub delivered: AtomicU64,
+    /// Messages from the bus that could not be decoded.
+    pub rejected: AtomicU64,
+    /// Publishes to the bus that failed.
+    pub publish_errors: AtomicU64,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// Local members per room channel.
+    interest: Interest<String>,
+    /// The subscribe confirmation of each channel with members, shared by every join
+    /// that needs it, so a second joiner also waits for the first joiner's SUBSCRIBE.
+    confirmations: HashMap<String, Confirmation>,
+    /// Rooms each local socket joined through [`Cluster::join`], to undo on disconnect.
+    members: HashMap<(Arc<str>, Sid), HashSet<Room>>,
+}
+
+/// Why a join did not complete cleanly.
+#[derive(Debug, thiserror::Error)]
+pub enum JoinWarning {
+    /// Joined locally, but the bus did not confirm the subscription: until it does,
+    /// messages published on other nodes may be missed.
+    #[error("joined, but the cluster bus is unavailable: events from other nodes may be delayed or missed ({0})")]
+    BusUnavailable(SubscribeError),
+}
+
+impl Cluster {
+    /// A cluster view for `node_id` over `outbox`, serving `namespaces`.
+    pub fn new(node_id: String, outbox: Outbox, limits: Limits, namespaces: Vec<String>) -> Self {
+        Self {
+            node_id,
+            outbox,
+            limits,
+            namespaces,
+            state: Mutex::default(),
+            io: OnceLock::new(),
+            stats: Stats::default(),
+        }
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> &str {
+        &self.node_id
+    }
+
+    /// The bus.
+    pub fn bus(&self) -> &Arc<dyn Bus> {
+        self.outbox.bus()
+    }
+
+    /// Channel naming.
+    pub fn channels(&self) -> &Channels {
+        self.outbox.channels()
+    }
+
+    /// Decoding limits.
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    /// Number of rooms (across namespaces) with at least one local member.
+    pub fn room_count(&self) -> usize {
+        self.lock().interest.len()
+    }
+
+    pub(crate) fn set_io(&self, io: SocketIo<BusAdapter>) {
+        // Set once at start-up; a second call would be a programming error we ignore.
+        let _ = self.io.set(io);
+    }
+
+    /// The channels every node subscribes to from the start: each namespace's broadcast
+    /// channel and its own node channel.
+    pub fn base_channels(&self) -> Vec<String> {
+        let channels = self.channels();
+        let mut all: Vec<String> = self.namespaces.iter().map(|ns| channels.namespace(ns)).collect();
+        all.push(channels.node(&self.node_id));
+        all
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // No critical section can panic half-way through an update.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Adds `socket` to `room`. Returns once the bus confirmed the room's channel, so a
+    /// message published anywhere after this returns reaches the socket. If the bus is
+    /// down the socket still joins (local delivery works) and a warning is returned.
+    pub async fn join(&self, socket: &SocketRef<BusAdapter>, room: &Room) -> Result<(), JoinWarning> {
+        let ns: Arc<str> = Arc::from(socket.ns());
+        let channel = self.channels().room(&ns, room);
+        let confirmation = {
+            let mut st = self.lock();
+            let newly_joined = st.members.entry((ns, socket.id)).or_default().insert(room.clone());
+            if newly_joined && st.interest.add(channel.clone()).is_some() {
+                let c = self.bus().subscribe(vec![channel.clone()]).shared();
+                st.confirmations.insert(channel, c.clone());
+                c
+            } else {
+                match st.confirmations.get(&channel) {
+                    // A failed subscription is retried by the next joiner.
+                    Some(c) if !matches!(c.peek(), Some(Err(_))) => c.clone(),
+                    _ => {
+                        let c = self.bus().subscribe(vec![channel.clone()]).shared();
+                        st.confirmations.insert(channel, c.clone());
+                        c
+                    }
+                }
+            }
+        };
+        let result = confirmation.await;
+        if socket.connected() {
+            socket.join(room.as_str().to_owned());
+            // The socket may have disconnected while joining; its disconnect handler has
+            // then already run, so undo the local join ourselves.
+            if !socket.connected() {
+                socket.leave_all();
+            }
+        }
+        result.map_err(JoinWarning::BusUnavailable)
+    }
+
+    /// Removes `socket` from `room`; unsubscribes the channel when it was the last member.
+    pub fn leave(&self, socket: &SocketRef<BusAdapter>, room: &Room) {
+        socket.leave(room.as_str().to_owned());
+        let ns: Arc<str> = Arc::from(socket.ns());
+        let unsubscribe = {
+            let mut st = self.lock();
+            let key = (ns.clone(), socket.id);
+            let was_member = st.members.get_mut(&key).is_some_and(|set| set.remove(room));
+            if st.members.get(&key).is_some_and(HashSet::is_empty) {
+                st.members.remove(&key);
+            }
+            was_member.then(|| self.release(&mut st, self.channels().room(&ns, room))).flatten()
+        };
+        self.unsubscribe(unsubscribe.into_iter().collect());
+    }
+
+    /// Forgets every room of a disconnected socket.
+    pub fn leave_all(&self, ns: &str, sid: Sid) {
+        let unsubscribe: Vec<String> = {
+            let mut st = self.lock();
+            let rooms = st.members.remove(&(Arc::from(ns), sid)).unwrap_or_default();
+            rooms
+                .iter()
+                .filter_map(|room| self.release(&mut st, self.channels().room(ns, room)))
+                .collect()
+        };
+        self.unsubscribe(unsubscribe);
+    }
+
+    /// One member fewer for `channel`; the channel to unsubscribe if it was the last.
+    fn release(&self, st: &mut State, channel: String) -> Option<String> {
+        st.interest.remove(&channel).map(|_| {
+            st.confirmations.remove(&channel);
+            channel
+        })
+    }
+
+    fn unsubscribe(&self, channels: Vec<String>) {
+        if channels.is_empty() {
+            return;
+        }
+        // Ordered now (see `Bus`); only the confirmation is awaited in the background.
+        let fut = self.bus().unsubscribe(channels);
+        tokio::spawn(async move {
+            if let Err(e) = fut.await {
+                tracing::warn!(error = %e, "unsubscribe failed; the bus will drop it on reconnect");
+            }
+        });
+    }
+
+    /// Publishes `env` to the cluster and then delivers it to this node's sockets.
+    ///
+    /// The bus goes first: if it refuses, nothing is delivered anywhere and the caller
+    /// gets the error, so a retry cannot produce duplicates on this node.
+    pub async fn publish(&self, env: &Envelope) -> Result<(), SendError> {
+        bus::parse_rooms(&env.to)?;
+        bus::parse_rooms(&env.except)?;
+        if !env.flags.local {
+            if let Err(e) = self.outbox.send(env).await {
+                self.stats.publish_errors.fetch_add(1, Ordering::Relaxed);
+                return Err(e);
+            }
+            self.stats.published.fetch_add(1, Ordering::Relaxed);
+        }
+        self.deliver_local(env).await;
+        Ok(())
+    }
+
+    /// Delivers `env` to the local sockets it targets.
+    pub async fn deliver_local(&self, env: &Envelope) {
+        let Some(io) = self.io.get() else { return };
+        let Some(op) = io.of(&env.ns) else {
+            tracing::debug!(ns = %env.ns, id = %env.id, "message for a namespace this node does not serve");
+            return;
+        };
+        let mut op = op.local().broadcast();
+        if !env.to.is_empty() {
+            op = op.to(env.to.clone());
+        }
+        if !env.except.is_empty() {
+            op = op.except(env.except.clone());
+        }
+        if env.flags.volatile {
+            op = op.volatile();
+        }
+        if let Err(e) = op.emit(&env.event, &Args(env.arguments())).await {
+            tracing::debug!(id = %env.id, error = %e, "some local sockets could not be reached");
+        }
+    }
+
+    /// Handles one message from the bus.
+    pub async fn on_message(&self, msg: Message) {
+        let env = match Envelope::decode(&msg.payload, self.limits) {
+            Ok(env) => env,
+            Err(e) => {
+                self.stats.rejected.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(channel = %msg.channel, error = %e, "dropped an undecodable message");
+                return;
+            }
+        };
+        // This node delivered its own messages locally before publishing them.
+        if env.origin == self.node_id {
+            return;
+        }
+        self.stats.delivered.fetch_add(1, Ordering::Relaxed);
+        self.deliver_local(&env).await;
+    }
+
+    /// Runs the dispatcher until the bus closes its inbox.
+    pub async fn dispatch(self: Arc<Self>, mut inbox: Inbox) {
+        while let Some(msg) = inbox.recv().await {
+            self.on_message(msg).await;
+        }
+        tracing::debug!("bus inbox closed; dispatcher stopped");
+    }
+}
+
+/// Event arguments serialized as a tuple, which Socket.IO's parser expands into
+/// separate arguments (`["event", a, b]` rather than `["event", [a, b]]`).
+pub(crate) struct Args<'a>(pub(crate) &'a [Value]);
+
+impl Serialize for Args<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut tuple = serializer.serialize_tuple(self.0.len())?;
+        for arg in self.0 {
+            tuple.serialize_element(arg)?;
+        }
+        tuple.end()
+    }
+}

@@ -1,0 +1,427 @@
+//! Command-line and environment configuration, parsed and validated before any port is
+//! bound.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+/// How strict the node is about missing configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Mode {
+    /// Generates missing secrets and prints a ready-to-use dev token.
+    Development,
+    /// Refuses to start without real secrets.
+    Production,
+}
+
+impl Mode {
+    /// `development` or `production`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Development => "development",
+            Self::Production => "production",
+        }
+    }
+}
+
+/// The gateway's flags; each can also be set by the environment variable shown.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "gateway", version, about = "Roomcast gateway: one Socket.IO server across many nodes")]
+pub struct Args {
+    /// Address to listen on [default: 0.0.0.0]
+    #[arg(long, env = "HOST", default_value = "0.0.0.0")]
+    pub host: IpAddr,
+    /// Port to listen on; 0 picks a free port [default: 3000]
+    #[arg(long, env = "PORT", default_value_t = 3000)]
+    pub port: u16,
+    /// This node's id in the cluster [default: node-<random>]
+    #[arg(long, env = "GATEWAY_NODE_ID")]
+    pub node_id: Option<String>,
+    /// `development` generates missing secrets; `production` requires them [default: development]
+    #[arg(long, env = "GATEWAY_MODE", value_enum, default_value_t = Mode::Development)]
+    pub mode: Mode,
+    /// HS256 secret that client tokens are signed with [default: generated in development]
+    #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    /// PEM public key (RSA or EC) to verify RS256/ES256 tokens, instead of JWT_SECRET
+    #[arg(long, env = "JWT_PUBLIC_KEY_FILE")]
+    pub jwt_public_key_file: Option<PathBuf>,
+    /// Claim holding the user id [default: sub]
+    #[arg(long, env = "JWT_USER_CLAIM", default_value = "sub")]
+    pub jwt_user_claim: String,
+    /// Claim holding the tenant id [default: tenant_id]
+    #[arg(long, env = "JWT_TENANT_CLAIM", default_value = "tenant_id")]
+    pub jwt_tenant_claim: String,
+    /// Claim listing the room patterns a client may join [default: rooms]
+    #[arg(long, env = "JWT_ROOMS_CLAIM", default_value = "rooms")]
+    pub jwt_rooms_claim: String,
+    /// Bearer key for POST /v1/publish [default: generated in development; HTTP publish off in production]
+    #[arg(long, env = "PUBLISH_API_KEY", hide_env_values = true)]
+    pub publish_api_key: Option<String>,
+    /// Comma-separated origins allowed by CORS, or `*` [default: `*` in development, none in production]
+    #[arg(long, env = "CORS_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub cors_allowed_origins: Vec<String>,
+    /// Socket.IO endpoint path, e.g. /ws/socket.io/ for apps mounted under /ws [default: /socket.io/]
+    #[arg(long, env = "SOCKETIO_PATH", default_value = "/socket.io/")]
+    pub socketio_path: String,
+    /// Comma-separated Socket.IO namespaces to serve [default: /]
+    #[arg(long, env = "NAMESPACES", value_delimiter = ',', default_value = "/")]
+    pub namespaces: Vec<String>,
+    /// Engine.IO ping interval in milliseconds [default: 25000]
+    #[arg(long, env = "PING_INTERVAL_MS", default_value_t = 25_000)]
+    pub ping_interval_ms: u64,
+    /// Engine.IO ping timeout in milliseconds [default: 20000]
+    #[arg(long, env = "PING_TIMEOUT_MS", default_value_t = 20_000)]
+    pub ping_timeout_ms: u64,
+    /// Largest client packet and published envelope, in bytes [default: 1048576]
+    #[arg(long, env = "MAX_PAYLOAD_BYTES", default_value_t = envelope::DEFAULT_MAX_SIZE)]
+    pub max_payload_bytes: usize,
+    /// Log format: `text` or `json` [default: text]
+    #[arg(long, env = "LOG_FORMAT", default_value = "text")]
+    pub log_format: String,
+}
+
+/// Where client tokens are verified from.
+#[derive(Clone)]
+pub enum JwtKey {
+    /// HS256 shared secret.
+    Secret(String),
+    /// PEM public key contents (RSA → RS256, EC → ES256).
+    PublicKeyPem(Vec<u8>),
+}
+
+impl fmt::Debug for JwtKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Secret(_) => f.write_str("Secret(***)"),
+            Self::PublicKeyPem(_) => f.write_str("PublicKeyPem(..)"),
+        }
+    }
+}
+
+/// Secrets generated because none were configured (development only).
+#[derive(Clone)]
+pub struct DevCredentials {
+    /// The generated JWT secret.
+    pub jwt_secret: String,
+    /// Whether the publish key was generated (else it came from the environment).
+    pub generated_publish_key: bool,
+}
+
+impl fmt::Debug for DevCredentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DevCredentials").finish_non_exhaustive()
+    }
+}
+
+/// The validated configuration of one node.
+#[derive(Clone)]
+pub struct Config {
+    /// Listen address.
+    pub host: IpAddr,
+    /// Listen port (0: any free port).
+    pub port: u16,
+    /// Node id.
+    pub node_id: String,
+    /// Mode.
+    pub mode: Mode,
+    /// Token verification key.
+    pub jwt_key: JwtKey,
+    /// Claim names.
+    pub claims: ClaimNames,
+    /// Key for HTTP publish; `None` disables it.
+    pub publish_api_key: Option<String>,
+    /// CORS origins (`*` = any).
+    pub cors_allowed_origins: Vec<String>,
+    /// Socket.IO path.
+    pub socketio_path: String,
+    /// Namespaces served.
+    pub namespaces: Vec<String>,
+    /// Ping interval.
+    pub ping_interval: Duration,
+    /// Ping timeout.
+    pub ping_timeout: Duration,
+    /// Largest packet / envelope in bytes.
+    pub max_payload: usize,
+    /// Present when development secrets were generated.
+    pub dev: Option<DevCredentials>,
+    /// `text` or `json` logs.
+    pub log_json: bool,
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("node_id", &self.node_id)
+            .field("mode", &self.mode)
+            .field("jwt_key", &self.jwt_key)
+            .field("claims", &self.claims)
+            .field("publish_api_key", &self.publish_api_key.as_ref().map(|_| "***"))
+            .field("cors_allowed_origins", &self.cors_allowed_origins)
+            .field("socketio_path", &self.socketio_path)
+            .field("namespaces", &self.namespaces)
+            .field("max_payload", &self.max_payload)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Names of the claims read from client tokens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimNames {
+    /// User id claim (default `sub`).
+    pub user: String,
+    /// Tenant id claim (default `tenant_id`).
+    pub tenant: String,
+    /// Room patterns claim (default `rooms`).
+    pub rooms: String,
+}
+
+impl Default for ClaimNames {
+    fn default() -> Self {
+        Self {
+            user: "sub".into(),
+            tenant: "tenant_id".into(),
+            rooms: "rooms".into(),
+        }
+    }
+}
+
+/// Why the configuration is unusable. Printed as one line before exiting.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// Production mode without a way to verify tokens.
+    #[error(
+        "GATEWAY_MODE=production needs JWT_SECRET or JWT_PUBLIC_KEY_FILE to verify client tokens"
+    )]
+    MissingJwtKey,
+    /// Both a secret and a key file.
+    #[error("set either JWT_SECRET or JWT_PUBLIC_KEY_FILE, not both")]
+    ConflictingJwtKeys,
+    /// The key file cannot be read.
+    #[error("cannot read JWT_PUBLIC_KEY_FILE {path}: {source}")]
+    KeyFile {
+        /// The path.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// A value is out of range or malformed.
+    #[error("invalid {name}: {reason}")]
+    Invalid {
+        /// The setting.
+        name: &'static str,
+        /// Why.
+        reason: String,
+    },
+}
+
+fn invalid(name: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        name,
+        reason: reason.into(),
+    }
+}
+
+/// A random hex string of `bytes` random bytes.
+pub(crate) fn random_hex(bytes: usize) -> String {
+    use rand::RngCore;
+    let mut buf = vec![0u8; bytes];
+    rand::rng().fill_bytes(&mut buf);
+    buf.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl Config {
+    /// Validates parsed arguments into a configuration. Generates development secrets when
+    /// allowed.
+    pub fn from_args(args: Args) -> Result<Self, ConfigError> {
+        let mut dev = None;
+        let jwt_key = match (args.jwt_secret, args.jwt_public_key_file) {
+            (Some(_), Some(_)) => return Err(ConfigError::ConflictingJwtKeys),
+            (Some(secret), None) if secret.is_empty() => {
+                return Err(invalid("JWT_SECRET", "must not be empty"));
+            }
+            (Some(secret), None) => JwtKey::Secret(secret),
+            (None, Some(path)) => {
+                let pem = std::fs::read(&path)
+                    .map_err(|source| ConfigError::KeyFile { path, source })?;
+                JwtKey::PublicKeyPem(pem)
+            }
+            (None, None) if args.mode == Mode::Production => {
+                return Err(ConfigError::MissingJwtKey);
+            }
+            (None, None) => {
+                let secret = random_hex(32);
+                dev = Some(DevCredentials {
+                    jwt_secret: secret.clone(),
+                    generated_publish_key: false,
+                });
+                JwtKey::Secret(secret)
+            }
+        };
+        let publish_api_key = match args.publish_api_key {
+            Some(key) if key.is_empty() => return Err(invalid("PUBLISH_API_KEY", "must not be empty")),
+            Some(key) => Some(key),
+            None if args.mode == Mode::Development => {
+                if let Some(dev) = dev.as_mut() {
+                    dev.generated_publish_key = true;
+                }
+                Some(format!("dev-{}", random_hex(16)))
+            }
+            None => None,
+        };
+        if !args.socketio_path.starts_with('/') {
+            return Err(invalid("SOCKETIO_PATH", "must start with '/'"));
+        }
+        let mut namespaces = Vec::new();
+        for ns in args.namespaces.iter().map(|s| s.trim()).filter(|s| !s.is_empty()) {
+            if !ns.starts_with('/') {
+                return Err(invalid("NAMESPACES", format!("{ns:?} must start with '/'")));
+            }
+            if !namespaces.iter().any(|n| n == ns) {
+                namespaces.push(ns.to_owned());
+            }
+        }
+        if namespaces.is_empty() {
+            return Err(invalid("NAMESPACES", "at least one namespace is required"));
+        }
+        if args.ping_interval_ms == 0 || args.ping_timeout_ms == 0 {
+            return Err(invalid("PING_INTERVAL_MS/PING_TIMEOUT_MS", "must be positive"));
+        }
+        if args.max_payload_bytes < 1024 {
+            return Err(invalid("MAX_PAYLOAD_BYTES", "must be at least 1024"));
+        }
+        let log_json = match args.log_format.as_str() {
+            "text" => false,
+            "json" => true,
+            other => return Err(invalid("LOG_FORMAT", format!("{other:?} is not text or json"))),
+        };
+        let node_id = match args.node_id {
+            Some(id) if id.is_empty() || id.chars().any(|c| c.is_control() || c.is_whitespace()) => {
+                return Err(invalid("GATEWAY_NODE_ID", "must be non-empty without spaces"));
+            }
+            Some(id) => id,
+            None => format!("node-{}", random_hex(4)),
+        };
+        let cors_allowed_origins = match (args.cors_allowed_origins, args.mode) {
+            (origins, _) if !origins.is_empty() => origins
+                .into_iter()
+                .map(|o| o.trim().to_owned())
+                .filter(|o| !o.is_empty())
+                .collect(),
+            (_, Mode::Development) => vec!["*".to_owned()],
+            (_, Mode::Production) => Vec::new(),
+        };
+        Ok(Self {
+            host: args.host,
+            port: args.port,
+            node_id,
+            mode: args.mode,
+            jwt_key,
+            claims: ClaimNames {
+                user: args.jwt_user_claim,
+                tenant: args.jwt_tenant_claim,
+                rooms: args.jwt_rooms_claim,
+            },
+            publish_api_key,
+            cors_allowed_origins,
+            socketio_path: args.socketio_path,
+            namespaces,
+            ping_interval: Duration::from_millis(args.ping_interval_ms),
+            ping_timeout: Duration::from_millis(args.ping_timeout_ms),
+            max_payload: args.max_payload_bytes,
+            dev,
+            log_json,
+        })
+    }
+
+    /// A development configuration for tests and embedding: the given HS256 secret and
+    /// publish key, port 0 on 127.0.0.1, namespace `/`.
+    pub fn for_tests(jwt_secret: &str, publish_api_key: &str) -> Self {
+        let args = Args::parse_from([
+            "gateway",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--jwt-secret",
+            jwt_secret,
+            "--publish-api-key",
+            publish_api_key,
+        ]);
+        // The arguments above are fixed and valid.
+        #[allow(clippy::expect_used, reason = "fixed, known-valid arguments")]
+        Self::from_args(args).expect("test configuration is valid")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Config, ConfigError> {
+        let mut all = vec!["gateway"];
+        all.extend_from_slice(args);
+        Config::from_args(Args::try_parse_from(all).unwrap())
+    }
+
+    #[test]
+    fn development_generates_secrets() {
+        let c = parse(&["--mode", "development"]).unwrap();
+        assert!(c.dev.is_some());
+        assert!(c.publish_api_key.as_deref().unwrap().starts_with("dev-"));
+        assert_eq!(c.cors_allowed_origins, vec!["*"]);
+        assert_eq!(c.port, 3000);
+        assert_eq!(c.socketio_path, "/socket.io/");
+        assert_eq!(c.namespaces, vec!["/"]);
+        assert!(!format!("{c:?}").contains(c.publish_api_key.as_deref().unwrap()));
+    }
+
+    #[test]
+    fn production_requires_a_key() {
+        assert!(matches!(
+            parse(&["--mode", "production"]),
+            Err(ConfigError::MissingJwtKey)
+        ));
+        let c = parse(&["--mode", "production", "--jwt-secret", "s"]).unwrap();
+        assert!(c.dev.is_none());
+        assert_eq!(c.publish_api_key, None);
+        assert!(c.cors_allowed_origins.is_empty());
+    }
+
+    #[test]
+    fn rejects_bad_values() {
+        for args in [
+            &["--socketio-path", "ws"][..],
+            &["--namespaces", "chat"],
+            &["--max-payload-bytes", "10"],
+            &["--log-format", "xml"],
+            &["--jwt-secret", ""],
+            &["--node-id", "a b"],
+        ] {
+            assert!(
+                matches!(parse(args), Err(ConfigError::Invalid { .. })),
+                "{args:?}"
+            );
+        }
+        assert!(matches!(
+            parse(&["--jwt-secret", "a", "--jwt-public-key-file", "/x"]),
+            Err(ConfigError::ConflictingJwtKeys)
+        ));
+        assert!(matches!(
+            parse(&["--jwt-public-key-file", "/nonexistent/key.pem"]),
+            Err(ConfigError::KeyFile { .. })
+        ));
+    }
+
+    #[test]
+    fn namespaces_are_deduplicated() {
+        let c = parse(&["--namespaces", "/,/billing, /billing,/notifications"]).unwrap();
+        assert_eq!(c.namespaces, vec!["/", "/billing", "/notifications"]);
+    }
+}

@@ -1,0 +1,157 @@
+//! The HTTP API: health, readiness, metrics and publish.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use envelope::{DecodeError, Draft};
+use serde_json::json;
+
+use crate::cluster::Cluster;
+use crate::config::Mode;
+
+/// What the HTTP handlers share.
+#[derive(Debug)]
+pub(crate) struct HttpCtx {
+    pub(crate) cluster: Arc<Cluster>,
+    pub(crate) publish_api_key: Option<String>,
+    pub(crate) mode: Mode,
+}
+
+/// The one error type of the HTTP edge: a safe message for the caller, the status chosen
+/// in one place.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ApiError {
+    #[error("missing or wrong publish key (send Authorization: Bearer <PUBLISH_API_KEY>)")]
+    Unauthorized,
+    #[error("publishing over HTTP is disabled on this node: set PUBLISH_API_KEY")]
+    PublishDisabled,
+    #[error("{0}")]
+    BadEnvelope(#[from] DecodeError),
+    #[error("{0}")]
+    BadRoom(String),
+    #[error("the cluster bus is unavailable; nothing was delivered: {0}")]
+    BusUnavailable(String),
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = match &self {
+            Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::PublishDisabled => StatusCode::FORBIDDEN,
+            Self::BadEnvelope(_) | Self::BadRoom(_) => StatusCode::BAD_REQUEST,
+            Self::BusUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Internal(detail) => {
+                tracing::error!(%detail, "publish failed");
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+        };
+        (status, axum::Json(json!({"error": self.to_string()}))).into_response()
+    }
+}
+
+/// The HTTP routes.
+pub(crate) fn router(ctx: Arc<HttpCtx>, max_payload: usize) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/health/live", get(|| async { "ok" }))
+        .route("/health/ready", get(ready))
+        .route("/metrics", get(metrics))
+        .route(
+            "/v1/publish",
+            // Twice the envelope limit, so a slightly oversize envelope gets the clear
+            // "exceeds the limit" message rather than a bare 413.
+            post(publish).layer(DefaultBodyLimit::max(max_payload.saturating_mul(2))),
+        )
+        .with_state(ctx)
+}
+
+async fn health(State(ctx): State<Arc<HttpCtx>>) -> impl IntoResponse {
+    let cluster = &ctx.cluster;
+    let bus = cluster.bus().health();
+    let status = if bus.is_up() { "ok" } else { "degraded" };
+    axum::Json(json!({
+        "status": status,
+        "node_id": cluster.node_id(),
+        "mode": ctx.mode.as_str(),
+        "bus": {
+            "kind": cluster.bus().kind(),
+            "publisher": bus.publisher.to_string(),
+            "subscriber": bus.subscriber.to_string(),
+        },
+        "connections": cluster.stats.connections.load(Ordering::Relaxed),
+        "rooms": cluster.room_count(),
+        "timestamp": envelope::now_ms(),
+    }))
+}
+
+async fn ready(State(ctx): State<Arc<HttpCtx>>) -> impl IntoResponse {
+    if ctx.cluster.bus().health().is_up() {
+        (StatusCode::OK, "ready")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "bus unavailable")
+    }
+}
+
+async fn metrics(State(ctx): State<Arc<HttpCtx>>) -> impl IntoResponse {
+    let c = &ctx.cluster;
+    let s = &c.stats;
+    let node = c.node_id();
+    let mut out = String::new();
+    let mut metric = |name: &str, kind: &str, help: &str, value: u64| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name}{{node=\"{node}\"}} {value}");
+    };
+    metric("socketio_connections_total", "gauge", "Sockets connected to this node.", s.connections.load(Ordering::Relaxed));
+    metric("socketio_rooms_total", "gauge", "Rooms with at least one member on this node.", c.room_count() as u64);
+    metric("socketio_messages_published", "counter", "Messages this node published to the cluster bus.", s.published.load(Ordering::Relaxed));
+    metric("socketio_messages_delivered", "counter", "Messages from the cluster bus delivered to this node's sockets.", s.delivered.load(Ordering::Relaxed));
+    metric("socketio_messages_rejected", "counter", "Messages from the bus dropped as undecodable.", s.rejected.load(Ordering::Relaxed));
+    metric("socketio_publish_errors", "counter", "Publishes to the cluster bus that failed.", s.publish_errors.load(Ordering::Relaxed));
+    metric("socketio_bus_up", "gauge", "1 when both bus links are up.", u64::from(c.bus().health().is_up()));
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
+}
+
+async fn publish(
+    State(ctx): State<Arc<HttpCtx>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<impl IntoResponse, ApiError> {
+    let Some(expected) = ctx.publish_api_key.as_deref() else {
+        return Err(ApiError::PublishDisabled);
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if !constant_time_eq(given.as_bytes(), expected.as_bytes()) {
+        return Err(ApiError::Unauthorized);
+    }
+    let cluster = &ctx.cluster;
+    let draft = Draft::decode_json(&body, cluster.limits())?;
+    // The node stamps itself as origin: it delivers to its own sockets directly and
+    // recognises (and skips) its own message when the bus echoes it back.
+    let mut env = draft.finish(cluster.node_id());
+    env.origin = cluster.node_id().to_owned();
+    cluster.publish(&env).await.map_err(|e| match e {
+        bus::SendError::InvalidRoom { .. } => ApiError::BadRoom(e.to_string()),
+        bus::SendError::Publish(e) => ApiError::BusUnavailable(e.to_string()),
+        other => ApiError::Internal(other.to_string()),
+    })?;
+    Ok((StatusCode::ACCEPTED, axum::Json(json!({"id": env.id}))))
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
