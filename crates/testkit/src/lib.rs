@@ -1,1 +1,12 @@
-//! stub
+//! Test support shared by Roomcast's test suites: gateway nodes started in-process on
+//! `127.0.0.1:0`, a small raw Socket.IO v5 client over WebSocket, token minting and HTTP
+//! helpers. Unpublished; compiled once for every crate's tests.
+//!
+//! The client speaks Engine.IO v4 / Socket.IO v5 frames itself so tests see exactly what
+//! crosses the wire, and so nothing here depends on another Socket.IO implementation.
+
+mod client;
+mod node;
+
+pub use client::{ConnectError, DEFAULT_WAIT, Event, SioClient};
+pub use node::{TestNode, publish, spawn_memory_cluster, spawn_node, token, TEST_KEY, TEST_SECRET};

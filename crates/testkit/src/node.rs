@@ -1,0 +1,108 @@
+//! In-process gateway nodes.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bus::{Bus, Inbox, MemoryHub};
+use gateway::{Cluster, Config, Node};
+use serde_json::Value;
+use tokio::sync::oneshot;
+
+/// JWT secret of test nodes.
+pub const TEST_SECRET: &str = "roomcast-test-secret";
+/// Publish key of test nodes.
+pub const TEST_KEY: &str = "roomcast-test-key";
+
+/// A node serving on `127.0.0.1:<port>`; stopped when dropped.
+#[derive(Debug)]
+pub struct TestNode {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Its cluster view.
+    pub cluster: Arc<Cluster>,
+    stop: Option<oneshot::Sender<()>>,
+}
+
+impl TestNode {
+    /// `http://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Stops the node (disconnecting its sockets).
+    pub fn stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+impl Drop for TestNode {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Starts a node with `config` over `bus`.
+pub async fn spawn_node(config: Config, bus: Arc<dyn Bus>, inbox: Inbox) -> anyhow::Result<TestNode> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let node = Node::build(&config, bus, inbox).await?;
+    let cluster = node.cluster.clone();
+    let (stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let _ = node
+            .serve(listener, async {
+                let _ = stopped.await;
+            })
+            .await;
+    });
+    Ok(TestNode {
+        addr,
+        cluster,
+        stop: Some(stop),
+    })
+}
+
+/// Starts `n` nodes sharing one in-memory hub (a cluster without Redis), configured by
+/// `configure` from the standard test configuration.
+pub async fn spawn_memory_cluster(
+    n: usize,
+    configure: impl Fn(usize, &mut Config),
+) -> anyhow::Result<(MemoryHub, Vec<TestNode>)> {
+    let hub = MemoryHub::new();
+    let mut nodes = Vec::new();
+    for i in 0..n {
+        let mut config = Config::for_tests(TEST_SECRET, TEST_KEY);
+        config.node_id = format!("test-node-{i}");
+        configure(i, &mut config);
+        let (bus, inbox) = hub.connect();
+        nodes.push(spawn_node(config, Arc::new(bus), inbox).await?);
+    }
+    Ok((hub, nodes))
+}
+
+/// An HS256 token for the test secret with `claims`; `exp` is added (one hour) when absent.
+pub fn token(mut claims: Value) -> String {
+    if let Some(map) = claims.as_object_mut() {
+        map.entry("exp").or_insert_with(|| (gateway::unix_now() + 3600).into());
+    }
+    match gateway::sign_hs256(TEST_SECRET, &claims) {
+        Ok(t) => t,
+        Err(e) => panic!("cannot sign a test token: {e}"),
+    }
+}
+
+/// POSTs `body` to `{url}/v1/publish` with `key`; returns status and JSON body.
+pub async fn publish(url: &str, key: &str, body: &str) -> anyhow::Result<(u16, Value)> {
+    let res = reqwest::Client::new()
+        .post(format!("{url}/v1/publish"))
+        .bearer_auth(key)
+        .header("content-type", "application/json")
+        .body(body.to_owned())
+        .send()
+        .await?;
+    let status = res.status().as_u16();
+    let json = res.json::<Value>().await.unwrap_or(Value::Null);
+    Ok((status, json))
+}
