@@ -97,7 +97,10 @@ mod tests {
         assert_eq!(outbox.send(&env).await.unwrap(), 1);
         let msg = inbox.recv().await.unwrap();
         assert_eq!(&*msg.channel, "t:room:/#user:1");
-        assert_eq!(Envelope::decode(&msg.payload, Limits::default()).unwrap(), env);
+        assert_eq!(
+            Envelope::decode(&msg.payload, Limits::default()).unwrap(),
+            env
+        );
 
         let bad = Envelope::new("svc", "x", serde_json::Value::Null).to_rooms(["nokind"]);
         assert!(matches!(

@@ -55,10 +55,8 @@ impl LegacyMessage {
         if msg.event.is_empty() {
             return Err(DecodeError::MissingEvent);
         }
-        if let Some(ns) = &msg.namespace {
-            if !ns.starts_with('/') {
-                return Err(DecodeError::InvalidNamespace(ns.clone()));
-            }
+        if let Some(ns) = msg.namespace.as_ref().filter(|ns| !ns.starts_with('/')) {
+            return Err(DecodeError::InvalidNamespace(ns.clone()));
         }
         Ok(msg)
     }

@@ -50,7 +50,11 @@ impl CoreAdapter<Emitter> for BusAdapter {
         on_success();
     }
 
-    async fn broadcast(&self, packet: Packet, opts: BroadcastOptions) -> Result<(), BroadcastError> {
+    async fn broadcast(
+        &self,
+        packet: Packet,
+        opts: BroadcastOptions,
+    ) -> Result<(), BroadcastError> {
         if !opts.is_local(self.local.server_id()) {
             match to_envelope(&packet, &opts, self.cluster.node_id()) {
                 Some(env) => {
@@ -58,10 +62,14 @@ impl CoreAdapter<Emitter> for BusAdapter {
                         tracing::warn!(error = %e, event = %env.event, "cluster broadcast failed; delivered on this node only");
                     }
                 }
-                None => tracing::debug!("broadcast cannot cross the bus (binary payload or socket target); local only"),
+                None => tracing::debug!(
+                    "broadcast cannot cross the bus (binary payload or socket target); local only"
+                ),
             }
         }
-        self.local.broadcast(packet, opts).map_err(BroadcastError::from)
+        self.local
+            .broadcast(packet, opts)
+            .map_err(BroadcastError::from)
     }
 
     async fn broadcast_with_ack(

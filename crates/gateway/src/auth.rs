@@ -23,10 +23,12 @@ pub struct Identity {
 impl Identity {
     /// The rooms joined automatically on connect: `user:{id}` and `tenant:{id}`.
     pub fn auto_rooms(&self) -> Result<Vec<Room>, AuthError> {
-        let mut rooms = vec![Room::user(&self.user_id).map_err(|e| AuthError::InvalidClaim {
-            claim: "user".into(),
-            reason: e.to_string(),
-        })?];
+        let mut rooms = vec![
+            Room::user(&self.user_id).map_err(|e| AuthError::InvalidClaim {
+                claim: "user".into(),
+                reason: e.to_string(),
+            })?,
+        ];
         if let Some(tenant) = &self.tenant_id {
             rooms.push(Room::tenant(tenant).map_err(|e| AuthError::InvalidClaim {
                 claim: "tenant".into(),
@@ -125,7 +127,10 @@ impl Authenticator {
                 } else if let Ok(key) = DecodingKey::from_ec_pem(pem) {
                     (key, &[Algorithm::ES256, Algorithm::ES384], "ES256")
                 } else {
-                    return Err("JWT_PUBLIC_KEY_FILE is neither an RSA nor an EC public key in PEM form".into());
+                    return Err(
+                        "JWT_PUBLIC_KEY_FILE is neither an RSA nor an EC public key in PEM form"
+                            .into(),
+                    );
                 }
             }
         };
@@ -158,18 +163,18 @@ impl Authenticator {
         }
         let data = jsonwebtoken::decode::<Map<String, Value>>(token, &self.key, &self.validation)
             .map_err(|e| match e.kind() {
-                ErrorKind::ExpiredSignature => AuthError::Expired,
-                ErrorKind::ImmatureSignature => AuthError::NotYetValid,
-                ErrorKind::InvalidSignature => AuthError::BadSignature,
-                ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => {
-                    AuthError::AlgorithmNotAllowed {
-                        found: alg.clone(),
-                        expected: self.expected.to_owned(),
-                    }
+            ErrorKind::ExpiredSignature => AuthError::Expired,
+            ErrorKind::ImmatureSignature => AuthError::NotYetValid,
+            ErrorKind::InvalidSignature => AuthError::BadSignature,
+            ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => {
+                AuthError::AlgorithmNotAllowed {
+                    found: alg.clone(),
+                    expected: self.expected.to_owned(),
                 }
-                ErrorKind::MissingRequiredClaim(c) => AuthError::MissingClaim(c.clone()),
-                _ => AuthError::Malformed(e.to_string()),
-            })?;
+            }
+            ErrorKind::MissingRequiredClaim(c) => AuthError::MissingClaim(c.clone()),
+            _ => AuthError::Malformed(e.to_string()),
+        })?;
         self.identity(&data.claims)
     }
 
@@ -231,7 +236,9 @@ fn header_alg(token: &str) -> Result<String, AuthError> {
         .split('.')
         .next()
         .filter(|h| !h.is_empty() && token.split('.').count() == 3)
-        .ok_or_else(|| AuthError::Malformed("not a JWT (expected three dot-separated parts)".into()))?;
+        .ok_or_else(|| {
+            AuthError::Malformed("not a JWT (expected three dot-separated parts)".into())
+        })?;
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(header.trim_end_matches('='))
         .map_err(|_| AuthError::Malformed("header is not base64url".into()))?;
@@ -267,7 +274,10 @@ impl TokenSources<'_> {
         }
         if let Some(token) = self
             .authorization
-            .and_then(|h| h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer ")))
+            .and_then(|h| {
+                h.strip_prefix("Bearer ")
+                    .or_else(|| h.strip_prefix("bearer "))
+            })
             .map(str::trim)
             .filter(|t| !t.is_empty())
         {
@@ -287,7 +297,9 @@ fn percent_decode(s: &str) -> String {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        let hex = s.get(i + 1..i + 3).and_then(|h| u8::from_str_radix(h, 16).ok());
+        let hex = s
+            .get(i + 1..i + 3)
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
         match (bytes[i], hex) {
             (b'%', Some(b)) => {
                 out.push(b);
@@ -342,12 +354,19 @@ mod tests {
     fn accepts_a_good_token() {
         let exp = unix_now() + 60;
         let id = auth()
-            .verify(&token(json!({"sub": "ann", "tenant_id": "acme", "rooms": ["doc:Task:*"], "exp": exp})))
+            .verify(&token(
+                json!({"sub": "ann", "tenant_id": "acme", "rooms": ["doc:Task:*"], "exp": exp}),
+            ))
             .unwrap();
         assert_eq!(id.user_id, "ann");
         assert_eq!(id.tenant_id.as_deref(), Some("acme"));
         assert!(id.policy.allows(&Room::doc("Task", "1").unwrap()));
-        let rooms: Vec<String> = id.auto_rooms().unwrap().into_iter().map(Room::into_string).collect();
+        let rooms: Vec<String> = id
+            .auto_rooms()
+            .unwrap()
+            .into_iter()
+            .map(Room::into_string)
+            .collect();
         assert_eq!(rooms, vec!["user:ann", "tenant:acme"]);
     }
 
@@ -356,9 +375,18 @@ mod tests {
         let exp = unix_now() + 60;
         let a = auth();
         let cases: Vec<(String, AuthError)> = vec![
-            (token(json!({"sub": "a", "exp": unix_now() - 3600})), AuthError::Expired),
-            (token(json!({"sub": "a"})), AuthError::MissingClaim("exp".into())),
-            (token(json!({"exp": exp})), AuthError::MissingClaim("sub".into())),
+            (
+                token(json!({"sub": "a", "exp": unix_now() - 3600})),
+                AuthError::Expired,
+            ),
+            (
+                token(json!({"sub": "a"})),
+                AuthError::MissingClaim("exp".into()),
+            ),
+            (
+                token(json!({"exp": exp})),
+                AuthError::MissingClaim("sub".into()),
+            ),
             (
                 token(json!({"sub": "a", "exp": exp, "nbf": unix_now() + 3600})),
                 AuthError::NotYetValid,
@@ -368,21 +396,44 @@ mod tests {
                 AuthError::BadSignature,
             ),
             (
-                format!("{}.{}.", b64(&json!({"alg": "none", "typ": "JWT"})), b64(&json!({"sub": "a", "exp": exp}))),
-                AuthError::AlgorithmNotAllowed { found: "none".into(), expected: "HS256".into() },
+                format!(
+                    "{}.{}.",
+                    b64(&json!({"alg": "none", "typ": "JWT"})),
+                    b64(&json!({"sub": "a", "exp": exp}))
+                ),
+                AuthError::AlgorithmNotAllowed {
+                    found: "none".into(),
+                    expected: "HS256".into(),
+                },
             ),
             (
-                format!("{}.{}.c2ln", b64(&json!({"alg": "RS256"})), b64(&json!({"sub": "a", "exp": exp}))),
-                AuthError::AlgorithmNotAllowed { found: "RS256".into(), expected: "HS256".into() },
+                format!(
+                    "{}.{}.c2ln",
+                    b64(&json!({"alg": "RS256"})),
+                    b64(&json!({"sub": "a", "exp": exp}))
+                ),
+                AuthError::AlgorithmNotAllowed {
+                    found: "RS256".into(),
+                    expected: "HS256".into(),
+                },
             ),
-            ("garbage".into(), AuthError::Malformed("not a JWT (expected three dot-separated parts)".into())),
+            (
+                "garbage".into(),
+                AuthError::Malformed("not a JWT (expected three dot-separated parts)".into()),
+            ),
             (
                 token(json!({"sub": "a", "exp": exp, "rooms": "doc:*"})),
-                AuthError::InvalidClaim { claim: "rooms".into(), reason: "must be a list of strings".into() },
+                AuthError::InvalidClaim {
+                    claim: "rooms".into(),
+                    reason: "must be a list of strings".into(),
+                },
             ),
             (
                 token(json!({"sub": {"x": 1}, "exp": exp})),
-                AuthError::InvalidClaim { claim: "sub".into(), reason: "must be a string".into() },
+                AuthError::InvalidClaim {
+                    claim: "sub".into(),
+                    reason: "must be a string".into(),
+                },
             ),
         ];
         for (token, expected) in cases {
@@ -392,24 +443,49 @@ mod tests {
 
     #[test]
     fn custom_claim_names() {
-        let names = ClaimNames { user: "uid".into(), tenant: "site".into(), rooms: "allow".into() };
+        let names = ClaimNames {
+            user: "uid".into(),
+            tenant: "site".into(),
+            rooms: "allow".into(),
+        };
         let a = Authenticator::new(&JwtKey::Secret(SECRET.into()), names).unwrap();
         let id = a
-            .verify(&token(json!({"uid": 7, "site": "s1", "allow": ["*"], "exp": unix_now() + 60})))
+            .verify(&token(
+                json!({"uid": 7, "site": "s1", "allow": ["*"], "exp": unix_now() + 60}),
+            ))
             .unwrap();
-        assert_eq!((id.user_id.as_str(), id.tenant_id.as_deref()), ("7", Some("s1")));
+        assert_eq!(
+            (id.user_id.as_str(), id.tenant_id.as_deref()),
+            ("7", Some("s1"))
+        );
     }
 
     #[test]
     fn token_sources_in_order() {
         let auth = json!({"token": "from-auth"});
-        let s = TokenSources { auth: Some(&auth), authorization: Some("Bearer from-header"), query: Some("token=from-query") };
+        let s = TokenSources {
+            auth: Some(&auth),
+            authorization: Some("Bearer from-header"),
+            query: Some("token=from-query"),
+        };
         assert_eq!(s.find().as_deref(), Some("from-auth"));
-        let s = TokenSources { auth: None, authorization: Some("Bearer from-header"), query: Some("token=q") };
+        let s = TokenSources {
+            auth: None,
+            authorization: Some("Bearer from-header"),
+            query: Some("token=q"),
+        };
         assert_eq!(s.find().as_deref(), Some("from-header"));
-        let s = TokenSources { auth: Some(&json!({})), authorization: None, query: Some("EIO=4&token=a%2Eb&x=1") };
+        let s = TokenSources {
+            auth: Some(&json!({})),
+            authorization: None,
+            query: Some("EIO=4&token=a%2Eb&x=1"),
+        };
         assert_eq!(s.find().as_deref(), Some("a.b"));
-        let s = TokenSources { auth: None, authorization: Some("Basic x"), query: Some("EIO=4") };
+        let s = TokenSources {
+            auth: None,
+            authorization: Some("Basic x"),
+            query: Some("EIO=4"),
+        };
         assert_eq!(s.find(), None);
     }
 }

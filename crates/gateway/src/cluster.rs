@@ -65,7 +65,9 @@ struct State {
 pub enum JoinWarning {
     /// Joined locally, but the bus did not confirm the subscription: until it does,
     /// messages published on other nodes may be missed.
-    #[error("joined, but the cluster bus is unavailable: events from other nodes may be delayed or missed ({0})")]
+    #[error(
+        "joined, but the cluster bus is unavailable: events from other nodes may be delayed or missed ({0})"
+    )]
     BusUnavailable(SubscribeError),
 }
 
@@ -117,7 +119,11 @@ impl Cluster {
     /// channel and its own node channel.
     pub fn base_channels(&self) -> Vec<String> {
         let channels = self.channels();
-        let mut all: Vec<String> = self.namespaces.iter().map(|ns| channels.namespace(ns)).collect();
+        let mut all: Vec<String> = self
+            .namespaces
+            .iter()
+            .map(|ns| channels.namespace(ns))
+            .collect();
         all.push(channels.node(&self.node_id));
         all
     }
@@ -130,12 +136,20 @@ impl Cluster {
     /// Adds `socket` to `room`. Returns once the bus confirmed the room's channel, so a
     /// message published anywhere after this returns reaches the socket. If the bus is
     /// down the socket still joins (local delivery works) and a warning is returned.
-    pub async fn join(&self, socket: &SocketRef<BusAdapter>, room: &Room) -> Result<(), JoinWarning> {
+    pub async fn join(
+        &self,
+        socket: &SocketRef<BusAdapter>,
+        room: &Room,
+    ) -> Result<(), JoinWarning> {
         let ns: Arc<str> = Arc::from(socket.ns());
         let channel = self.channels().room(&ns, room);
         let confirmation = {
             let mut st = self.lock();
-            let newly_joined = st.members.entry((ns, socket.id)).or_default().insert(room.clone());
+            let newly_joined = st
+                .members
+                .entry((ns, socket.id))
+                .or_default()
+                .insert(room.clone());
             if newly_joined && st.interest.add(channel.clone()).is_some() {
                 let c = self.bus().subscribe(vec![channel.clone()]).shared();
                 st.confirmations.insert(channel, c.clone());
@@ -175,7 +189,9 @@ impl Cluster {
             if st.members.get(&key).is_some_and(HashSet::is_empty) {
                 st.members.remove(&key);
             }
-            was_member.then(|| self.release(&mut st, self.channels().room(&ns, room))).flatten()
+            was_member
+                .then(|| self.release(&mut st, self.channels().room(&ns, room)))
+                .flatten()
         };
         self.unsubscribe(unsubscribe.into_iter().collect());
     }

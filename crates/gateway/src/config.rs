@@ -29,7 +29,11 @@ impl Mode {
 
 /// The gateway's flags; each can also be set by the environment variable shown.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "gateway", version, about = "Roomcast gateway: one Socket.IO server across many nodes")]
+#[command(
+    name = "gateway",
+    version,
+    about = "Roomcast gateway: one Socket.IO server across many nodes"
+)]
 pub struct Args {
     /// Address to listen on [default: 0.0.0.0]
     #[arg(long, env = "HOST", default_value = "0.0.0.0")]
@@ -161,7 +165,10 @@ impl fmt::Debug for Config {
             .field("mode", &self.mode)
             .field("jwt_key", &self.jwt_key)
             .field("claims", &self.claims)
-            .field("publish_api_key", &self.publish_api_key.as_ref().map(|_| "***"))
+            .field(
+                "publish_api_key",
+                &self.publish_api_key.as_ref().map(|_| "***"),
+            )
             .field("cors_allowed_origins", &self.cors_allowed_origins)
             .field("socketio_path", &self.socketio_path)
             .field("namespaces", &self.namespaces)
@@ -248,8 +255,8 @@ impl Config {
             }
             (Some(secret), None) => JwtKey::Secret(secret),
             (None, Some(path)) => {
-                let pem = std::fs::read(&path)
-                    .map_err(|source| ConfigError::KeyFile { path, source })?;
+                let pem =
+                    std::fs::read(&path).map_err(|source| ConfigError::KeyFile { path, source })?;
                 JwtKey::PublicKeyPem(pem)
             }
             (None, None) if args.mode == Mode::Production => {
@@ -265,7 +272,9 @@ impl Config {
             }
         };
         let publish_api_key = match args.publish_api_key {
-            Some(key) if key.is_empty() => return Err(invalid("PUBLISH_API_KEY", "must not be empty")),
+            Some(key) if key.is_empty() => {
+                return Err(invalid("PUBLISH_API_KEY", "must not be empty"));
+            }
             Some(key) => Some(key),
             None if args.mode == Mode::Development => {
                 if let Some(dev) = dev.as_mut() {
@@ -279,7 +288,12 @@ impl Config {
             return Err(invalid("SOCKETIO_PATH", "must start with '/'"));
         }
         let mut namespaces = Vec::new();
-        for ns in args.namespaces.iter().map(|s| s.trim()).filter(|s| !s.is_empty()) {
+        for ns in args
+            .namespaces
+            .iter()
+            .map(|s| s.trim())
+            .filter(|s| !s.is_empty())
+        {
             if !ns.starts_with('/') {
                 return Err(invalid("NAMESPACES", format!("{ns:?} must start with '/'")));
             }
@@ -291,7 +305,10 @@ impl Config {
             return Err(invalid("NAMESPACES", "at least one namespace is required"));
         }
         if args.ping_interval_ms == 0 || args.ping_timeout_ms == 0 {
-            return Err(invalid("PING_INTERVAL_MS/PING_TIMEOUT_MS", "must be positive"));
+            return Err(invalid(
+                "PING_INTERVAL_MS/PING_TIMEOUT_MS",
+                "must be positive",
+            ));
         }
         if args.max_payload_bytes < 1024 {
             return Err(invalid("MAX_PAYLOAD_BYTES", "must be at least 1024"));
@@ -299,11 +316,21 @@ impl Config {
         let log_json = match args.log_format.as_str() {
             "text" => false,
             "json" => true,
-            other => return Err(invalid("LOG_FORMAT", format!("{other:?} is not text or json"))),
+            other => {
+                return Err(invalid(
+                    "LOG_FORMAT",
+                    format!("{other:?} is not text or json"),
+                ));
+            }
         };
         let node_id = match args.node_id {
-            Some(id) if id.is_empty() || id.chars().any(|c| c.is_control() || c.is_whitespace()) => {
-                return Err(invalid("GATEWAY_NODE_ID", "must be non-empty without spaces"));
+            Some(id)
+                if id.is_empty() || id.chars().any(|c| c.is_control() || c.is_whitespace()) =>
+            {
+                return Err(invalid(
+                    "GATEWAY_NODE_ID",
+                    "must be non-empty without spaces",
+                ));
             }
             Some(id) => id,
             None => format!("node-{}", random_hex(4)),

@@ -69,7 +69,11 @@ pub struct Node {
 
 impl Node {
     /// Builds a node over `bus`, whose incoming messages arrive on `inbox`.
-    pub async fn build(config: &Config, bus: Arc<dyn Bus>, inbox: Inbox) -> Result<Self, StartError> {
+    pub async fn build(
+        config: &Config,
+        bus: Arc<dyn Bus>,
+        inbox: Inbox,
+    ) -> Result<Self, StartError> {
         let limits = Limits::default().with_max_size(config.max_payload);
         let outbox = Outbox::new(bus, Channels::default());
         let cluster = Arc::new(Cluster::new(
@@ -89,7 +93,8 @@ impl Node {
             .build_layer();
         cluster.set_io(io.clone());
 
-        let auth = Authenticator::new(&config.jwt_key, config.claims.clone()).map_err(StartError::Key)?;
+        let auth =
+            Authenticator::new(&config.jwt_key, config.claims.clone()).map_err(StartError::Key)?;
         let sio_ctx = Arc::new(sio::SocketCtx {
             auth,
             cluster: cluster.clone(),
@@ -107,7 +112,11 @@ impl Node {
         let router = http::router(http_ctx, config.max_payload)
             .layer(layer)
             .layer(cors(&config.cors_allowed_origins));
-        Ok(Self { router, cluster, io })
+        Ok(Self {
+            router,
+            cluster,
+            io,
+        })
     }
 
     /// Serves on `listener` until `shutdown` resolves, then disconnects every socket and
@@ -135,7 +144,10 @@ fn cors(origins: &[String]) -> CorsLayer {
     if origins.iter().any(|o| o == "*") {
         return layer.allow_origin(Any);
     }
-    let list = origins.iter().filter_map(|o| o.parse().ok()).collect::<Vec<_>>();
+    let list = origins
+        .iter()
+        .filter_map(|o| o.parse().ok())
+        .collect::<Vec<_>>();
     layer.allow_origin(AllowOrigin::list(list))
 }
 
@@ -153,7 +165,11 @@ pub async fn run(
 /// The text printed at start-up: where to connect and, in development, a token, the
 /// publish key and a `curl` line to try.
 pub fn banner(config: &Config, addr: SocketAddr, bus_kind: &str) -> String {
-    let host = if addr.ip().is_unspecified() { "127.0.0.1".to_owned() } else { addr.ip().to_string() };
+    let host = if addr.ip().is_unspecified() {
+        "127.0.0.1".to_owned()
+    } else {
+        addr.ip().to_string()
+    };
     let base = format!("http://{host}:{}", addr.port());
     let mut out = format!(
         "Roomcast gateway {} listening on {base} ({} mode, {bus_kind} bus)\n  Socket.IO path: {}  namespaces: {}\n",

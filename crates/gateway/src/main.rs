@@ -14,7 +14,9 @@ async fn main() -> std::process::ExitCode {
         }
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let fmt = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let fmt = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if config.log_json {
         fmt.json().init();
     } else {
@@ -24,7 +26,10 @@ async fn main() -> std::process::ExitCode {
     let listener = match tokio::net::TcpListener::bind((config.host, config.port)).await {
         Ok(l) => l,
         Err(e) => {
-            eprintln!("error: cannot listen on {}:{}: {e}", config.host, config.port);
+            eprintln!(
+                "error: cannot listen on {}:{}: {e}",
+                config.host, config.port
+            );
             return std::process::ExitCode::from(1);
         }
     };
@@ -35,7 +40,10 @@ async fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(1);
         }
     };
-    println!("{}", gateway::banner(&config, addr, "in-memory (single node)"));
+    println!(
+        "{}",
+        gateway::banner(&config, addr, "in-memory (single node)")
+    );
     tracing::info!(node_id = %config.node_id, %addr, "listening");
 
     match gateway::run(listener, config, shutdown_signal()).await {

@@ -34,7 +34,11 @@ pub(crate) fn register(io: &SocketIo<BusAdapter>, ns: &str, ctx: Arc<SocketCtx>)
     io.ns(ns.to_owned(), on_connect.with(authenticate));
 }
 
-fn authenticate(ctx: &SocketCtx, s: &SocketRef<BusAdapter>, auth: Option<Value>) -> Result<(), AuthError> {
+fn authenticate(
+    ctx: &SocketCtx,
+    s: &SocketRef<BusAdapter>,
+    auth: Option<Value>,
+) -> Result<(), AuthError> {
     let parts = s.req_parts();
     let sources = TokenSources {
         auth: auth.as_ref(),
@@ -76,7 +80,9 @@ async fn on_connect(ctx: Arc<SocketCtx>, s: SocketRef<BusAdapter>) {
         let (cluster, identity) = (cluster.clone(), identity.clone());
         s.on(
             "join",
-            move |s: SocketRef<BusAdapter>, TryData(room): TryData<Value>, ack: AckSender<BusAdapter>| {
+            move |s: SocketRef<BusAdapter>,
+                  TryData(room): TryData<Value>,
+                  ack: AckSender<BusAdapter>| {
                 let (cluster, identity) = (cluster.clone(), identity.clone());
                 async move {
                     let reply = join(&cluster, &identity, &s, room.ok()).await;
@@ -89,7 +95,9 @@ async fn on_connect(ctx: Arc<SocketCtx>, s: SocketRef<BusAdapter>) {
         let cluster = cluster.clone();
         s.on(
             "leave",
-            move |s: SocketRef<BusAdapter>, TryData(room): TryData<Value>, ack: AckSender<BusAdapter>| {
+            move |s: SocketRef<BusAdapter>,
+                  TryData(room): TryData<Value>,
+                  ack: AckSender<BusAdapter>| {
                 let cluster = cluster.clone();
                 async move {
                     let reply = match room_arg(room.ok()) {
@@ -142,7 +150,12 @@ fn room_arg(arg: Option<Value>) -> Result<Room, String> {
     Room::parse(name).map_err(|e| e.to_string())
 }
 
-async fn join(cluster: &Cluster, identity: &Identity, s: &SocketRef<BusAdapter>, arg: Option<Value>) -> Value {
+async fn join(
+    cluster: &Cluster,
+    identity: &Identity,
+    s: &SocketRef<BusAdapter>,
+    arg: Option<Value>,
+) -> Value {
     let room = match room_arg(arg) {
         Ok(room) => room,
         Err(error) => return json!({"ok": false, "error": error}),
@@ -163,10 +176,23 @@ mod tests {
 
     #[test]
     fn room_argument_forms() {
-        assert_eq!(room_arg(Some(json!("doc:Task:1"))).unwrap().as_str(), "doc:Task:1");
-        assert_eq!(room_arg(Some(json!({"room": "org:O"}))).unwrap().as_str(), "org:O");
-        assert!(room_arg(Some(json!(5))).unwrap_err().contains("expected a room name"));
+        assert_eq!(
+            room_arg(Some(json!("doc:Task:1"))).unwrap().as_str(),
+            "doc:Task:1"
+        );
+        assert_eq!(
+            room_arg(Some(json!({"room": "org:O"}))).unwrap().as_str(),
+            "org:O"
+        );
+        assert!(
+            room_arg(Some(json!(5)))
+                .unwrap_err()
+                .contains("expected a room name")
+        );
         assert!(room_arg(None).is_err());
-        assert_eq!(room_arg(Some(json!("lobby"))).unwrap_err(), Room::parse("lobby").unwrap_err().to_string());
+        assert_eq!(
+            room_arg(Some(json!("lobby"))).unwrap_err(),
+            Room::parse("lobby").unwrap_err().to_string()
+        );
     }
 }

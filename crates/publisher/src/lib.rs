@@ -1,1 +1,278 @@
-//! stub
+//! The SDK other services embed to push events to Roomcast clients: pick a target
+//! (`to_user`, `to_tenant`, `to_doc`, `to_org`, `to_room`, `broadcast`), optionally a
+//! namespace and exclusions, and `emit` any `Serialize` payload. Every gateway node with
+//! members in the target rooms delivers it.
+//!
+//! The publisher works over any [`bus::Bus`]; with the in-memory bus it reaches nodes in
+//! the same process (tests, single-binary setups). It does not run a server.
+//!
+//! ```
+//! # async fn demo() -> Result<(), publisher::PublishError> {
+//! use std::sync::Arc;
+//! let hub = bus::MemoryHub::new();
+//! let (bus, _inbox) = hub.connect();
+//! let publisher = publisher::Publisher::new(Arc::new(bus), rooms::Channels::default(), "billing");
+//! let id = publisher
+//!     .to_user("john@example.com")
+//!     .emit("invoice.paid", &serde_json::json!({"invoice": "INV-7"}))
+//!     .await?;
+//! assert!(!id.is_empty());
+//! # Ok(()) }
+//! ```
+
+use std::sync::Arc;
+
+use bus::{Bus, Outbox, SendError};
+use envelope::{Envelope, Flags};
+use rooms::{Channels, Room, RoomError};
+use serde::Serialize;
+
+/// Why an event was not published.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PublishError {
+    /// A target or excluded room is invalid.
+    #[error("invalid room: {0}")]
+    InvalidRoom(#[from] RoomError),
+    /// The payload cannot be represented as JSON.
+    #[error("cannot serialize the payload: {0}")]
+    Payload(#[from] serde_json::Error),
+    /// The namespace does not start with `/`.
+    #[error("namespace {0:?} must start with '/'")]
+    InvalidNamespace(String),
+    /// The bus refused the message.
+    #[error(transparent)]
+    Send(#[from] SendError),
+}
+
+/// Publishes events onto the bus as one origin (a service name).
+#[derive(Debug, Clone)]
+pub struct Publisher {
+    outbox: Outbox,
+    origin: Arc<str>,
+    ns: Arc<str>,
+}
+
+impl Publisher {
+    /// A publisher over `bus`, naming channels with `channels` (the same prefix as the
+    /// gateways), that signs its messages with `origin`.
+    pub fn new(bus: Arc<dyn Bus>, channels: Channels, origin: &str) -> Self {
+        Self {
+            outbox: Outbox::new(bus, channels),
+            origin: Arc::from(origin),
+            ns: Arc::from("/"),
+        }
+    }
+
+    /// The same publisher, emitting into namespace `ns` (default `/`).
+    pub fn in_namespace(&self, ns: &str) -> Self {
+        Self {
+            ns: Arc::from(ns),
+            ..self.clone()
+        }
+    }
+
+    /// Every socket of user `id` (`user:{id}`).
+    pub fn to_user(&self, id: &str) -> Emit<'_> {
+        self.target(Room::user(id))
+    }
+
+    /// Every socket of tenant `id` (`tenant:{id}`).
+    pub fn to_tenant(&self, id: &str) -> Emit<'_> {
+        self.target(Room::tenant(id))
+    }
+
+    /// Subscribers of a document (`doc:{doctype}:{name}`).
+    pub fn to_doc(&self, doctype: &str, name: &str) -> Emit<'_> {
+        self.target(Room::doc(doctype, name))
+    }
+
+    /// Members of an organisation (`org:{name}`).
+    pub fn to_org(&self, name: &str) -> Emit<'_> {
+        self.target(Room::org(name))
+    }
+
+    /// Any room by its full name (`room:lobby`, `company:42`).
+    pub fn to_room(&self, room: &str) -> Emit<'_> {
+        self.target(Room::parse(room))
+    }
+
+    /// Every socket in the namespace.
+    pub fn broadcast(&self) -> Emit<'_> {
+        Emit {
+            publisher: self,
+            to: Ok(Vec::new()),
+            except: Ok(Vec::new()),
+            flags: Flags::default(),
+        }
+    }
+
+    fn target(&self, room: Result<Room, RoomError>) -> Emit<'_> {
+        Emit {
+            publisher: self,
+            to: room.map(|r| vec![r]),
+            except: Ok(Vec::new()),
+            flags: Flags::default(),
+        }
+    }
+}
+
+/// One event being addressed; finish it with [`Emit::emit`].
+#[derive(Debug)]
+#[must_use = "nothing is sent until `emit` is awaited"]
+pub struct Emit<'a> {
+    publisher: &'a Publisher,
+    to: Result<Vec<Room>, RoomError>,
+    except: Result<Vec<Room>, RoomError>,
+    flags: Flags,
+}
+
+impl Emit<'_> {
+    /// Also deliver to `room` (each socket still receives the event once).
+    pub fn and_room(mut self, room: &str) -> Self {
+        if let Ok(to) = self.to.as_mut() {
+            match Room::parse(room) {
+                Ok(r) => to.push(r),
+                Err(e) => self.to = Err(e),
+            }
+        }
+        self
+    }
+
+    /// Skip the members of `room`.
+    pub fn except(mut self, room: &str) -> Self {
+        if let Ok(except) = self.except.as_mut() {
+            match Room::parse(room) {
+                Ok(r) => except.push(r),
+                Err(e) => self.except = Err(e),
+            }
+        }
+        self
+    }
+
+    /// Allow the event to be dropped for clients whose connection is not ready.
+    pub fn volatile(mut self) -> Self {
+        self.flags.volatile = true;
+        self
+    }
+
+    /// Sends `event` with `data` as its single argument; returns the message id.
+    pub async fn emit<T: Serialize + ?Sized>(
+        self,
+        event: &str,
+        data: &T,
+    ) -> Result<String, PublishError> {
+        let p = self.publisher;
+        if !p.ns.starts_with('/') {
+            return Err(PublishError::InvalidNamespace(p.ns.to_string()));
+        }
+        let data = serde_json::to_value(data)?;
+        let mut env = Envelope::new(&*p.origin, event, data).in_ns(&*p.ns);
+        env.to = self.to?.into_iter().map(Room::into_string).collect();
+        env.except = self.except?.into_iter().map(Room::into_string).collect();
+        env.flags = self.flags;
+        p.outbox.send(&env).await?;
+        Ok(env.id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bus::{Bus, MemoryHub};
+    use envelope::Limits;
+
+    async fn setup() -> (Publisher, bus::Inbox, Channels, bus::MemoryBus) {
+        let hub = MemoryHub::new();
+        let channels = Channels::new("t");
+        let (node, inbox) = hub.connect();
+        let (bus, _) = hub.connect();
+        (
+            Publisher::new(Arc::new(bus), channels.clone(), "svc"),
+            inbox,
+            channels,
+            node,
+        )
+    }
+
+    #[tokio::test]
+    async fn typed_targets_map_to_room_channels() {
+        let (p, mut inbox, channels, node) = setup().await;
+        let cases: Vec<(Emit<'_>, &str)> = vec![
+            (p.to_user("u1"), "user:u1"),
+            (p.to_tenant("acme"), "tenant:acme"),
+            (p.to_doc("Task", "T-1"), "doc:Task:T-1"),
+            (p.to_org("O-1"), "org:O-1"),
+            (p.to_room("company:42"), "company:42"),
+        ];
+        for (emit, room) in cases {
+            let ch = channels.room("/", &Room::parse(room).unwrap());
+            node.subscribe(vec![ch.clone()]).await.unwrap();
+            let id = emit
+                .emit("ev", &serde_json::json!({"r": room}))
+                .await
+                .unwrap();
+            let msg = inbox.recv().await.unwrap();
+            assert_eq!(&*msg.channel, ch);
+            let env = Envelope::decode(&msg.payload, Limits::default()).unwrap();
+            assert_eq!(
+                (env.id.as_str(), env.origin.as_str(), env.to.clone()),
+                (id.as_str(), "svc", vec![room.to_owned()])
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn namespace_multi_room_and_broadcast_use_the_namespace_channel() {
+        let (p, mut inbox, channels, node) = setup().await;
+        node.subscribe(vec![channels.namespace("/billing")])
+            .await
+            .unwrap();
+        let billing = p.in_namespace("/billing");
+        billing
+            .to_user("a")
+            .and_room("user:b")
+            .except("user:c")
+            .volatile()
+            .emit("x", &1)
+            .await
+            .unwrap();
+        billing.broadcast().emit("y", "all").await.unwrap();
+        let env =
+            Envelope::decode(&inbox.recv().await.unwrap().payload, Limits::default()).unwrap();
+        assert_eq!(
+            (
+                env.ns.as_str(),
+                env.to.len(),
+                env.except.clone(),
+                env.flags.volatile
+            ),
+            ("/billing", 2, vec!["user:c".to_owned()], true)
+        );
+        let env =
+            Envelope::decode(&inbox.recv().await.unwrap().payload, Limits::default()).unwrap();
+        assert!(env.to.is_empty());
+        assert_eq!(env.event, "y");
+    }
+
+    #[tokio::test]
+    async fn invalid_input_is_refused_before_sending() {
+        let (p, _inbox, _, _node) = setup().await;
+        assert!(matches!(
+            p.to_user("").emit("e", &1).await,
+            Err(PublishError::InvalidRoom(_))
+        ));
+        assert!(matches!(
+            p.to_room("lobby").emit("e", &1).await,
+            Err(PublishError::InvalidRoom(_))
+        ));
+        assert!(matches!(
+            p.broadcast().except("bad").emit("e", &1).await,
+            Err(PublishError::InvalidRoom(_))
+        ));
+        assert!(matches!(
+            p.in_namespace("x").broadcast().emit("e", &1).await,
+            Err(PublishError::InvalidNamespace(_))
+        ));
+    }
+}

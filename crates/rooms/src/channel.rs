@@ -83,7 +83,10 @@ mod tests {
         assert_eq!(ch.room("/chat", &u), "p:room:/chat#user:1");
         assert_eq!(ch.namespace("/"), "p:ns:/");
         assert_eq!(ch.node("n1"), "p:node:n1");
-        assert_eq!(ch.for_target("/", std::slice::from_ref(&u)), "p:room:/#user:1");
+        assert_eq!(
+            ch.for_target("/", std::slice::from_ref(&u)),
+            "p:room:/#user:1"
+        );
         assert_eq!(ch.for_target("/", &[u.clone(), t]), "p:ns:/");
         assert_eq!(ch.for_target("/", &[]), "p:ns:/");
         assert!(ch.is_room_channel("p:room:/#user:1"));

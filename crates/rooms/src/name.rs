@@ -244,7 +244,10 @@ mod tests {
 
     #[test]
     fn parse_cases() {
-        check("user:john@example.com", Ok(("john@example.com", Kind::User)));
+        check(
+            "user:john@example.com",
+            Ok(("john@example.com", Kind::User)),
+        );
         check("tenant:acme", Ok(("acme", Kind::Tenant)));
         check("doc:Task:TASK-00001", Ok(("Task:TASK-00001", Kind::Doc)));
         check("org:ORG-2025-00001", Ok(("ORG-2025-00001", Kind::Org)));
@@ -252,9 +255,15 @@ mod tests {
             "sync:Task:ORG-2025-00001",
             Ok(("Task:ORG-2025-00001", Kind::Sync)),
         );
-        check("room:dashboard_updates", Ok(("dashboard_updates", Kind::Room)));
+        check(
+            "room:dashboard_updates",
+            Ok(("dashboard_updates", Kind::Room)),
+        );
         check("company:42", Ok(("42", Kind::Other)));
-        check("doc:Sales Invoice:S 1", Ok(("Sales Invoice:S 1", Kind::Doc)));
+        check(
+            "doc:Sales Invoice:S 1",
+            Ok(("Sales Invoice:S 1", Kind::Doc)),
+        );
         check("user:名前", Ok(("名前", Kind::User)));
         check("", Err(RoomError::Empty));
         check("lobby", Err(RoomError::MissingKind("lobby".into())));
@@ -292,9 +301,27 @@ mod tests {
     fn legacy_routing_rule() {
         let r = |s: &str| Room::parse(s).unwrap();
         let cases: &[(_, _, _, _, Target)] = &[
-            (Some("room:x"), Some("u"), Some("T"), Some("n"), Target::Rooms(vec![r("room:x")])),
-            (None, Some("u"), Some("T"), Some("n"), Target::Rooms(vec![r("user:u")])),
-            (None, None, Some("T"), Some("n"), Target::Rooms(vec![r("doc:T:n")])),
+            (
+                Some("room:x"),
+                Some("u"),
+                Some("T"),
+                Some("n"),
+                Target::Rooms(vec![r("room:x")]),
+            ),
+            (
+                None,
+                Some("u"),
+                Some("T"),
+                Some("n"),
+                Target::Rooms(vec![r("user:u")]),
+            ),
+            (
+                None,
+                None,
+                Some("T"),
+                Some("n"),
+                Target::Rooms(vec![r("doc:T:n")]),
+            ),
             (None, None, Some("T"), None, Target::Broadcast),
             (None, None, None, Some("n"), Target::Broadcast),
             (None, None, None, None, Target::Broadcast),
@@ -316,7 +343,8 @@ mod tests {
         fn parse_never_panics_and_round_trips(s in ".{0,300}") {
             if let Ok(room) = Room::parse(&s) {
                 prop_assert_eq!(room.as_str(), s.as_str());
-                prop_assert_eq!(Room::parse(&room.to_string()), Ok(room.clone()));
+                let shown = format!("{room}");
+                prop_assert_eq!(Room::parse(&shown), Ok(room.clone()));
                 prop_assert!(room.as_str().len() <= MAX_ROOM_LEN);
             }
         }

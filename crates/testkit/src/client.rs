@@ -92,9 +92,14 @@ impl SioClient {
             next_ack: 1,
         };
         let deadline = Instant::now() + DEFAULT_WAIT;
-        let open = client.read_text(deadline).await.map_err(ConnectError::Other)?;
+        let open = client
+            .read_text(deadline)
+            .await
+            .map_err(ConnectError::Other)?;
         if !open.starts_with('0') {
-            return Err(ConnectError::Other(anyhow!("expected an Engine.IO open packet, got {open:?}")));
+            return Err(ConnectError::Other(anyhow!(
+                "expected an Engine.IO open packet, got {open:?}"
+            )));
         }
         let payload = auth.map(|a| a.to_string()).unwrap_or_default();
         client
@@ -102,7 +107,10 @@ impl SioClient {
             .await
             .map_err(ConnectError::Other)?;
         loop {
-            let text = client.read_text(deadline).await.map_err(ConnectError::Other)?;
+            let text = client
+                .read_text(deadline)
+                .await
+                .map_err(ConnectError::Other)?;
             match client.split_packet(&text) {
                 Some((b'0', body)) => {
                     let v: Value =
@@ -123,7 +131,11 @@ impl SioClient {
     }
 
     fn ns_prefix(&self) -> String {
-        if self.ns == "/" { String::new() } else { format!("{},", self.ns) }
+        if self.ns == "/" {
+            String::new()
+        } else {
+            format!("{},", self.ns)
+        }
     }
 
     /// Splits a Socket.IO frame into its packet type and the body after the namespace.
@@ -142,7 +154,10 @@ impl SioClient {
     }
 
     async fn send_text(&mut self, text: String) -> anyhow::Result<()> {
-        self.ws.send(Message::Text(text.into())).await.context("websocket send")
+        self.ws
+            .send(Message::Text(text.into()))
+            .await
+            .context("websocket send")
     }
 
     async fn read_text(&mut self, deadline: Instant) -> anyhow::Result<String> {
@@ -176,8 +191,14 @@ impl SioClient {
         match ty {
             b'2' => {
                 let mut values = values.into_iter();
-                let name = values.next().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
-                Frame::Event(Event { name, args: values.collect() })
+                let name = values
+                    .next()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default();
+                Frame::Event(Event {
+                    name,
+                    args: values.collect(),
+                })
             }
             b'3' => Frame::Ack(id.parse().unwrap_or(0), values),
             b'1' => Frame::Disconnect,
@@ -210,7 +231,11 @@ impl SioClient {
     }
 
     /// Emits `event` and waits for its acknowledgement.
-    pub async fn emit_with_ack(&mut self, event: &str, args: &[Value]) -> anyhow::Result<Vec<Value>> {
+    pub async fn emit_with_ack(
+        &mut self,
+        event: &str,
+        args: &[Value],
+    ) -> anyhow::Result<Vec<Value>> {
         let id = self.next_ack;
         self.next_ack += 1;
         let frame = self.frame(Some(id), event, args);
@@ -220,20 +245,34 @@ impl SioClient {
             if let Some(pos) = self.acks.iter().position(|(i, _)| *i == id) {
                 return Ok(self.acks.remove(pos).map(|(_, v)| v).unwrap_or_default());
             }
-            self.pump(deadline).await.with_context(|| format!("waiting for the ack of {event}"))?;
+            self.pump(deadline)
+                .await
+                .with_context(|| format!("waiting for the ack of {event}"))?;
         }
     }
 
     /// `join` with an ack; returns the ack object.
     pub async fn join(&mut self, room: &str) -> anyhow::Result<Value> {
-        let mut ack = self.emit_with_ack("join", &[Value::String(room.to_owned())]).await?;
-        Ok(if ack.is_empty() { Value::Null } else { ack.remove(0) })
+        let mut ack = self
+            .emit_with_ack("join", &[Value::String(room.to_owned())])
+            .await?;
+        Ok(if ack.is_empty() {
+            Value::Null
+        } else {
+            ack.remove(0)
+        })
     }
 
     /// `leave` with an ack; returns the ack object.
     pub async fn leave(&mut self, room: &str) -> anyhow::Result<Value> {
-        let mut ack = self.emit_with_ack("leave", &[Value::String(room.to_owned())]).await?;
-        Ok(if ack.is_empty() { Value::Null } else { ack.remove(0) })
+        let mut ack = self
+            .emit_with_ack("leave", &[Value::String(room.to_owned())])
+            .await?;
+        Ok(if ack.is_empty() {
+            Value::Null
+        } else {
+            ack.remove(0)
+        })
     }
 
     /// Waits up to [`DEFAULT_WAIT`] for the next event named `name`, returning it and
@@ -243,10 +282,15 @@ impl SioClient {
         loop {
             if let Some(pos) = self.events.iter().position(|e| e.name == name) {
                 let before: Vec<Event> = self.events.drain(..pos).collect();
-                let found = self.events.pop_front().ok_or_else(|| anyhow!("event vanished"))?;
+                let found = self
+                    .events
+                    .pop_front()
+                    .ok_or_else(|| anyhow!("event vanished"))?;
                 return Ok((found, before));
             }
-            self.pump(deadline).await.with_context(|| format!("waiting for event {name:?}"))?;
+            self.pump(deadline)
+                .await
+                .with_context(|| format!("waiting for event {name:?}"))?;
         }
     }
 

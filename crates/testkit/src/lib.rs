@@ -9,4 +9,4 @@ mod client;
 mod node;
 
 pub use client::{ConnectError, DEFAULT_WAIT, Event, SioClient};
-pub use node::{TestNode, publish, spawn_memory_cluster, spawn_node, token, TEST_KEY, TEST_SECRET};
+pub use node::{TEST_KEY, TEST_SECRET, TestNode, publish, spawn_memory_cluster, spawn_node, token};

@@ -44,7 +44,11 @@ impl Drop for TestNode {
 }
 
 /// Starts a node with `config` over `bus`.
-pub async fn spawn_node(config: Config, bus: Arc<dyn Bus>, inbox: Inbox) -> anyhow::Result<TestNode> {
+pub async fn spawn_node(
+    config: Config,
+    bus: Arc<dyn Bus>,
+    inbox: Inbox,
+) -> anyhow::Result<TestNode> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let node = Node::build(&config, bus, inbox).await?;
@@ -85,7 +89,8 @@ pub async fn spawn_memory_cluster(
 /// An HS256 token for the test secret with `claims`; `exp` is added (one hour) when absent.
 pub fn token(mut claims: Value) -> String {
     if let Some(map) = claims.as_object_mut() {
-        map.entry("exp").or_insert_with(|| (gateway::unix_now() + 3600).into());
+        map.entry("exp")
+            .or_insert_with(|| (gateway::unix_now() + 3600).into());
     }
     match gateway::sign_hs256(TEST_SECRET, &claims) {
         Ok(t) => t,

@@ -1,0 +1,50 @@
+//! `cargo xtask ci`: what CI runs, in the order that fails fastest.
+
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+
+/// One step: a name, cargo's arguments, extra environment.
+type Step<'a> = (&'a str, &'a [&'a str], &'a [(&'a str, &'a str)]);
+
+/// Runs every step; stops at the first failure.
+pub(crate) fn run() -> anyhow::Result<()> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let steps: &[Step<'_>] = &[
+        ("format", &["fmt", "--all", "--check"], &[]),
+        (
+            "clippy",
+            &[
+                "clippy",
+                "--workspace",
+                "--all-targets",
+                "--",
+                "-D",
+                "warnings",
+            ],
+            &[],
+        ),
+        (
+            "docs",
+            &["doc", "--workspace", "--no-deps", "--quiet"],
+            &[("RUSTDOCFLAGS", "-D warnings")],
+        ),
+        ("tests", &["test", "--workspace"], &[]),
+    ];
+    for (name, args, env) in steps {
+        let started = Instant::now();
+        eprintln!("==> {name}: cargo {}", args.join(" "));
+        let status = Command::new(&cargo)
+            .args(*args)
+            .envs(env.iter().copied())
+            .status()
+            .with_context(|| format!("running cargo {}", args.join(" ")))?;
+        if !status.success() {
+            bail!("{name} failed ({status})");
+        }
+        eprintln!("==> {name}: ok in {:.1}s", started.elapsed().as_secs_f64());
+    }
+    eprintln!("==> ci: all steps passed");
+    Ok(())
+}
