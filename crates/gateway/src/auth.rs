@@ -429,9 +429,9 @@ mod tests {
                 },
             ),
             (
-                token(json!({"sub": {"x": 1}, "exp": exp})),
+                token(json!({"sub": "a", "tenant_id": {"x": 1}, "exp": exp})),
                 AuthError::InvalidClaim {
-                    claim: "sub".into(),
+                    claim: "tenant_id".into(),
                     reason: "must be a string".into(),
                 },
             ),

@@ -41,7 +41,7 @@ pub struct Args {
     /// Port to listen on; 0 picks a free port [default: 3000]
     #[arg(long, env = "PORT", default_value_t = 3000)]
     pub port: u16,
-    /// This node's id in the cluster [default: node-<random>]
+    /// This node's id in the cluster [default: node-RANDOM]
     #[arg(long, env = "GATEWAY_NODE_ID")]
     pub node_id: Option<String>,
     /// `development` generates missing secrets; `production` requires them [default: development]

@@ -6,7 +6,11 @@
 //! Needs Node.js and npm (the CI script installs them); npm packages are installed into
 //! `tests/js/node_modules` from the lockfile on first use.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, reason = "test code: a panic is a failure report")]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test code: a panic is a failure report"
+)]
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;

@@ -1,6 +1,10 @@
 //! One node (and a two-node in-memory cluster), driven by real Socket.IO v5 frames.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, reason = "test code: a panic is a failure report")]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test code: a panic is a failure report"
+)]
 
 use serde_json::{Value, json};
 use testkit::{ConnectError, SioClient, TEST_KEY, TestNode, publish, spawn_memory_cluster, token};
