@@ -20,6 +20,7 @@
 mod health;
 mod memory;
 mod outbox;
+mod redis;
 
 use std::fmt;
 use std::future::Future;
@@ -32,6 +33,7 @@ use tokio::sync::mpsc;
 pub use health::{Health, LinkState};
 pub use memory::{MemoryBus, MemoryHub};
 pub use outbox::{Outbox, SendError, parse_rooms};
+pub use redis::{RedisBus, RedisConfig, RedisSetupError, mask_url};
 
 /// A message received on a subscribed channel.
 #[derive(Debug, Clone)]

@@ -1,0 +1,623 @@
+//! The Redis transport: a pipelined publisher over a deadpool-redis pool and one
+//! dedicated subscriber connection that batches SUBSCRIBE/UNSUBSCRIBE, reconnects with
+//! backoff and resubscribes everything after a reconnect.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use bytes::Bytes;
+use deadpool_redis::{Pool, Runtime};
+use futures_util::StreamExt;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::{Instant, sleep, timeout};
+
+use crate::{Bus, BusFuture, Health, Inbox, LinkState, Message, PublishError, SubscribeError};
+
+/// Settings of a [`RedisBus`].
+#[derive(Clone)]
+pub struct RedisConfig {
+    /// `redis://[user:password@]host:port[/db]` or `rediss://` for TLS.
+    pub url: String,
+    /// First reconnect delay. Default 100 ms.
+    pub reconnect_min: Duration,
+    /// Longest reconnect delay. Default 3 s.
+    pub reconnect_max: Duration,
+    /// Give up reconnecting after this many consecutive failures; `None` (default) never
+    /// gives up.
+    pub max_reconnect_attempts: Option<u32>,
+    /// How long a publish keeps retrying while Redis is unreachable before it fails.
+    /// Default 0: fail at once (the gateway then delivers locally only).
+    pub publish_retry_budget: Duration,
+    /// How often the subscriber connection is pinged to detect a silent network
+    /// failure. Default 5 s.
+    pub ping_interval: Duration,
+    /// How long to wait for a connection, a reply or a subscription confirmation.
+    /// Default 3 s.
+    pub command_timeout: Duration,
+}
+
+impl std::fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisConfig")
+            .field("url", &mask_url(&self.url))
+            .field("reconnect_min", &self.reconnect_min)
+            .field("reconnect_max", &self.reconnect_max)
+            .field("max_reconnect_attempts", &self.max_reconnect_attempts)
+            .field("publish_retry_budget", &self.publish_retry_budget)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisConfig {
+    /// Defaults for `url`.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            reconnect_min: Duration::from_millis(100),
+            reconnect_max: Duration::from_secs(3),
+            max_reconnect_attempts: None,
+            publish_retry_budget: Duration::ZERO,
+            ping_interval: Duration::from_secs(5),
+            command_timeout: Duration::from_secs(3),
+        }
+    }
+
+    /// Sets how long publishes retry while Redis is unreachable.
+    pub fn with_publish_retry_budget(mut self, budget: Duration) -> Self {
+        self.publish_retry_budget = budget;
+        self
+    }
+
+    /// Sets the reconnect backoff bounds.
+    pub fn with_reconnect(mut self, min: Duration, max: Duration) -> Self {
+        self.reconnect_min = min;
+        self.reconnect_max = max.max(min);
+        self
+    }
+}
+
+/// Why a Redis bus could not be created.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RedisSetupError {
+    /// The URL is not a Redis URL.
+    #[error("invalid Redis URL {url}: {reason}")]
+    InvalidUrl {
+        /// The URL with its password masked.
+        url: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// `url` with any password replaced by `***`, safe to log.
+///
+/// ```
+/// assert_eq!(bus::mask_url("redis://:s3cret@cache:6379/0"), "redis://:***@cache:6379/0");
+/// assert_eq!(bus::mask_url("rediss://app:pw@h"), "rediss://app:***@h");
+/// assert_eq!(bus::mask_url("redis://h:6379"), "redis://h:6379");
+/// ```
+pub fn mask_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let (authority, path) = match rest.find('/') {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split_once(':').map_or("", |(u, _)| u);
+            if userinfo.contains(':') {
+                format!("{scheme}://{user}:***@{host}{path}")
+            } else {
+                format!("{scheme}://***@{host}{path}")
+            }
+        }
+        None => url.to_owned(),
+    }
+}
+
+/// A [`Bus`] over Redis pub/sub.
+#[derive(Debug)]
+pub struct RedisBus {
+    publish_tx: mpsc::UnboundedSender<PublishRequest>,
+    command_tx: mpsc::UnboundedSender<Command>,
+    health: Arc<Mutex<Health>>,
+    pool: Pool,
+    masked_url: String,
+}
+
+#[derive(Debug)]
+struct PublishRequest {
+    channel: String,
+    payload: Bytes,
+    reply: oneshot::Sender<Result<usize, PublishError>>,
+}
+
+#[derive(Debug)]
+enum Command {
+    Subscribe(Vec<String>, oneshot::Sender<Result<(), SubscribeError>>),
+    Unsubscribe(Vec<String>, oneshot::Sender<Result<(), SubscribeError>>),
+}
+
+impl Command {
+    fn is_subscribe(&self) -> bool {
+        matches!(self, Self::Subscribe(..))
+    }
+}
+
+/// The most publishes sent in one pipeline.
+const MAX_PIPELINE: usize = 512;
+
+impl RedisBus {
+    /// Creates the bus and starts its connection tasks; returns at once. Redis need not
+    /// be reachable yet: the bus reports `connecting`/`down` in [`Bus::health`] and
+    /// connects as soon as it can.
+    pub fn connect(config: RedisConfig) -> Result<(Self, Inbox), RedisSetupError> {
+        let masked_url = mask_url(&config.url);
+        let invalid = |reason: String| RedisSetupError::InvalidUrl {
+            url: masked_url.clone(),
+            reason,
+        };
+        if config.url.starts_with("rediss://") {
+            // A process may install its own provider first; then ours is not needed.
+            let _ = rustls::crypto::ring::default_provider().install_default();
+        }
+        let client = redis::Client::open(config.url.as_str()).map_err(|e| invalid(e.to_string()))?;
+        let mut pool_config = deadpool_redis::Config::from_url(config.url.clone());
+        pool_config.pool = Some(deadpool_redis::PoolConfig {
+            max_size: 4,
+            timeouts: deadpool_redis::Timeouts {
+                wait: Some(config.command_timeout),
+                create: Some(config.command_timeout),
+                recycle: Some(config.command_timeout),
+            },
+            ..Default::default()
+        });
+        let pool = pool_config
+            .create_pool(Some(Runtime::Tokio1))
+            .map_err(|e| invalid(e.to_string()))?;
+
+        let health = Arc::new(Mutex::new(Health {
+            publisher: LinkState::Connecting,
+            subscriber: LinkState::Connecting,
+        }));
+        let (publish_tx, publish_rx) = mpsc::unbounded_channel();
+        let (command_tx, command_rx) = mpsc::unbounded_channel();
+        let (inbox_tx, inbox) = mpsc::unbounded_channel();
+
+        tokio::spawn(publisher_task(
+            pool.clone(),
+            config.clone(),
+            publish_rx,
+            health.clone(),
+        ));
+        tokio::spawn(
+            Subscriber {
+                client,
+                config,
+                commands: command_rx,
+                inbox: inbox_tx,
+                health: health.clone(),
+                desired: HashSet::new(),
+                held: None,
+            }
+            .run(),
+        );
+        Ok((
+            Self {
+                publish_tx,
+                command_tx,
+                health,
+                pool,
+                masked_url,
+            },
+            inbox,
+        ))
+    }
+
+    /// The URL with its password masked.
+    pub fn masked_url(&self) -> &str {
+        &self.masked_url
+    }
+
+    /// A pooled connection for other commands (registry, `PUBSUB`), sharing the
+    /// publisher's pool.
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    /// Waits until both links are up, or `within` has passed.
+    pub async fn wait_up(&self, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        loop {
+            if self.health().is_up() {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+fn set_health(health: &Mutex<Health>, f: impl FnOnce(&mut Health)) {
+    f(&mut health.lock().unwrap_or_else(PoisonError::into_inner));
+}
+
+/// Exponential backoff with full jitter between `min` and the current cap.
+fn backoff(config: &RedisConfig, attempt: u32) -> Duration {
+    use rand::Rng;
+    let cap = config
+        .reconnect_min
+        .saturating_mul(2u32.saturating_pow(attempt.min(16)))
+        .min(config.reconnect_max);
+    let min = config.reconnect_min.min(cap);
+    let jittered = rand::rng().random_range(min.as_millis()..=cap.as_millis());
+    Duration::from_millis(u64::try_from(jittered).unwrap_or(u64::MAX))
+}
+
+async fn publisher_task(
+    pool: Pool,
+    config: RedisConfig,
+    mut rx: mpsc::UnboundedReceiver<PublishRequest>,
+    health: Arc<Mutex<Health>>,
+) {
+    let mut batch = Vec::with_capacity(MAX_PIPELINE);
+    // Failed probes in a row: paces the health probe like a reconnect.
+    let mut failures: u32 = 0;
+    let mut next_probe = Instant::now();
+    loop {
+        let first = tokio::select! {
+            req = rx.recv() => match req {
+                Some(req) => req,
+                None => return,
+            },
+            () = tokio::time::sleep_until(next_probe) => {
+                // Probing when idle keeps `/health` true without waiting for traffic.
+                match probe(&pool, config.command_timeout).await {
+                    Ok(()) => {
+                        failures = 0;
+                        set_health(&health, |h| h.publisher = LinkState::Up);
+                        next_probe = Instant::now() + config.ping_interval;
+                    }
+                    Err(error) => {
+                        set_health(&health, |h| h.publisher = LinkState::Down { error });
+                        next_probe = Instant::now() + backoff(&config, failures);
+                        failures = failures.saturating_add(1);
+                    }
+                }
+                continue;
+            }
+        };
+        batch.push(first);
+        while batch.len() < MAX_PIPELINE {
+            match rx.try_recv() {
+                Ok(req) => batch.push(req),
+                Err(_) => break,
+            }
+        }
+        let deadline = Instant::now() + config.publish_retry_budget;
+        let mut attempt = 0;
+        loop {
+            match publish_batch(&pool, &batch, config.command_timeout).await {
+                Ok(counts) => {
+                    failures = 0;
+                    set_health(&health, |h| h.publisher = LinkState::Up);
+                    for (req, count) in batch.drain(..).zip(counts) {
+                        let _ = req.reply.send(Ok(count));
+                    }
+                    break;
+                }
+                Err(error) => {
+                    set_health(&health, |h| {
+                        h.publisher = LinkState::Down {
+                            error: error.clone(),
+                        }
+                    });
+                    next_probe = Instant::now() + config.reconnect_min;
+                    let wait = backoff(&config, attempt);
+                    attempt += 1;
+                    if Instant::now() + wait > deadline {
+                        for req in batch.drain(..) {
+                            let _ = req.reply.send(Err(PublishError::Unavailable(error.clone())));
+                        }
+                        break;
+                    }
+                    sleep(wait).await;
+                }
+            }
+        }
+    }
+}
+
+async fn probe(pool: &Pool, limit: Duration) -> Result<(), String> {
+    let mut conn = timeout(limit, pool.get())
+        .await
+        .map_err(|_| "timed out connecting to Redis".to_owned())?
+        .map_err(|e| format!("cannot connect to Redis: {e}"))?;
+    let _: String = timeout(limit, redis::cmd("PING").query_async(&mut conn))
+        .await
+        .map_err(|_| "timed out waiting for PONG".to_owned())?
+        .map_err(|e| format!("ping failed: {e}"))?;
+    Ok(())
+}
+
+async fn publish_batch(pool: &Pool, batch: &[PublishRequest], limit: Duration) -> Result<Vec<usize>, String> {
+    let mut conn = timeout(limit, pool.get())
+        .await
+        .map_err(|_| "timed out connecting to Redis".to_owned())?
+        .map_err(|e| format!("cannot connect to Redis: {e}"))?;
+    let mut pipe = redis::pipe();
+    for req in batch {
+        pipe.cmd("PUBLISH").arg(&req.channel).arg(&req.payload[..]);
+    }
+    let counts: Vec<usize> = timeout(limit, pipe.query_async(&mut conn))
+        .await
+        .map_err(|_| "timed out publishing to Redis".to_owned())?
+        .map_err(|e| format!("publish failed: {e}"))?;
+    Ok(counts)
+}
+
+struct Subscriber {
+    client: redis::Client,
+    config: RedisConfig,
+    commands: mpsc::UnboundedReceiver<Command>,
+    inbox: mpsc::UnboundedSender<Message>,
+    health: Arc<Mutex<Health>>,
+    /// Every channel the node wants, whether or not Redis has confirmed it; resubscribed
+    /// in full after each reconnect.
+    desired: HashSet<String>,
+    /// A command taken from the queue that did not fit the current batch.
+    held: Option<Command>,
+}
+
+enum Exit {
+    /// The bus was dropped.
+    Closed,
+    /// The connection failed; reconnect.
+    Lost(String),
+}
+
+impl Subscriber {
+    async fn run(mut self) {
+        let mut attempt: u32 = 0;
+        loop {
+            set_health(&self.health, |h| h.subscriber = LinkState::Connecting);
+            let error = match self.connect().await {
+                Ok((sink, stream)) => {
+                    attempt = 0;
+                    match self.serve(sink, stream).await {
+                        Exit::Closed => return,
+                        Exit::Lost(e) => e,
+                    }
+                }
+                Err(e) => e,
+            };
+            tracing::warn!(url = %mask_url(&self.config.url), %error, "Redis subscriber connection lost; reconnecting");
+            set_health(&self.health, |h| {
+                h.subscriber = LinkState::Down {
+                    error: error.clone(),
+                }
+            });
+            attempt = attempt.saturating_add(1);
+            if self.config.max_reconnect_attempts.is_some_and(|max| attempt > max) {
+                tracing::error!("giving up on Redis after {attempt} attempts");
+                self.fail_commands_forever(&error).await;
+                return;
+            }
+            let wait = backoff(&self.config, attempt - 1);
+            if self.wait_offline(wait, &error).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    async fn connect(&mut self) -> Result<(redis::aio::PubSubSink, redis::aio::PubSubStream), String> {
+        let limit = self.config.command_timeout;
+        let pubsub = timeout(limit, self.client.get_async_pubsub())
+            .await
+            .map_err(|_| "timed out connecting to Redis".to_owned())?
+            .map_err(|e| format!("cannot connect to Redis: {e}"))?;
+        let (mut sink, stream) = pubsub.split();
+        if !self.desired.is_empty() {
+            let all: Vec<&String> = self.desired.iter().collect();
+            timeout(limit, sink.subscribe(all))
+                .await
+                .map_err(|_| "timed out resubscribing".to_owned())?
+                .map_err(|e| format!("resubscribe failed: {e}"))?;
+            tracing::info!(channels = self.desired.len(), "resubscribed after connecting to Redis");
+        }
+        set_health(&self.health, |h| h.subscriber = LinkState::Up);
+        Ok((sink, stream))
+    }
+
+    /// While disconnected: keep the wanted set up to date and answer at once, so callers
+    /// never hang on an outage.
+    async fn wait_offline(&mut self, wait: Duration, error: &str) -> Result<(), ()> {
+        let until = Instant::now() + wait;
+        loop {
+            let cmd = match self.held.take() {
+                Some(cmd) => cmd,
+                None => tokio::select! {
+                    () = tokio::time::sleep_until(until) => return Ok(()),
+                    cmd = self.commands.recv() => cmd.ok_or(())?,
+                },
+            };
+            match cmd {
+                Command::Subscribe(channels, reply) => {
+                    self.desired.extend(channels);
+                    let _ = reply.send(Err(SubscribeError::Unavailable(error.to_owned())));
+                }
+                Command::Unsubscribe(channels, reply) => {
+                    for c in &channels {
+                        self.desired.remove(c);
+                    }
+                    let _ = reply.send(Ok(()));
+                }
+            }
+        }
+    }
+
+    async fn fail_commands_forever(&mut self, error: &str) {
+        while let Some(cmd) = self.commands.recv().await {
+            let reply = match cmd {
+                Command::Subscribe(_, r) | Command::Unsubscribe(_, r) => r,
+            };
+            let _ = reply.send(Err(SubscribeError::Unavailable(error.to_owned())));
+        }
+    }
+
+    async fn serve(&mut self, mut sink: redis::aio::PubSubSink, mut stream: redis::aio::PubSubStream) -> Exit {
+        let mut ping = tokio::time::interval(self.config.ping_interval);
+        ping.tick().await;
+        loop {
+            let cmd = match self.held.take() {
+                Some(cmd) => Some(cmd),
+                None => tokio::select! {
+                    cmd = self.commands.recv() => match cmd {
+                        Some(cmd) => Some(cmd),
+                        None => return Exit::Closed,
+                    },
+                    msg = stream.next() => {
+                        let Some(msg) = msg else { return Exit::Lost("connection closed".into()) };
+                        let channel: Arc<str> = Arc::from(msg.get_channel_name());
+                        let payload = Bytes::copy_from_slice(msg.get_payload_bytes());
+                        if self.inbox.send(Message { channel, payload }).is_err() {
+                            return Exit::Closed;
+                        }
+                        None
+                    }
+                    _ = ping.tick() => {
+                        match timeout(self.config.command_timeout, sink.ping::<String>()).await {
+                            Ok(Ok(_)) => None,
+                            Ok(Err(e)) => return Exit::Lost(format!("ping failed: {e}")),
+                            Err(_) => return Exit::Lost("ping timed out".into()),
+                        }
+                    }
+                },
+            };
+            if let Some(first) = cmd {
+                if let Err(e) = self.apply_batch(&mut sink, first).await {
+                    return Exit::Lost(e);
+                }
+            }
+        }
+    }
+
+    /// Applies `first` and every queued command of the same kind in one round trip.
+    /// Commands of the other kind wait for the next batch, so order is preserved.
+    async fn apply_batch(&mut self, sink: &mut redis::aio::PubSubSink, first: Command) -> Result<(), String> {
+        let subscribe = first.is_subscribe();
+        let mut batch = vec![first];
+        while let Ok(next) = self.commands.try_recv() {
+            if next.is_subscribe() == subscribe {
+                batch.push(next);
+            } else {
+                self.held = Some(next);
+                break;
+            }
+        }
+        let mut channels: Vec<String> = Vec::new();
+        let mut replies = Vec::with_capacity(batch.len());
+        for cmd in batch {
+            match cmd {
+                Command::Subscribe(list, reply) => {
+                    for c in list {
+                        if self.desired.insert(c.clone()) {
+                            channels.push(c);
+                        }
+                    }
+                    replies.push(reply);
+                }
+                Command::Unsubscribe(list, reply) => {
+                    for c in list {
+                        if self.desired.remove(&c) {
+                            channels.push(c);
+                        }
+                    }
+                    replies.push(reply);
+                }
+            }
+        }
+        let result = if channels.is_empty() {
+            Ok(())
+        } else {
+            let limit = self.config.command_timeout;
+            let op = async {
+                if subscribe {
+                    sink.subscribe(&channels).await
+                } else {
+                    sink.unsubscribe(&channels).await
+                }
+            };
+            match timeout(limit, op).await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(format!("redis refused: {e}")),
+                Err(_) => Err("timed out waiting for Redis to confirm".to_owned()),
+            }
+        };
+        match result {
+            Ok(()) => {
+                for reply in replies {
+                    let _ = reply.send(Ok(()));
+                }
+                Ok(())
+            }
+            Err(e) => {
+                for reply in replies {
+                    let _ = reply.send(Err(SubscribeError::Unavailable(e.clone())));
+                }
+                Err(e)
+            }
+        }
+    }
+}
+
+impl Bus for RedisBus {
+    fn publish(&self, channel: &str, payload: Bytes) -> BusFuture<Result<usize, PublishError>> {
+        let (reply, rx) = oneshot::channel();
+        let sent = self.publish_tx.send(PublishRequest {
+            channel: channel.to_owned(),
+            payload,
+            reply,
+        });
+        Box::pin(async move {
+            sent.map_err(|_| PublishError::Closed)?;
+            rx.await.map_err(|_| PublishError::Closed)?
+        })
+    }
+
+    fn subscribe(&self, channels: Vec<String>) -> BusFuture<Result<(), SubscribeError>> {
+        self.command(|reply| Command::Subscribe(channels, reply))
+    }
+
+    fn unsubscribe(&self, channels: Vec<String>) -> BusFuture<Result<(), SubscribeError>> {
+        self.command(|reply| Command::Unsubscribe(channels, reply))
+    }
+
+    fn health(&self) -> Health {
+        self.health.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    fn kind(&self) -> &'static str {
+        "redis"
+    }
+}
+
+impl RedisBus {
+    fn command(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<(), SubscribeError>>) -> Command,
+    ) -> BusFuture<Result<(), SubscribeError>> {
+        let (reply, rx) = oneshot::channel();
+        let sent = self.command_tx.send(make(reply));
+        Box::pin(async move {
+            sent.map_err(|_| SubscribeError::Closed)?;
+            rx.await.map_err(|_| SubscribeError::Closed)?
+        })
+    }
+}
