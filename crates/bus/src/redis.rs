@@ -165,7 +165,8 @@ impl RedisBus {
             // A process may install its own provider first; then ours is not needed.
             let _ = rustls::crypto::ring::default_provider().install_default();
         }
-        let client = redis::Client::open(config.url.as_str()).map_err(|e| invalid(e.to_string()))?;
+        let client =
+            redis::Client::open(config.url.as_str()).map_err(|e| invalid(e.to_string()))?;
         let mut pool_config = deadpool_redis::Config::from_url(config.url.clone());
         pool_config.pool = Some(deadpool_redis::PoolConfig {
             max_size: 4,
@@ -323,7 +324,9 @@ async fn publisher_task(
                     attempt += 1;
                     if Instant::now() + wait > deadline {
                         for req in batch.drain(..) {
-                            let _ = req.reply.send(Err(PublishError::Unavailable(error.clone())));
+                            let _ = req
+                                .reply
+                                .send(Err(PublishError::Unavailable(error.clone())));
                         }
                         break;
                     }
@@ -346,7 +349,11 @@ async fn probe(pool: &Pool, limit: Duration) -> Result<(), String> {
     Ok(())
 }
 
-async fn publish_batch(pool: &Pool, batch: &[PublishRequest], limit: Duration) -> Result<Vec<usize>, String> {
+async fn publish_batch(
+    pool: &Pool,
+    batch: &[PublishRequest],
+    limit: Duration,
+) -> Result<Vec<usize>, String> {
     let mut conn = timeout(limit, pool.get())
         .await
         .map_err(|_| "timed out connecting to Redis".to_owned())?
@@ -404,7 +411,11 @@ impl Subscriber {
                 }
             });
             attempt = attempt.saturating_add(1);
-            if self.config.max_reconnect_attempts.is_some_and(|max| attempt > max) {
+            if self
+                .config
+                .max_reconnect_attempts
+                .is_some_and(|max| attempt > max)
+            {
                 tracing::error!("giving up on Redis after {attempt} attempts");
                 self.fail_commands_forever(&error).await;
                 return;
@@ -416,7 +427,9 @@ impl Subscriber {
         }
     }
 
-    async fn connect(&mut self) -> Result<(redis::aio::PubSubSink, redis::aio::PubSubStream), String> {
+    async fn connect(
+        &mut self,
+    ) -> Result<(redis::aio::PubSubSink, redis::aio::PubSubStream), String> {
         let limit = self.config.command_timeout;
         let pubsub = timeout(limit, self.client.get_async_pubsub())
             .await
@@ -429,7 +442,10 @@ impl Subscriber {
                 .await
                 .map_err(|_| "timed out resubscribing".to_owned())?
                 .map_err(|e| format!("resubscribe failed: {e}"))?;
-            tracing::info!(channels = self.desired.len(), "resubscribed after connecting to Redis");
+            tracing::info!(
+                channels = self.desired.len(),
+                "resubscribed after connecting to Redis"
+            );
         }
         set_health(&self.health, |h| h.subscriber = LinkState::Up);
         Ok((sink, stream))
@@ -471,7 +487,11 @@ impl Subscriber {
         }
     }
 
-    async fn serve(&mut self, mut sink: redis::aio::PubSubSink, mut stream: redis::aio::PubSubStream) -> Exit {
+    async fn serve(
+        &mut self,
+        mut sink: redis::aio::PubSubSink,
+        mut stream: redis::aio::PubSubStream,
+    ) -> Exit {
         let mut ping = tokio::time::interval(self.config.ping_interval);
         ping.tick().await;
         loop {
@@ -492,7 +512,7 @@ impl Subscriber {
                         None
                     }
                     _ = ping.tick() => {
-                        match timeout(self.config.command_timeout, sink.ping::<String>()).await {
+                        match timeout(self.config.command_timeout, sink.ping::<redis::Value>()).await {
                             Ok(Ok(_)) => None,
                             Ok(Err(e)) => return Exit::Lost(format!("ping failed: {e}")),
                             Err(_) => return Exit::Lost("ping timed out".into()),
@@ -500,17 +520,21 @@ impl Subscriber {
                     }
                 },
             };
-            if let Some(first) = cmd {
-                if let Err(e) = self.apply_batch(&mut sink, first).await {
-                    return Exit::Lost(e);
-                }
+            if let Some(first) = cmd
+                && let Err(e) = self.apply_batch(&mut sink, first).await
+            {
+                return Exit::Lost(e);
             }
         }
     }
 
     /// Applies `first` and every queued command of the same kind in one round trip.
     /// Commands of the other kind wait for the next batch, so order is preserved.
-    async fn apply_batch(&mut self, sink: &mut redis::aio::PubSubSink, first: Command) -> Result<(), String> {
+    async fn apply_batch(
+        &mut self,
+        sink: &mut redis::aio::PubSubSink,
+        first: Command,
+    ) -> Result<(), String> {
         let subscribe = first.is_subscribe();
         let mut batch = vec![first];
         while let Ok(next) = self.commands.try_recv() {
@@ -600,7 +624,10 @@ impl Bus for RedisBus {
     }
 
     fn health(&self) -> Health {
-        self.health.lock().unwrap_or_else(PoisonError::into_inner).clone()
+        self.health
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     fn kind(&self) -> &'static str {

@@ -2,7 +2,6 @@
 //! gateway code reaches sockets on every node.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use envelope::{Envelope, Flags, VERSION};
@@ -58,7 +57,7 @@ impl CoreAdapter<Emitter> for BusAdapter {
         if !opts.is_local(self.local.server_id()) {
             match to_envelope(&packet, &opts, self.cluster.node_id()) {
                 Some(env) => {
-                    if let Err(e) = self.cluster_send(&env).await {
+                    if let Err(e) = self.cluster.send_to_bus(&env).await {
                         tracing::warn!(error = %e, event = %env.event, "cluster broadcast failed; delivered on this node only");
                     }
                 }
@@ -83,27 +82,6 @@ impl CoreAdapter<Emitter> for BusAdapter {
 
     fn get_local(&self) -> &CoreLocalAdapter<Emitter> {
         &self.local
-    }
-}
-
-impl BusAdapter {
-    async fn cluster_send(&self, env: &Envelope) -> Result<(), bus::SendError> {
-        let stats = &self.cluster.stats;
-        match self.cluster_outbox_send(env).await {
-            Ok(()) => {
-                stats.published.fetch_add(1, Ordering::Relaxed);
-                Ok(())
-            }
-            Err(e) => {
-                stats.publish_errors.fetch_add(1, Ordering::Relaxed);
-                Err(e)
-            }
-        }
-    }
-
-    async fn cluster_outbox_send(&self, env: &Envelope) -> Result<(), bus::SendError> {
-        let outbox = bus::Outbox::new(self.cluster.bus().clone(), self.cluster.channels().clone());
-        outbox.send(env).await.map(|_| ())
     }
 }
 

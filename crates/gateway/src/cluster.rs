@@ -6,10 +6,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 
 use bus::{Bus, BusFuture, Inbox, Message, Outbox, SendError, SubscribeError};
-use envelope::{Envelope, Limits};
+use envelope::{Envelope, LegacyMessage, Limits};
 use futures_util::FutureExt;
 use futures_util::future::Shared;
-use rooms::{Channels, Interest, Room};
+use rooms::{Channels, Interest, Room, Target, legacy_target};
 use serde::ser::{Serialize, SerializeTuple, Serializer};
 use serde_json::Value;
 use socketioxide::SocketIo;
@@ -28,6 +28,7 @@ pub struct Cluster {
     outbox: Outbox,
     limits: Limits,
     namespaces: Vec<String>,
+    legacy_channel: Option<String>,
     state: Mutex<State>,
     io: OnceLock<SocketIo<BusAdapter>>,
     /// Counters exported on `/health` and `/metrics`.
@@ -72,13 +73,21 @@ pub enum JoinWarning {
 }
 
 impl Cluster {
-    /// A cluster view for `node_id` over `outbox`, serving `namespaces`.
-    pub fn new(node_id: String, outbox: Outbox, limits: Limits, namespaces: Vec<String>) -> Self {
+    /// A cluster view for `node_id` over `outbox`, serving `namespaces`, listening for
+    /// the legacy JSON form on `legacy_channel`.
+    pub fn new(
+        node_id: String,
+        outbox: Outbox,
+        limits: Limits,
+        namespaces: Vec<String>,
+        legacy_channel: Option<String>,
+    ) -> Self {
         Self {
             node_id,
             outbox,
             limits,
             namespaces,
+            legacy_channel,
             state: Mutex::default(),
             io: OnceLock::new(),
             stats: Stats::default(),
@@ -125,6 +134,7 @@ impl Cluster {
             .map(|ns| channels.namespace(ns))
             .collect();
         all.push(channels.node(&self.node_id));
+        all.extend(self.legacy_channel.iter().cloned());
         all
     }
 
@@ -230,22 +240,33 @@ impl Cluster {
         });
     }
 
-    /// Publishes `env` to the cluster and then delivers it to this node's sockets.
+    /// Delivers `env` to this node's sockets, then publishes it to the cluster.
     ///
-    /// The bus goes first: if it refuses, nothing is delivered anywhere and the caller
-    /// gets the error, so a retry cannot produce duplicates on this node.
+    /// Local delivery does not depend on the bus, so a node keeps serving its own
+    /// sockets while Redis is away; the bus error is still returned so the caller knows
+    /// other nodes did not get the message.
     pub async fn publish(&self, env: &Envelope) -> Result<(), SendError> {
         bus::parse_rooms(&env.to)?;
         bus::parse_rooms(&env.except)?;
-        if !env.flags.local {
-            if let Err(e) = self.outbox.send(env).await {
-                self.stats.publish_errors.fetch_add(1, Ordering::Relaxed);
-                return Err(e);
-            }
-            self.stats.published.fetch_add(1, Ordering::Relaxed);
-        }
         self.deliver_local(env).await;
-        Ok(())
+        if env.flags.local {
+            return Ok(());
+        }
+        self.send_to_bus(env).await
+    }
+
+    /// Publishes an envelope built by the adapter, counting the outcome.
+    pub(crate) async fn send_to_bus(&self, env: &Envelope) -> Result<(), SendError> {
+        match self.outbox.send(env).await {
+            Ok(_) => {
+                self.stats.published.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(e) => {
+                self.stats.publish_errors.fetch_add(1, Ordering::Relaxed);
+                Err(e)
+            }
+        }
     }
 
     /// Delivers `env` to the local sockets it targets.
@@ -272,6 +293,9 @@ impl Cluster {
 
     /// Handles one message from the bus.
     pub async fn on_message(&self, msg: Message) {
+        if self.legacy_channel.as_deref() == Some(&*msg.channel) {
+            return self.on_legacy(&msg).await;
+        }
         let env = match Envelope::decode(&msg.payload, self.limits) {
             Ok(env) => env,
             Err(e) => {
@@ -283,6 +307,39 @@ impl Cluster {
         // This node delivered its own messages locally before publishing them.
         if env.origin == self.node_id {
             return;
+        }
+        self.stats.delivered.fetch_add(1, Ordering::Relaxed);
+        self.deliver_local(&env).await;
+    }
+
+    /// The legacy JSON form: every node receives it and delivers to its own sockets.
+    async fn on_legacy(&self, msg: &Message) {
+        let legacy = match LegacyMessage::decode(&msg.payload, self.limits) {
+            Ok(m) => m,
+            Err(e) => {
+                self.stats.rejected.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(channel = %msg.channel, error = %e, "dropped an undecodable legacy message");
+                return;
+            }
+        };
+        let target = legacy_target(
+            legacy.room.as_deref(),
+            legacy.user.as_deref(),
+            legacy.doctype.as_deref(),
+            legacy.docname.as_deref(),
+        );
+        let to = match target {
+            Ok(Target::Broadcast) => Vec::new(),
+            Ok(Target::Rooms(rooms)) => rooms.into_iter().map(Room::into_string).collect(),
+            Err(e) => {
+                self.stats.rejected.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(channel = %msg.channel, error = %e, "dropped a legacy message with an invalid room");
+                return;
+            }
+        };
+        let mut env = Envelope::new("legacy", legacy.event, legacy.message).to_rooms(to);
+        if let Some(ns) = legacy.namespace {
+            env.ns = ns;
         }
         self.stats.delivered.fetch_add(1, Ordering::Relaxed);
         self.deliver_local(&env).await;

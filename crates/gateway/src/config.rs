@@ -83,6 +83,30 @@ pub struct Args {
     /// Largest client packet and published envelope, in bytes [default: 1048576]
     #[arg(long, env = "MAX_PAYLOAD_BYTES", default_value_t = envelope::DEFAULT_MAX_SIZE)]
     pub max_payload_bytes: usize,
+    /// Redis URL (`redis://`, `rediss://` for TLS); unset in development = single node on the in-memory bus
+    #[arg(long, env = "REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
+    /// Alias of REDIS_URL used by existing Socket.IO deployments
+    #[arg(long, env = "REDIS_SOCKETIO_URL", hide_env_values = true, hide = true)]
+    pub redis_socketio_url: Option<String>,
+    /// Redis host, when REDIS_URL is not set
+    #[arg(long, env = "REDIS_HOST")]
+    pub redis_host: Option<String>,
+    /// Redis port, with REDIS_HOST [default: 6379]
+    #[arg(long, env = "REDIS_PORT", default_value_t = 6379)]
+    pub redis_port: u16,
+    /// Redis password, with REDIS_HOST
+    #[arg(long, env = "REDIS_PASSWORD", hide_env_values = true)]
+    pub redis_password: Option<String>,
+    /// Prefix of every Redis channel, so several apps can share one Redis [default: roomcast]
+    #[arg(long, env = "REDIS_CHANNEL_PREFIX", default_value = "roomcast")]
+    pub redis_channel_prefix: String,
+    /// Give up reconnecting to Redis after this many attempts [default: never]
+    #[arg(long, env = "REDIS_MAX_RECONNECT_ATTEMPTS")]
+    pub redis_max_reconnect_attempts: Option<u32>,
+    /// Redis channel carrying the legacy JSON form ({"event","message","room","user","doctype","docname"}); empty disables [default: realtime]
+    #[arg(long, env = "LEGACY_CHANNEL", default_value = "realtime")]
+    pub legacy_channel: String,
     /// Log format: `text` or `json` [default: text]
     #[arg(long, env = "LOG_FORMAT", default_value = "text")]
     pub log_format: String,
@@ -154,6 +178,14 @@ pub struct Config {
     pub dev: Option<DevCredentials>,
     /// `text` or `json` logs.
     pub log_json: bool,
+    /// Redis URL; `None` runs on the in-memory bus (development only).
+    pub redis_url: Option<String>,
+    /// Channel prefix.
+    pub channel_prefix: String,
+    /// Give up reconnecting after this many attempts (`None`: never).
+    pub redis_max_reconnect_attempts: Option<u32>,
+    /// Legacy JSON channel; `None` disables it.
+    pub legacy_channel: Option<String>,
 }
 
 impl fmt::Debug for Config {
@@ -173,6 +205,9 @@ impl fmt::Debug for Config {
             .field("socketio_path", &self.socketio_path)
             .field("namespaces", &self.namespaces)
             .field("max_payload", &self.max_payload)
+            .field("redis_url", &self.redis_url.as_deref().map(bus::mask_url))
+            .field("channel_prefix", &self.channel_prefix)
+            .field("legacy_channel", &self.legacy_channel)
             .finish_non_exhaustive()
     }
 }
@@ -207,6 +242,11 @@ pub enum ConfigError {
         "GATEWAY_MODE=production needs JWT_SECRET or JWT_PUBLIC_KEY_FILE to verify client tokens"
     )]
     MissingJwtKey,
+    /// Production mode without Redis.
+    #[error(
+        "GATEWAY_MODE=production needs Redis: set REDIS_URL (or REDIS_SOCKETIO_URL, or REDIS_HOST/REDIS_PORT/REDIS_PASSWORD)"
+    )]
+    MissingRedis,
     /// Both a secret and a key file.
     #[error("set either JWT_SECRET or JWT_PUBLIC_KEY_FILE, not both")]
     ConflictingJwtKeys,
@@ -233,6 +273,18 @@ fn invalid(name: &'static str, reason: impl Into<String>) -> ConfigError {
         name,
         reason: reason.into(),
     }
+}
+
+/// Percent-encodes a password for the userinfo part of a URL.
+fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 /// A random hex string of `bytes` random bytes.
@@ -335,6 +387,45 @@ impl Config {
             Some(id) => id,
             None => format!("node-{}", random_hex(4)),
         };
+        let redis_url = match (args.redis_url, args.redis_socketio_url, args.redis_host) {
+            (Some(url), _, _) | (None, Some(url), _) if !url.trim().is_empty() => {
+                Some(url.trim().to_owned())
+            }
+            (_, _, Some(host)) if !host.trim().is_empty() => {
+                let auth = args
+                    .redis_password
+                    .filter(|p| !p.is_empty())
+                    .map(|p| format!(":{}@", percent_encode(&p)))
+                    .unwrap_or_default();
+                Some(format!("redis://{auth}{}:{}", host.trim(), args.redis_port))
+            }
+            _ => None,
+        };
+        if let Some(url) = &redis_url {
+            if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+                return Err(invalid(
+                    "REDIS_URL",
+                    format!(
+                        "{} must start with redis:// or rediss://",
+                        bus::mask_url(url)
+                    ),
+                ));
+            }
+        } else if args.mode == Mode::Production {
+            return Err(ConfigError::MissingRedis);
+        }
+        if args.redis_channel_prefix.is_empty()
+            || args
+                .redis_channel_prefix
+                .chars()
+                .any(|c| c.is_whitespace() || c.is_control())
+        {
+            return Err(invalid(
+                "REDIS_CHANNEL_PREFIX",
+                "must be non-empty without spaces",
+            ));
+        }
+        let legacy_channel = Some(args.legacy_channel.trim().to_owned()).filter(|c| !c.is_empty());
         let cors_allowed_origins = match (args.cors_allowed_origins, args.mode) {
             (origins, _) if !origins.is_empty() => origins
                 .into_iter()
@@ -364,6 +455,10 @@ impl Config {
             max_payload: args.max_payload_bytes,
             dev,
             log_json,
+            redis_url,
+            channel_prefix: args.redis_channel_prefix,
+            redis_max_reconnect_attempts: args.redis_max_reconnect_attempts,
+            legacy_channel,
         })
     }
 
@@ -410,12 +505,24 @@ mod tests {
     }
 
     #[test]
-    fn production_requires_a_key() {
+    fn production_requires_a_key_and_redis() {
         assert!(matches!(
             parse(&["--mode", "production"]),
             Err(ConfigError::MissingJwtKey)
         ));
-        let c = parse(&["--mode", "production", "--jwt-secret", "s"]).unwrap();
+        assert!(matches!(
+            parse(&["--mode", "production", "--jwt-secret", "s"]),
+            Err(ConfigError::MissingRedis)
+        ));
+        let c = parse(&[
+            "--mode",
+            "production",
+            "--jwt-secret",
+            "s",
+            "--redis-url",
+            "redis://r:6379",
+        ])
+        .unwrap();
         assert!(c.dev.is_none());
         assert_eq!(c.publish_api_key, None);
         assert!(c.cors_allowed_origins.is_empty());
@@ -444,6 +551,50 @@ mod tests {
             parse(&["--jwt-public-key-file", "/nonexistent/key.pem"]),
             Err(ConfigError::KeyFile { .. })
         ));
+    }
+
+    #[test]
+    fn redis_url_from_aliases() {
+        let url = |args: &[&str]| parse(args).unwrap().redis_url;
+        assert_eq!(url(&[]), None);
+        assert_eq!(
+            url(&["--redis-url", "redis://a:1"]).as_deref(),
+            Some("redis://a:1")
+        );
+        assert_eq!(
+            url(&["--redis-socketio-url", "rediss://b:2"]).as_deref(),
+            Some("rediss://b:2")
+        );
+        assert_eq!(
+            url(&[
+                "--redis-host",
+                "c",
+                "--redis-port",
+                "7000",
+                "--redis-password",
+                "p@ss word"
+            ])
+            .as_deref(),
+            Some("redis://:p%40ss%20word@c:7000")
+        );
+        assert_eq!(
+            url(&["--redis-host", "c"]).as_deref(),
+            Some("redis://c:6379")
+        );
+        assert!(matches!(
+            parse(&["--redis-url", "http://x"]),
+            Err(ConfigError::Invalid { .. })
+        ));
+        let c = parse(&["--redis-url", "redis://:topsecret@h:1"]).unwrap();
+        assert!(!format!("{c:?}").contains("topsecret"));
+        assert_eq!(
+            parse(&["--legacy-channel", ""]).unwrap().legacy_channel,
+            None
+        );
+        assert_eq!(
+            parse(&[]).unwrap().legacy_channel.as_deref(),
+            Some("realtime")
+        );
     }
 
     #[test]

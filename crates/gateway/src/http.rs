@@ -36,8 +36,13 @@ pub(crate) enum ApiError {
     BadEnvelope(#[from] DecodeError),
     #[error("{0}")]
     BadRoom(String),
-    #[error("the cluster bus is unavailable; nothing was delivered: {0}")]
-    BusUnavailable(String),
+    #[error("the cluster bus is unavailable: delivered to this node's sockets only ({detail})")]
+    BusUnavailable {
+        /// The message id (delivered locally).
+        id: String,
+        /// The bus error.
+        detail: String,
+    },
     #[error("internal error")]
     Internal(String),
 }
@@ -48,7 +53,10 @@ impl IntoResponse for ApiError {
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::PublishDisabled => StatusCode::FORBIDDEN,
             Self::BadEnvelope(_) | Self::BadRoom(_) => StatusCode::BAD_REQUEST,
-            Self::BusUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::BusUnavailable { id, .. } => {
+                let body = json!({"error": self.to_string(), "id": id, "delivered_locally": true});
+                return (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response();
+            }
             Self::Internal(detail) => {
                 tracing::error!(%detail, "publish failed");
                 StatusCode::INTERNAL_SERVER_ERROR
@@ -181,7 +189,10 @@ async fn publish(
     env.origin = cluster.node_id().to_owned();
     cluster.publish(&env).await.map_err(|e| match e {
         bus::SendError::InvalidRoom { .. } => ApiError::BadRoom(e.to_string()),
-        bus::SendError::Publish(e) => ApiError::BusUnavailable(e.to_string()),
+        bus::SendError::Publish(e) => ApiError::BusUnavailable {
+            id: env.id.clone(),
+            detail: e.to_string(),
+        },
         other => ApiError::Internal(other.to_string()),
     })?;
     Ok((StatusCode::ACCEPTED, axum::Json(json!({"id": env.id}))))

@@ -45,7 +45,7 @@ pub use config::{Args, ClaimNames, Config, ConfigError, DevCredentials, JwtKey, 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StartError {
-    /// The JWT key is unusable.
+    /// The JWT key or the Redis URL is unusable.
     #[error("{0}")]
     Key(String),
     /// The bus refused the node's base subscriptions.
@@ -75,14 +75,19 @@ impl Node {
         inbox: Inbox,
     ) -> Result<Self, StartError> {
         let limits = Limits::default().with_max_size(config.max_payload);
-        let outbox = Outbox::new(bus, Channels::default());
+        let outbox = Outbox::new(bus, Channels::new(config.channel_prefix.clone()));
         let cluster = Arc::new(Cluster::new(
             config.node_id.clone(),
             outbox,
             limits,
             config.namespaces.clone(),
+            config.legacy_channel.clone(),
         ));
-        cluster.bus().subscribe(cluster.base_channels()).await?;
+        // A bus that is down at start is not fatal: the subscription is remembered and
+        // made when the bus connects; meanwhile the node serves local sockets.
+        if let Err(e) = cluster.bus().subscribe(cluster.base_channels()).await {
+            tracing::warn!(error = %e, "bus unavailable at start; serving local sockets until it connects");
+        }
 
         let (layer, io) = SocketIo::builder()
             .req_path(config.socketio_path.clone())
@@ -157,14 +162,44 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
-    let (bus, inbox) = MemoryHub::new().connect();
-    let node = Node::build(&config, Arc::new(bus), inbox).await?;
+    let (bus, inbox) = connect_bus(&config)?;
+    let node = Node::build(&config, bus, inbox).await?;
     node.serve(listener, shutdown).await
+}
+
+/// The bus the configuration selects: Redis when a URL is set, else in-memory.
+pub fn connect_bus(config: &Config) -> Result<(Arc<dyn Bus>, Inbox), StartError> {
+    match &config.redis_url {
+        Some(url) => {
+            let mut redis = bus::RedisConfig::new(url.clone());
+            redis.max_reconnect_attempts = config.redis_max_reconnect_attempts;
+            let (bus, inbox) =
+                bus::RedisBus::connect(redis).map_err(|e| StartError::Key(e.to_string()))?;
+            Ok((Arc::new(bus), inbox))
+        }
+        None => {
+            let (bus, inbox) = MemoryHub::new().connect();
+            Ok((Arc::new(bus), inbox))
+        }
+    }
+}
+
+/// How the banner and logs describe the bus, with any password masked.
+pub fn bus_description(config: &Config) -> String {
+    match &config.redis_url {
+        Some(url) => format!(
+            "Redis bus at {} (channel prefix {:?})",
+            bus::mask_url(url),
+            config.channel_prefix
+        ),
+        None => "in-memory bus: single node, no Redis configured".to_owned(),
+    }
 }
 
 /// The text printed at start-up: where to connect and, in development, a token, the
 /// publish key and a `curl` line to try.
-pub fn banner(config: &Config, addr: SocketAddr, bus_kind: &str) -> String {
+pub fn banner(config: &Config, addr: SocketAddr) -> String {
+    let bus_kind = bus_description(config);
     let host = if addr.ip().is_unspecified() {
         "127.0.0.1".to_owned()
     } else {
@@ -172,7 +207,7 @@ pub fn banner(config: &Config, addr: SocketAddr, bus_kind: &str) -> String {
     };
     let base = format!("http://{host}:{}", addr.port());
     let mut out = format!(
-        "Roomcast gateway {} listening on {base} ({} mode, {bus_kind} bus)\n  Socket.IO path: {}  namespaces: {}\n",
+        "Roomcast gateway {} listening on {base} ({} mode, {bus_kind})\n  Socket.IO path: {}  namespaces: {}\n",
         config.node_id,
         config.mode.as_str(),
         config.socketio_path,

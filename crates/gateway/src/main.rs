@@ -40,11 +40,8 @@ async fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(1);
         }
     };
-    println!(
-        "{}",
-        gateway::banner(&config, addr, "in-memory (single node)")
-    );
-    tracing::info!(node_id = %config.node_id, %addr, "listening");
+    println!("{}", gateway::banner(&config, addr));
+    tracing::info!(node_id = %config.node_id, %addr, bus = %gateway::bus_description(&config), "listening");
 
     match gateway::run(listener, config, shutdown_signal()).await {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -40,9 +40,12 @@ pub enum PublishError {
     /// The namespace does not start with `/`.
     #[error("namespace {0:?} must start with '/'")]
     InvalidNamespace(String),
-    /// The bus refused the message.
+    /// The bus refused the message (for Redis: unreachable for the whole retry budget).
     #[error(transparent)]
     Send(#[from] SendError),
+    /// The Redis URL is unusable.
+    #[error("{0}")]
+    Connect(String),
 }
 
 /// Publishes events onto the bus as one origin (a service name).
@@ -61,6 +64,39 @@ impl Publisher {
             outbox: Outbox::new(bus, channels),
             origin: Arc::from(origin),
             ns: Arc::from("/"),
+        }
+    }
+
+    /// A publisher over Redis at `redis_url` (`redis://`, `rediss://`), with the default
+    /// channel prefix `roomcast` and origin `publisher`. Returns at once; Redis is
+    /// contacted on the first emit. Each emit retries for up to `retry_budget` while Redis
+    /// is unreachable, then fails with [`PublishError::Send`] — never silently.
+    ///
+    /// Emits from one publisher reach each room in the order they were made.
+    pub fn connect(
+        redis_url: &str,
+        retry_budget: std::time::Duration,
+    ) -> Result<Self, PublishError> {
+        let config = bus::RedisConfig::new(redis_url).with_publish_retry_budget(retry_budget);
+        // A publisher never subscribes, so its inbox stays empty.
+        let (bus, _inbox) =
+            bus::RedisBus::connect(config).map_err(|e| PublishError::Connect(e.to_string()))?;
+        Ok(Self::new(Arc::new(bus), Channels::default(), "publisher"))
+    }
+
+    /// The same publisher with another origin (the service name in every envelope).
+    pub fn with_origin(&self, origin: &str) -> Self {
+        Self {
+            origin: Arc::from(origin),
+            ..self.clone()
+        }
+    }
+
+    /// The same publisher with another channel prefix (it must match the gateways').
+    pub fn with_channel_prefix(&self, prefix: &str) -> Self {
+        Self {
+            outbox: Outbox::new(self.outbox.bus().clone(), Channels::new(prefix)),
+            ..self.clone()
         }
     }
 
@@ -162,11 +198,20 @@ impl Emit<'_> {
         event: &str,
         data: &T,
     ) -> Result<String, PublishError> {
+        let data = serde_json::to_value(data)?;
+        self.emit_value(event, data).await
+    }
+
+    /// Sends `event` with an already-built JSON argument; returns the message id.
+    pub async fn emit_value(
+        self,
+        event: &str,
+        data: serde_json::Value,
+    ) -> Result<String, PublishError> {
         let p = self.publisher;
         if !p.ns.starts_with('/') {
             return Err(PublishError::InvalidNamespace(p.ns.to_string()));
         }
-        let data = serde_json::to_value(data)?;
         let mut env = Envelope::new(&*p.origin, event, data).in_ns(&*p.ns);
         env.to = self.to?.into_iter().map(Room::into_string).collect();
         env.except = self.except?.into_iter().map(Room::into_string).collect();

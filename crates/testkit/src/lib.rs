@@ -9,6 +9,9 @@ mod client;
 mod node;
 mod redis;
 
-pub use redis::RedisServer;
 pub use client::{ConnectError, DEFAULT_WAIT, Event, SioClient};
-pub use node::{TEST_KEY, TEST_SECRET, TestNode, publish, spawn_memory_cluster, spawn_node, token};
+pub use node::{
+    TEST_KEY, TEST_SECRET, TestNode, publish, spawn_memory_cluster, spawn_node,
+    spawn_redis_cluster, token,
+};
+pub use redis::RedisServer;

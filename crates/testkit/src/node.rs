@@ -111,3 +111,42 @@ pub async fn publish(url: &str, key: &str, body: &str) -> anyhow::Result<(u16, V
     let json = res.json::<Value>().await.unwrap_or(Value::Null);
     Ok((status, json))
 }
+
+/// Starts `n` nodes on Redis at `redis_url`, each with its own connection, sharing a
+/// channel prefix unique to this call (so tests sharing a Redis do not see each other).
+pub async fn spawn_redis_cluster(
+    n: usize,
+    redis_url: &str,
+    configure: impl Fn(usize, &mut Config),
+) -> anyhow::Result<Vec<TestNode>> {
+    let prefix = format!(
+        "t{}",
+        gateway::unix_now() % 100_000 * 1000 + u64::from(rand_suffix())
+    );
+    let mut nodes = Vec::new();
+    for i in 0..n {
+        let mut config = Config::for_tests(TEST_SECRET, TEST_KEY);
+        config.node_id = format!("redis-node-{i}");
+        config.redis_url = Some(redis_url.to_owned());
+        config.channel_prefix = prefix.clone();
+        configure(i, &mut config);
+        let mut redis = bus::RedisConfig::new(redis_url.to_owned()).with_reconnect(
+            std::time::Duration::from_millis(50),
+            std::time::Duration::from_millis(500),
+        );
+        redis.ping_interval = std::time::Duration::from_secs(1);
+        let (bus, inbox) = bus::RedisBus::connect(redis)?;
+        anyhow::ensure!(
+            bus.wait_up(std::time::Duration::from_secs(10)).await,
+            "node {i} could not reach Redis at {redis_url}"
+        );
+        nodes.push(spawn_node(config, Arc::new(bus), inbox).await?);
+    }
+    Ok(nodes)
+}
+
+fn rand_suffix() -> u16 {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    NEXT.fetch_add(1, Ordering::Relaxed) ^ (std::process::id() as u16)
+}

@@ -17,7 +17,9 @@ pub struct RedisServer {
 impl RedisServer {
     /// Starts a server on a free port and waits until it answers `PING`.
     pub fn start() -> anyhow::Result<Self> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
         let mut server = Self { port, child: None };
         server.spawn()?;
         Ok(server)
@@ -25,11 +27,22 @@ impl RedisServer {
 
     fn spawn(&mut self) -> anyhow::Result<()> {
         let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .context("cannot run redis-server: install it (apt-get install redis-server; .ci/run does)")?;
+            .context(
+                "cannot run redis-server: install it (apt-get install redis-server; .ci/run does)",
+            )?;
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
@@ -38,11 +51,16 @@ impl RedisServer {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        bail!("redis-server on port {} did not answer PING within 10 s", self.port)
+        bail!(
+            "redis-server on port {} did not answer PING within 10 s",
+            self.port
+        )
     }
 
     fn ping(&self) -> bool {
-        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) else { return false };
+        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) else {
+            return false;
+        };
         let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
         if s.write_all(b"PING\r\n").is_err() {
             return false;
@@ -83,7 +101,10 @@ impl RedisServer {
             .output()
             .context("cannot run redis-cli")?;
         if !out.status.success() {
-            bail!("redis-cli {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+            bail!(
+                "redis-cli {args:?} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }

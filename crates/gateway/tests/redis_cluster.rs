@@ -1,0 +1,314 @@
+//! Three gateway nodes sharing a real `redis-server` (started by the test on a free port),
+//! driven by real Socket.IO clients.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test code: a panic is a failure report"
+)]
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use testkit::{RedisServer, SioClient, TEST_KEY, TestNode, publish, spawn_redis_cluster, token};
+use tokio::time::Instant;
+
+fn auth(user: &str, tenant: &str) -> Value {
+    json!({"token": token(json!({"sub": user, "tenant_id": tenant, "rooms": ["doc:*", "room:*"]}))})
+}
+
+async fn connect(node: &TestNode, user: &str) -> SioClient {
+    let mut c = SioClient::connect(&node.url(), "/", Some(auth(user, "acme")))
+        .await
+        .unwrap();
+    c.expect("connected").await.unwrap();
+    c
+}
+
+async fn accepted(node: &TestNode, body: Value) {
+    let (status, res) = publish(&node.url(), TEST_KEY, &body.to_string())
+        .await
+        .unwrap();
+    assert_eq!(status, 202, "{res}");
+}
+
+/// Waits (up to 10 s) until `check` holds.
+async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+async fn health(node: &TestNode) -> Value {
+    reqwest::get(format!("{}/health", node.url()))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn cross_node_delivery_targeting_multi_room_and_except() {
+    let redis = RedisServer::start().unwrap();
+    let nodes = spawn_redis_cluster(3, &redis.url(), |_, _| {})
+        .await
+        .unwrap();
+    let mut ann0 = connect(&nodes[0], "ann").await;
+    let mut bob1 = connect(&nodes[1], "bob").await;
+    let mut ann2 = connect(&nodes[2], "ann").await;
+    for c in [&mut ann0, &mut bob1, &mut ann2] {
+        assert_eq!(c.join("doc:Task:T-1").await.unwrap()["ok"], true);
+    }
+
+    // Published on node 0, received on nodes 1 and 2.
+    accepted(
+        &nodes[0],
+        json!({"event": "doc", "to": ["doc:Task:T-1"], "data": 1}),
+    )
+    .await;
+    // Only ann's two sockets (nodes 0 and 2).
+    accepted(
+        &nodes[1],
+        json!({"event": "for_ann", "to": ["user:ann"], "data": 2}),
+    )
+    .await;
+    // Three rooms ann is in on node 2: once per socket.
+    accepted(
+        &nodes[1],
+        json!({"event": "multi", "to": ["user:ann", "tenant:acme", "doc:Task:T-1"]}),
+    )
+    .await;
+    // The tenant minus ann.
+    accepted(
+        &nodes[2],
+        json!({"event": "not_ann", "to": ["tenant:acme"], "except": ["user:ann"]}),
+    )
+    .await;
+    // Marker to everyone, last.
+    accepted(&nodes[0], json!({"event": "marker"})).await;
+
+    for (client, expected) in [
+        (&mut ann0, vec!["doc", "for_ann", "multi"]),
+        (&mut bob1, vec!["doc", "multi", "not_ann"]),
+        (&mut ann2, vec!["doc", "for_ann", "multi"]),
+    ] {
+        let (_, before) = client.expect("marker").await.unwrap();
+        let names: Vec<&str> = before.iter().map(|e| e.name.as_str()).collect();
+        assert_eq!(names, expected);
+    }
+}
+
+#[tokio::test]
+async fn a_join_ack_is_never_followed_by_a_missed_publish() {
+    let redis = RedisServer::start().unwrap();
+    let nodes = spawn_redis_cluster(2, &redis.url(), |_, _| {})
+        .await
+        .unwrap();
+    let mut client = connect(&nodes[0], "ann").await;
+    for i in 0..100 {
+        let room = format!("room:race-{i}");
+        assert_eq!(client.join(&room).await.unwrap()["ok"], true);
+        // Immediately after the ack, publish on the *other* node.
+        accepted(&nodes[1], json!({"event": "race", "to": [room], "data": i})).await;
+        let got = client.expect_arg("race").await;
+        assert_eq!(
+            got.as_ref().ok(),
+            Some(&json!(i)),
+            "iteration {i}: {got:?} channels {:?}",
+            redis.pubsub_channels("*")
+        );
+        assert_eq!(client.leave(&room).await.unwrap()["ok"], true);
+    }
+}
+
+#[tokio::test]
+async fn legacy_json_published_with_redis_cli_is_delivered() {
+    let redis = RedisServer::start().unwrap();
+    let nodes = spawn_redis_cluster(2, &redis.url(), |_, _| {})
+        .await
+        .unwrap();
+    let mut ann = connect(&nodes[0], "ann@example.com").await;
+    let mut bob = connect(&nodes[1], "bob").await;
+    bob.join("doc:Task:TASK-1").await.unwrap();
+
+    let legacy = [
+        json!({"event": "notification", "message": {"n": 1}, "user": "ann@example.com", "room": null}),
+        json!({"event": "doc_update", "message": "changed", "doctype": "Task", "docname": "TASK-1"}),
+        json!({"event": "everyone", "message": null}),
+    ];
+    for payload in &legacy {
+        let receivers = redis
+            .cli(&["PUBLISH", "realtime", &payload.to_string()])
+            .unwrap();
+        assert_eq!(
+            receivers.trim(),
+            "2",
+            "both nodes listen on the legacy channel"
+        );
+    }
+    assert_eq!(
+        ann.expect_arg("notification").await.unwrap(),
+        json!({"n": 1})
+    );
+    let (_, before) = ann.expect("everyone").await.unwrap();
+    assert!(before.is_empty(), "{before:?}");
+    let (e, before) = bob.expect("everyone").await.unwrap();
+    assert_eq!(
+        before.iter().map(|e| e.name.as_str()).collect::<Vec<_>>(),
+        ["doc_update"]
+    );
+    assert_eq!(before[0].args, vec![json!("changed")]);
+    assert_eq!(e.args, vec![Value::Null]);
+}
+
+#[tokio::test]
+async fn publisher_sdk_and_cli_deliver_across_nodes() {
+    let redis = RedisServer::start().unwrap();
+    let nodes = spawn_redis_cluster(2, &redis.url(), |_, _| {})
+        .await
+        .unwrap();
+    let prefix = nodes[0].cluster.channels().prefix().to_owned();
+    let mut on0 = connect(&nodes[0], "u42").await;
+    let mut on1 = connect(&nodes[1], "u42").await;
+
+    let sdk = publisher::Publisher::connect(&redis.url(), Duration::from_secs(2))
+        .unwrap()
+        .with_channel_prefix(&prefix)
+        .with_origin("billing");
+    for i in 0..20 {
+        sdk.to_user("u42").emit("seq", &i).await.unwrap();
+    }
+    for client in [&mut on0, &mut on1] {
+        for i in 0..20 {
+            assert_eq!(
+                client.expect_arg("seq").await.unwrap(),
+                json!(i),
+                "in order"
+            );
+        }
+    }
+
+    let out =
+        std::process::Command::new(env!("CARGO_BIN_EXE_gateway").replace("gateway", "publisher"))
+            .args([
+                "--redis-url",
+                &redis.url(),
+                "--prefix",
+                &prefix,
+                "--to",
+                "user:u42",
+                "--event",
+                "cli",
+                "--data",
+                r#"{"from":"cli"}"#,
+            ])
+            .output()
+            .expect("the publisher binary is built alongside the gateway");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim().len(),
+        32,
+        "prints the message id"
+    );
+    assert_eq!(on1.expect_arg("cli").await.unwrap(), json!({"from": "cli"}));
+}
+
+#[tokio::test]
+async fn redis_restart_degrades_then_heals_without_restarting_nodes() {
+    let mut redis = RedisServer::start().unwrap();
+    let nodes = spawn_redis_cluster(2, &redis.url(), |_, _| {})
+        .await
+        .unwrap();
+    let mut on0 = connect(&nodes[0], "ann").await;
+    let mut on1 = connect(&nodes[1], "ann").await;
+    assert_eq!(health(&nodes[0]).await["status"], "ok");
+
+    redis.stop();
+    eventually("node 0 reports degraded", async || {
+        health(&nodes[0]).await["status"] == "degraded"
+    })
+    .await;
+    let ready = reqwest::get(format!("{}/health/ready", nodes[0].url()))
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 503);
+
+    // Local delivery keeps working; the caller is told other nodes were not reached.
+    let (status, res) = publish(
+        &nodes[0].url(),
+        TEST_KEY,
+        &json!({"event": "local", "to": ["user:ann"]}).to_string(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 503, "{res}");
+    assert_eq!(res["delivered_locally"], true);
+    on0.expect("local").await.unwrap();
+
+    let down_at = Instant::now();
+    redis.restart().unwrap();
+    eventually("both nodes healthy again", async || {
+        health(&nodes[0]).await["status"] == "ok" && health(&nodes[1]).await["status"] == "ok"
+    })
+    .await;
+    let healed = down_at.elapsed();
+    assert!(healed < Duration::from_secs(5), "took {healed:?} to heal");
+
+    accepted(
+        &nodes[0],
+        json!({"event": "after", "to": ["user:ann"], "data": "back"}),
+    )
+    .await;
+    let (e, before) = on1.expect("after").await.unwrap();
+    assert!(
+        before.is_empty(),
+        "node 1 never received the local-only message: {before:?}"
+    );
+    assert_eq!(e.args, vec![json!("back")]);
+}
+
+#[tokio::test]
+async fn no_orphan_subscriptions_once_every_client_left() {
+    let redis = RedisServer::start().unwrap();
+    let nodes = spawn_redis_cluster(3, &redis.url(), |_, _| {})
+        .await
+        .unwrap();
+    let prefix = nodes[0].cluster.channels().prefix().to_owned();
+    let room_pattern = format!("{prefix}:room:*");
+    let mut clients = Vec::new();
+    for (i, node) in nodes.iter().enumerate() {
+        for u in 0..3 {
+            let mut c = connect(node, &format!("user-{i}-{u}")).await;
+            c.join("doc:Task:shared").await.unwrap();
+            c.join(&format!("room:only-{i}-{u}")).await.unwrap();
+            clients.push(c);
+        }
+    }
+    assert!(!redis.pubsub_channels(&room_pattern).unwrap().is_empty());
+    // Some leave explicitly, the rest just disconnect.
+    for (i, mut c) in clients.into_iter().enumerate() {
+        if i % 2 == 0 {
+            c.leave("doc:Task:shared").await.unwrap();
+        }
+        c.close().await;
+    }
+    eventually("every node's rooms released", async || {
+        nodes.iter().all(|n| n.cluster.room_count() == 0)
+    })
+    .await;
+    eventually("no room channels left in Redis", async || {
+        redis.pubsub_channels(&room_pattern).unwrap().is_empty()
+    })
+    .await;
+    for node in &nodes {
+        assert_eq!(health(node).await["rooms"], 0);
+        assert_eq!(health(node).await["connections"], 0);
+    }
+}
