@@ -97,6 +97,10 @@ pub trait Bus: Send + Sync + fmt::Debug + 'static {
     /// Unsubscribes from `channels`.
     fn unsubscribe(&self, channels: Vec<String>) -> BusFuture<Result<(), SubscribeError>>;
 
+    /// How many subscribers `channel` has right now (Redis `PUBSUB NUMSUB`). Used to
+    /// know how many nodes will answer a cluster-wide request.
+    fn subscriber_count(&self, channel: &str) -> BusFuture<Result<usize, PublishError>>;
+
     /// Current health of the publishing and subscribing links.
     fn health(&self) -> Health;
 

@@ -142,6 +142,16 @@ impl Bus for MemoryBus {
         Box::pin(std::future::ready(res))
     }
 
+    fn subscriber_count(&self, channel: &str) -> BusFuture<Result<usize, PublishError>> {
+        let count = self
+            .hub
+            .lock()
+            .iter()
+            .filter(|s| s.channels.contains(channel))
+            .count();
+        Box::pin(std::future::ready(Ok(count)))
+    }
+
     fn health(&self) -> Health {
         Health::UP
     }

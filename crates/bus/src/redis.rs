@@ -623,6 +623,24 @@ impl Bus for RedisBus {
         self.command(|reply| Command::Unsubscribe(channels, reply))
     }
 
+    fn subscriber_count(&self, channel: &str) -> BusFuture<Result<usize, PublishError>> {
+        let pool = self.pool.clone();
+        let channel = channel.to_owned();
+        Box::pin(async move {
+            let mut conn = pool
+                .get()
+                .await
+                .map_err(|e| PublishError::Unavailable(format!("cannot connect to Redis: {e}")))?;
+            let reply: Vec<(String, usize)> = redis::cmd("PUBSUB")
+                .arg("NUMSUB")
+                .arg(&channel)
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| PublishError::Unavailable(format!("PUBSUB NUMSUB failed: {e}")))?;
+            Ok(reply.first().map_or(0, |(_, n)| *n))
+        })
+    }
+
     fn health(&self) -> Health {
         self.health
             .lock()

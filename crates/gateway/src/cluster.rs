@@ -3,13 +3,13 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
 
 use bus::{Bus, BusFuture, Inbox, Message, Outbox, SendError, SubscribeError};
 use envelope::{Envelope, LegacyMessage, Limits};
 use futures_util::FutureExt;
 use futures_util::future::Shared;
-use rooms::{Channels, Interest, Room, Target, legacy_target};
+use rooms::{ChannelKind, Channels, Interest, Room, Target, legacy_target};
 use serde::ser::{Serialize, SerializeTuple, Serializer};
 use serde_json::Value;
 use socketioxide::SocketIo;
@@ -18,7 +18,7 @@ use socketioxide::socket::Sid;
 
 use crate::adapter::BusAdapter;
 
-type Confirmation = Shared<BusFuture<Result<(), SubscribeError>>>;
+pub(crate) type Confirmation = Shared<BusFuture<Result<(), SubscribeError>>>;
 
 /// Shared state of one node: which rooms have local members, what the bus is subscribed
 /// to, and the handle used to deliver to local sockets.
@@ -31,6 +31,8 @@ pub struct Cluster {
     legacy_channel: Option<String>,
     state: Mutex<State>,
     io: OnceLock<SocketIo<BusAdapter>>,
+    /// The adapter of each namespace, to route adapter requests and responses.
+    adapters: Mutex<HashMap<String, Weak<BusAdapter>>>,
     /// Counters exported on `/health` and `/metrics`.
     pub stats: Stats,
 }
@@ -90,6 +92,7 @@ impl Cluster {
             legacy_channel,
             state: Mutex::default(),
             io: OnceLock::new(),
+            adapters: Mutex::default(),
             stats: Stats::default(),
         }
     }
@@ -125,7 +128,8 @@ impl Cluster {
     }
 
     /// The channels every node subscribes to from the start: each namespace's broadcast
-    /// channel and its own node channel.
+    /// channel and the legacy channel. (Adapter request/response channels are
+    /// subscribed by each namespace's adapter when it starts.)
     pub fn base_channels(&self) -> Vec<String> {
         let channels = self.channels();
         let mut all: Vec<String> = self
@@ -133,7 +137,6 @@ impl Cluster {
             .iter()
             .map(|ns| channels.namespace(ns))
             .collect();
-        all.push(channels.node(&self.node_id));
         all.extend(self.legacy_channel.iter().cloned());
         all
     }
@@ -141,6 +144,46 @@ impl Cluster {
     fn lock(&self) -> MutexGuard<'_, State> {
         // No critical section can panic half-way through an update.
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Records that socket `sid` of namespace `ns` is in `room`, subscribing the room's
+    /// channel if it is the first local member. Returns the subscription's confirmation,
+    /// shared by every member that joins before it is confirmed.
+    pub(crate) fn track_join(&self, ns: &str, sid: Sid, room: &Room) -> Confirmation {
+        let channel = self.channels().room(ns, room);
+        let mut st = self.lock();
+        let newly_joined = st
+            .members
+            .entry((Arc::from(ns), sid))
+            .or_default()
+            .insert(room.clone());
+        let first = newly_joined && st.interest.add(channel.clone()).is_some();
+        match st.confirmations.get(&channel) {
+            // A failed subscription is retried by the next joiner.
+            Some(c) if !first && !matches!(c.peek(), Some(Err(_))) => c.clone(),
+            _ => {
+                let c = self.bus().subscribe(vec![channel.clone()]).shared();
+                st.confirmations.insert(channel, c.clone());
+                c
+            }
+        }
+    }
+
+    /// Records that socket `sid` left `room`; unsubscribes the channel after the last
+    /// local member.
+    pub(crate) fn track_leave(&self, ns: &str, sid: Sid, room: &Room) {
+        let unsubscribe = {
+            let mut st = self.lock();
+            let key = (Arc::from(ns), sid);
+            let was_member = st.members.get_mut(&key).is_some_and(|set| set.remove(room));
+            if st.members.get(&key).is_some_and(HashSet::is_empty) {
+                st.members.remove(&key);
+            }
+            was_member
+                .then(|| self.release(&mut st, self.channels().room(ns, room)))
+                .flatten()
+        };
+        self.unsubscribe(unsubscribe.into_iter().collect());
     }
 
     /// Adds `socket` to `room`. Returns once the bus confirmed the room's channel, so a
@@ -151,32 +194,7 @@ impl Cluster {
         socket: &SocketRef<BusAdapter>,
         room: &Room,
     ) -> Result<(), JoinWarning> {
-        let ns: Arc<str> = Arc::from(socket.ns());
-        let channel = self.channels().room(&ns, room);
-        let confirmation = {
-            let mut st = self.lock();
-            let newly_joined = st
-                .members
-                .entry((ns, socket.id))
-                .or_default()
-                .insert(room.clone());
-            if newly_joined && st.interest.add(channel.clone()).is_some() {
-                let c = self.bus().subscribe(vec![channel.clone()]).shared();
-                st.confirmations.insert(channel, c.clone());
-                c
-            } else {
-                match st.confirmations.get(&channel) {
-                    // A failed subscription is retried by the next joiner.
-                    Some(c) if !matches!(c.peek(), Some(Err(_))) => c.clone(),
-                    _ => {
-                        let c = self.bus().subscribe(vec![channel.clone()]).shared();
-                        st.confirmations.insert(channel, c.clone());
-                        c
-                    }
-                }
-            }
-        };
-        let result = confirmation.await;
+        let result = self.track_join(socket.ns(), socket.id, room).await;
         if socket.connected() {
             socket.join(room.as_str().to_owned());
             // The socket may have disconnected while joining; its disconnect handler has
@@ -191,19 +209,7 @@ impl Cluster {
     /// Removes `socket` from `room`; unsubscribes the channel when it was the last member.
     pub fn leave(&self, socket: &SocketRef<BusAdapter>, room: &Room) {
         socket.leave(room.as_str().to_owned());
-        let ns: Arc<str> = Arc::from(socket.ns());
-        let unsubscribe = {
-            let mut st = self.lock();
-            let key = (ns.clone(), socket.id);
-            let was_member = st.members.get_mut(&key).is_some_and(|set| set.remove(room));
-            if st.members.get(&key).is_some_and(HashSet::is_empty) {
-                st.members.remove(&key);
-            }
-            was_member
-                .then(|| self.release(&mut st, self.channels().room(&ns, room)))
-                .flatten()
-        };
-        self.unsubscribe(unsubscribe.into_iter().collect());
+        self.track_leave(socket.ns(), socket.id, room);
     }
 
     /// Forgets every room of a disconnected socket.
@@ -296,6 +302,21 @@ impl Cluster {
         if self.legacy_channel.as_deref() == Some(&*msg.channel) {
             return self.on_legacy(&msg).await;
         }
+        match self.channels().classify(&msg.channel) {
+            ChannelKind::Request(ns) => {
+                if let Some(adapter) = self.adapter(ns) {
+                    adapter.recv_request(&msg.payload).await;
+                }
+                return;
+            }
+            ChannelKind::Response(ns) => {
+                if let Some(adapter) = self.adapter(ns) {
+                    adapter.recv_response(msg.payload);
+                }
+                return;
+            }
+            ChannelKind::Event | ChannelKind::Other => {}
+        }
         let env = match Envelope::decode(&msg.payload, self.limits) {
             Ok(env) => env,
             Err(e) => {
@@ -310,6 +331,21 @@ impl Cluster {
         }
         self.stats.delivered.fetch_add(1, Ordering::Relaxed);
         self.deliver_local(&env).await;
+    }
+
+    pub(crate) fn register_adapter(&self, ns: &str, adapter: &Arc<BusAdapter>) {
+        self.adapters
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(ns.to_owned(), Arc::downgrade(adapter));
+    }
+
+    fn adapter(&self, ns: &str) -> Option<Arc<BusAdapter>> {
+        self.adapters
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(ns)
+            .and_then(Weak::upgrade)
     }
 
     /// The legacy JSON form: every node receives it and delivers to its own sockets.

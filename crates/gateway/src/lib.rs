@@ -36,7 +36,7 @@ use socketioxide::SocketIo;
 use tokio::net::TcpListener;
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 
-pub use adapter::BusAdapter;
+pub use adapter::{BusAdapter, ClusterError, InitRes};
 pub use auth::{AuthError, Authenticator, Identity, TokenSources, sign_hs256, unix_now};
 pub use cluster::{Cluster, JoinWarning, Stats};
 pub use config::{Args, ClaimNames, Config, ConfigError, DevCredentials, JwtKey, Mode};
@@ -105,7 +105,7 @@ impl Node {
             cluster: cluster.clone(),
         });
         for ns in &config.namespaces {
-            sio::register(&io, ns, sio_ctx.clone());
+            sio::register(&io, ns, sio_ctx.clone()).await;
         }
         tokio::spawn(cluster.clone().dispatch(inbox));
 

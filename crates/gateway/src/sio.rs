@@ -20,8 +20,13 @@ pub(crate) struct SocketCtx {
     pub(crate) cluster: Arc<Cluster>,
 }
 
-/// Registers the handlers of namespace `ns`.
-pub(crate) fn register(io: &SocketIo<BusAdapter>, ns: &str, ctx: Arc<SocketCtx>) {
+/// Registers the handlers of namespace `ns`; the returned future resolves when the
+/// namespace is ready to accept sockets.
+pub(crate) fn register(
+    io: &SocketIo<BusAdapter>,
+    ns: &str,
+    ctx: Arc<SocketCtx>,
+) -> crate::adapter::InitRes {
     let auth_ctx = ctx.clone();
     let authenticate = move |s: SocketRef<BusAdapter>, TryData(auth): TryData<Value>| {
         let ctx = auth_ctx.clone();
@@ -31,7 +36,7 @@ pub(crate) fn register(io: &SocketIo<BusAdapter>, ns: &str, ctx: Arc<SocketCtx>)
         let ctx = ctx.clone();
         async move { on_connect(ctx, s).await }
     };
-    io.ns(ns.to_owned(), on_connect.with(authenticate));
+    io.ns(ns.to_owned(), on_connect.with(authenticate))
 }
 
 fn authenticate(

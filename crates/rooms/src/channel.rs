@@ -2,6 +2,19 @@
 
 use crate::Room;
 
+/// What a channel carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChannelKind<'a> {
+    /// Envelopes (room or namespace channel).
+    Event,
+    /// Adapter requests for the namespace.
+    Request(&'a str),
+    /// Adapter responses for the namespace.
+    Response(&'a str),
+    /// Not one of ours (e.g. the legacy channel).
+    Other,
+}
+
 /// Names the bus channels for one deployment. Every node and publisher sharing a Redis
 /// must use the same prefix; different apps sharing one Redis use different prefixes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,9 +60,51 @@ impl Channels {
         format!("{}:ns:{ns}", self.prefix)
     }
 
-    /// A node's own channel, for requests addressed to it.
-    pub fn node(&self, node_id: &str) -> String {
-        format!("{}:node:{node_id}", self.prefix)
+    /// The channel of cluster-wide adapter requests in namespace `ns` (fetch sockets,
+    /// acks, remote joins), which every node subscribes to.
+    pub fn requests(&self, ns: &str) -> String {
+        format!("{}:req:{ns}", self.prefix)
+    }
+
+    /// The channel of adapter requests addressed to one server (`uid`, the Socket.IO
+    /// server id) in `ns`.
+    pub fn requests_for(&self, ns: &str, uid: &str) -> String {
+        format!("{}:req:{ns}#{uid}", self.prefix)
+    }
+
+    /// The channel carrying responses to the requests of server `uid` in `ns`.
+    pub fn responses_for(&self, ns: &str, uid: &str) -> String {
+        format!("{}:res:{ns}#{uid}", self.prefix)
+    }
+
+    /// Which kind of channel `channel` is, and its namespace for adapter channels.
+    ///
+    /// ```
+    /// use rooms::{Channels, ChannelKind};
+    /// let ch = Channels::new("p");
+    /// assert_eq!(ch.classify("p:req:/chat"), ChannelKind::Request("/chat"));
+    /// assert_eq!(ch.classify("p:req:/chat#u1"), ChannelKind::Request("/chat"));
+    /// assert_eq!(ch.classify("p:res:/#u1"), ChannelKind::Response("/"));
+    /// assert_eq!(ch.classify("p:room:/#user:1"), ChannelKind::Event);
+    /// assert_eq!(ch.classify("realtime"), ChannelKind::Other);
+    /// ```
+    pub fn classify<'a>(&self, channel: &'a str) -> ChannelKind<'a> {
+        let Some(rest) = channel
+            .strip_prefix(self.prefix.as_str())
+            .and_then(|r| r.strip_prefix(':'))
+        else {
+            return ChannelKind::Other;
+        };
+        let ns_of = |s: &'a str| s.split_once('#').map_or(s, |(ns, _)| ns);
+        if let Some(r) = rest.strip_prefix("req:") {
+            ChannelKind::Request(ns_of(r))
+        } else if let Some(r) = rest.strip_prefix("res:") {
+            ChannelKind::Response(ns_of(r))
+        } else if rest.starts_with("room:") || rest.starts_with("ns:") {
+            ChannelKind::Event
+        } else {
+            ChannelKind::Other
+        }
     }
 
     /// True when `channel` is a room channel of this prefix.
@@ -82,7 +137,10 @@ mod tests {
         let t = Room::tenant("t").unwrap();
         assert_eq!(ch.room("/chat", &u), "p:room:/chat#user:1");
         assert_eq!(ch.namespace("/"), "p:ns:/");
-        assert_eq!(ch.node("n1"), "p:node:n1");
+        assert_eq!(ch.requests("/"), "p:req:/");
+        assert_eq!(ch.requests_for("/", "u"), "p:req:/#u");
+        assert_eq!(ch.responses_for("/a", "u"), "p:res:/a#u");
+        assert_eq!(ch.classify("q:req:/"), ChannelKind::Other);
         assert_eq!(
             ch.for_target("/", std::slice::from_ref(&u)),
             "p:room:/#user:1"

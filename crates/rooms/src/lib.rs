@@ -16,14 +16,16 @@
 //! private room.
 //!
 //! Channels: a room `r` in namespace `ns` maps to `{prefix}:room:{ns}#{r}`; a namespace
-//! broadcast to `{prefix}:ns:{ns}`; a node's own channel to `{prefix}:node:{id}`.
+//! broadcast to `{prefix}:ns:{ns}`; socketioxide adapter requests to `{prefix}:req:{ns}`
+//! (all nodes) or `{prefix}:req:{ns}#{uid}` (one server), their responses to
+//! `{prefix}:res:{ns}#{uid}`.
 
 mod channel;
 mod interest;
 mod name;
 mod policy;
 
-pub use channel::Channels;
+pub use channel::{ChannelKind, Channels};
 pub use interest::{Delta, Interest};
 pub use name::{Kind, MAX_KIND_LEN, MAX_ROOM_LEN, Room, RoomError, Target, legacy_target};
 pub use policy::{JoinPolicy, Pattern, PatternError};

@@ -18,6 +18,8 @@ pub struct Event {
     pub name: String,
     /// Arguments.
     pub args: Vec<Value>,
+    /// The ack id, when the server asked for an acknowledgement.
+    pub ack: Option<u64>,
 }
 
 /// Why a connection was not established.
@@ -198,6 +200,7 @@ impl SioClient {
                 Frame::Event(Event {
                     name,
                     args: values.collect(),
+                    ack: id.parse().ok(),
                 })
             }
             b'3' => Frame::Ack(id.parse().unwrap_or(0), values),
@@ -248,6 +251,29 @@ impl SioClient {
             self.pump(deadline)
                 .await
                 .with_context(|| format!("waiting for the ack of {event}"))?;
+        }
+    }
+
+    /// Answers the server's acknowledgement request `id` with `args`.
+    pub async fn ack(&mut self, id: u64, args: &[Value]) -> anyhow::Result<()> {
+        let frame = format!("43{}{id}{}", self.ns_prefix(), Value::Array(args.to_vec()));
+        self.send_text(frame).await
+    }
+
+    /// Waits for the server to close this socket (a Socket.IO disconnect packet or the
+    /// connection closing).
+    pub async fn expect_disconnect(&mut self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + DEFAULT_WAIT;
+        loop {
+            match self.read_text(deadline).await {
+                Ok(text) => {
+                    if let Frame::Disconnect = self.parse(&text) {
+                        return Ok(());
+                    }
+                }
+                Err(e) if e.to_string().contains("closed") => return Ok(()),
+                Err(e) => return Err(e),
+            }
         }
     }
 

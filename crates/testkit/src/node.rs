@@ -20,6 +20,8 @@ pub struct TestNode {
     pub addr: SocketAddr,
     /// Its cluster view.
     pub cluster: Arc<Cluster>,
+    /// Its Socket.IO handle, to act as gateway code would.
+    pub io: socketioxide::SocketIo<gateway::BusAdapter>,
     stop: Option<oneshot::Sender<()>>,
 }
 
@@ -53,6 +55,7 @@ pub async fn spawn_node(
     let addr = listener.local_addr()?;
     let node = Node::build(&config, bus, inbox).await?;
     let cluster = node.cluster.clone();
+    let io = node.io.clone();
     let (stop, stopped) = oneshot::channel::<()>();
     tokio::spawn(async move {
         let _ = node
@@ -64,6 +67,7 @@ pub async fn spawn_node(
     Ok(TestNode {
         addr,
         cluster,
+        io,
         stop: Some(stop),
     })
 }
