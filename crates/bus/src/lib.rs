@@ -26,6 +26,7 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
@@ -100,6 +101,20 @@ pub trait Bus: Send + Sync + fmt::Debug + 'static {
     /// How many subscribers `channel` has right now (Redis `PUBSUB NUMSUB`). Used to
     /// know how many nodes will answer a cluster-wide request.
     fn subscriber_count(&self, channel: &str) -> BusFuture<Result<usize, PublishError>>;
+
+    /// Stores `value` under `key` for `ttl` (the node registry's heartbeat).
+    fn register(
+        &self,
+        key: &str,
+        value: Bytes,
+        ttl: Duration,
+    ) -> BusFuture<Result<(), PublishError>>;
+
+    /// Removes `key` (a node leaving the registry on shutdown).
+    fn unregister(&self, key: &str) -> BusFuture<Result<(), PublishError>>;
+
+    /// Every live value whose key starts with `prefix`.
+    fn registered(&self, prefix: &str) -> BusFuture<Result<Vec<Bytes>, PublishError>>;
 
     /// Current health of the publishing and subscribing links.
     fn health(&self) -> Health;

@@ -1,7 +1,10 @@
 //! The in-process bus.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use tokio::time::Instant;
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
@@ -15,6 +18,8 @@ use crate::{Bus, BusFuture, Health, Inbox, Message, PublishError, SubscribeError
 #[derive(Debug, Clone, Default)]
 pub struct MemoryHub {
     inner: Arc<Mutex<Vec<Subscriber>>>,
+    /// The registry: key → (value, expiry).
+    registry: Arc<Mutex<HashMap<String, (Bytes, Instant)>>>,
 }
 
 #[derive(Debug)]
@@ -84,6 +89,10 @@ impl MemoryHub {
         all
     }
 
+    fn registry(&self) -> MutexGuard<'_, HashMap<String, (Bytes, Instant)>> {
+        self.registry.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     fn lock(&self) -> MutexGuard<'_, Vec<Subscriber>> {
         // The critical sections cannot panic half-way, so a poisoned lock still holds
         // consistent data.
@@ -150,6 +159,37 @@ impl Bus for MemoryBus {
             .filter(|s| s.channels.contains(channel))
             .count();
         Box::pin(std::future::ready(Ok(count)))
+    }
+
+    fn register(
+        &self,
+        key: &str,
+        value: Bytes,
+        ttl: Duration,
+    ) -> BusFuture<Result<(), PublishError>> {
+        self.hub
+            .registry()
+            .insert(key.to_owned(), (value, Instant::now() + ttl));
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn unregister(&self, key: &str) -> BusFuture<Result<(), PublishError>> {
+        self.hub.registry().remove(key);
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn registered(&self, prefix: &str) -> BusFuture<Result<Vec<Bytes>, PublishError>> {
+        let now = Instant::now();
+        let mut registry = self.hub.registry();
+        registry.retain(|_, (_, expiry)| *expiry > now);
+        let mut live: Vec<(&String, &Bytes)> = registry
+            .iter()
+            .filter(|(k, _)| k.starts_with(prefix))
+            .map(|(k, (v, _))| (k, v))
+            .collect();
+        live.sort_by(|a, b| a.0.cmp(b.0));
+        let values = live.into_iter().map(|(_, v)| v.clone()).collect();
+        Box::pin(std::future::ready(Ok(values)))
     }
 
     fn health(&self) -> Health {

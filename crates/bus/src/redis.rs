@@ -641,6 +641,62 @@ impl Bus for RedisBus {
         })
     }
 
+    fn register(
+        &self,
+        key: &str,
+        value: Bytes,
+        ttl: Duration,
+    ) -> BusFuture<Result<(), PublishError>> {
+        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(key).arg(&value[..]).arg("PX").arg(ttl_ms);
+        self.run(cmd)
+    }
+
+    fn unregister(&self, key: &str) -> BusFuture<Result<(), PublishError>> {
+        let mut cmd = redis::cmd("DEL");
+        cmd.arg(key);
+        self.run(cmd)
+    }
+
+    fn registered(&self, prefix: &str) -> BusFuture<Result<Vec<Bytes>, PublishError>> {
+        let pool = self.pool.clone();
+        let pattern = format!("{}*", escape_glob(prefix));
+        Box::pin(async move {
+            let mut conn = pool.get().await.map_err(unavailable)?;
+            let mut keys: Vec<String> = Vec::new();
+            let mut cursor: u64 = 0;
+            loop {
+                let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(&pattern)
+                    .arg("COUNT")
+                    .arg(500)
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(unavailable)?;
+                keys.extend(batch);
+                if next == 0 {
+                    break;
+                }
+                cursor = next;
+            }
+            if keys.is_empty() {
+                return Ok(Vec::new());
+            }
+            keys.sort();
+            keys.dedup();
+            let values: Vec<Option<Vec<u8>>> = redis::cmd("MGET")
+                .arg(&keys)
+                .query_async(&mut conn)
+                .await
+                .map_err(unavailable)?;
+            // A key may expire between SCAN and MGET.
+            Ok(values.into_iter().flatten().map(Bytes::from).collect())
+        })
+    }
+
     fn health(&self) -> Health {
         self.health
             .lock()
@@ -653,7 +709,35 @@ impl Bus for RedisBus {
     }
 }
 
+fn unavailable(e: impl std::fmt::Display) -> PublishError {
+    PublishError::Unavailable(format!("Redis: {e}"))
+}
+
+/// Escapes Redis glob characters so a prefix matches literally.
+fn escape_glob(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
 impl RedisBus {
+    /// Runs one command on a pooled connection, ignoring its reply.
+    fn run(&self, cmd: redis::Cmd) -> BusFuture<Result<(), PublishError>> {
+        let pool = self.pool.clone();
+        Box::pin(async move {
+            let mut conn = pool.get().await.map_err(unavailable)?;
+            cmd.query_async::<redis::Value>(&mut conn)
+                .await
+                .map_err(unavailable)?;
+            Ok(())
+        })
+    }
+
     fn command(
         &self,
         make: impl FnOnce(oneshot::Sender<Result<(), SubscribeError>>) -> Command,

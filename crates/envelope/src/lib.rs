@@ -22,7 +22,9 @@
 mod codec;
 mod legacy;
 mod model;
+mod node;
 
 pub use codec::{DEFAULT_MAX_SIZE, DecodeError, EncodeError, Limits};
 pub use legacy::LegacyMessage;
 pub use model::{Draft, Envelope, Flags, VERSION, new_id, now_ms};
+pub use node::NodeInfo;

@@ -6,7 +6,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
 
 use bus::{Bus, BusFuture, Inbox, Message, Outbox, SendError, SubscribeError};
-use envelope::{Envelope, LegacyMessage, Limits};
+use std::time::Duration;
+
+use envelope::{Envelope, LegacyMessage, Limits, NodeInfo};
 use futures_util::FutureExt;
 use futures_util::future::Shared;
 use rooms::{ChannelKind, Channels, Interest, Room, Target, legacy_target};
@@ -331,6 +333,59 @@ impl Cluster {
         }
         self.stats.delivered.fetch_add(1, Ordering::Relaxed);
         self.deliver_local(&env).await;
+    }
+
+    fn registry_prefix(&self) -> String {
+        format!("{}:nodes:", self.channels().prefix())
+    }
+
+    /// This node's registry record now.
+    pub fn node_info(&self, address: &str, started_ms: u64) -> NodeInfo {
+        NodeInfo {
+            node_id: self.node_id.clone(),
+            address: address.to_owned(),
+            connections: self.stats.connections.load(Ordering::Relaxed),
+            rooms: self.room_count() as u64,
+            started_ms,
+            ts: envelope::now_ms(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+        }
+    }
+
+    /// Announces this node every third of `ttl`, forever.
+    pub async fn heartbeat(&self, address: String, ttl: Duration) {
+        let started_ms = envelope::now_ms();
+        let key = format!("{}{}", self.registry_prefix(), self.node_id);
+        let mut tick = tokio::time::interval(ttl / 3);
+        loop {
+            tick.tick().await;
+            let info = self.node_info(&address, started_ms);
+            let Ok(json) = serde_json::to_vec(&info) else {
+                continue;
+            };
+            if let Err(e) = self.bus().register(&key, json.into(), ttl).await {
+                tracing::debug!(error = %e, "heartbeat not recorded");
+            }
+        }
+    }
+
+    /// Leaves the registry (on graceful shutdown).
+    pub async fn deregister(&self) {
+        let key = format!("{}{}", self.registry_prefix(), self.node_id);
+        if let Err(e) = self.bus().unregister(&key).await {
+            tracing::debug!(error = %e, "could not leave the registry");
+        }
+    }
+
+    /// The live nodes of the cluster, by node id.
+    pub async fn nodes(&self) -> Result<Vec<NodeInfo>, bus::PublishError> {
+        let values = self.bus().registered(&self.registry_prefix()).await?;
+        let mut nodes: Vec<NodeInfo> = values
+            .iter()
+            .filter_map(|v| serde_json::from_slice(v).ok())
+            .collect();
+        nodes.sort_by(|a, b| a.node_id.cmp(&b.node_id));
+        Ok(nodes)
     }
 
     pub(crate) fn register_adapter(&self, ns: &str, adapter: &Arc<BusAdapter>) {

@@ -107,6 +107,12 @@ pub struct Args {
     /// Redis channel carrying the legacy JSON form ({"event","message","room","user","doctype","docname"}); empty disables [default: realtime]
     #[arg(long, env = "LEGACY_CHANNEL", default_value = "realtime")]
     pub legacy_channel: String,
+    /// Seconds a node stays in the cluster registry without a heartbeat [default: 15]
+    #[arg(long, env = "NODE_TTL_SECS", default_value_t = 15)]
+    pub node_ttl_secs: u64,
+    /// Address other nodes and operators see for this node in GET /v1/cluster [default: http://<host>:<port>]
+    #[arg(long, env = "ADVERTISED_URL")]
+    pub advertised_url: Option<String>,
     /// Log format: `text` or `json` [default: text]
     #[arg(long, env = "LOG_FORMAT", default_value = "text")]
     pub log_format: String,
@@ -186,6 +192,10 @@ pub struct Config {
     pub redis_max_reconnect_attempts: Option<u32>,
     /// Legacy JSON channel; `None` disables it.
     pub legacy_channel: Option<String>,
+    /// Registry TTL; heartbeats every third of it.
+    pub node_ttl: Duration,
+    /// Advertised address; `None`: derived from the bound address.
+    pub advertised_url: Option<String>,
 }
 
 impl fmt::Debug for Config {
@@ -346,8 +356,11 @@ impl Config {
             .map(|s| s.trim())
             .filter(|s| !s.is_empty())
         {
-            if !ns.starts_with('/') {
-                return Err(invalid("NAMESPACES", format!("{ns:?} must start with '/'")));
+            if !ns.starts_with('/') || ns.contains('#') || ns.chars().any(char::is_whitespace) {
+                return Err(invalid(
+                    "NAMESPACES",
+                    format!("{ns:?} must start with '/' and contain no '#' or spaces"),
+                ));
             }
             if !namespaces.iter().any(|n| n == ns) {
                 namespaces.push(ns.to_owned());
@@ -361,6 +374,9 @@ impl Config {
                 "PING_INTERVAL_MS/PING_TIMEOUT_MS",
                 "must be positive",
             ));
+        }
+        if args.node_ttl_secs < 3 {
+            return Err(invalid("NODE_TTL_SECS", "must be at least 3"));
         }
         if args.max_payload_bytes < 1024 {
             return Err(invalid("MAX_PAYLOAD_BYTES", "must be at least 1024"));
@@ -459,6 +475,8 @@ impl Config {
             channel_prefix: args.redis_channel_prefix,
             redis_max_reconnect_attempts: args.redis_max_reconnect_attempts,
             legacy_channel,
+            node_ttl: Duration::from_secs(args.node_ttl_secs),
+            advertised_url: args.advertised_url,
         })
     }
 

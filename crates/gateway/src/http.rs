@@ -43,6 +43,8 @@ pub(crate) enum ApiError {
         /// The bus error.
         detail: String,
     },
+    #[error("the cluster bus is unavailable: {0}")]
+    BusUnavailableRead(String),
     #[error("internal error")]
     Internal(String),
 }
@@ -53,6 +55,7 @@ impl IntoResponse for ApiError {
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::PublishDisabled => StatusCode::FORBIDDEN,
             Self::BadEnvelope(_) | Self::BadRoom(_) => StatusCode::BAD_REQUEST,
+            Self::BusUnavailableRead(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::BusUnavailable { id, .. } => {
                 let body = json!({"error": self.to_string(), "id": id, "delivered_locally": true});
                 return (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response();
@@ -73,6 +76,7 @@ pub(crate) fn router(ctx: Arc<HttpCtx>, max_payload: usize) -> Router {
         .route("/health/live", get(|| async { "ok" }))
         .route("/health/ready", get(ready))
         .route("/metrics", get(metrics))
+        .route("/v1/cluster", get(cluster_view))
         .route(
             "/v1/publish",
             // Twice the envelope limit, so a slightly oversize envelope gets the clear
@@ -165,11 +169,8 @@ async fn metrics(State(ctx): State<Arc<HttpCtx>>) -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
 }
 
-async fn publish(
-    State(ctx): State<Arc<HttpCtx>>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<impl IntoResponse, ApiError> {
+/// Checks the `Authorization: Bearer` publish key.
+fn check_key(ctx: &HttpCtx, headers: &HeaderMap) -> Result<(), ApiError> {
     let Some(expected) = ctx.publish_api_key.as_deref() else {
         return Err(ApiError::PublishDisabled);
     };
@@ -178,9 +179,37 @@ async fn publish(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
-    if !constant_time_eq(given.as_bytes(), expected.as_bytes()) {
-        return Err(ApiError::Unauthorized);
+    if constant_time_eq(given.as_bytes(), expected.as_bytes()) {
+        Ok(())
+    } else {
+        Err(ApiError::Unauthorized)
     }
+}
+
+/// The registry's view of the cluster (needs the publish key: it lists node addresses).
+async fn cluster_view(
+    State(ctx): State<Arc<HttpCtx>>,
+    headers: HeaderMap,
+) -> Result<impl IntoResponse, ApiError> {
+    check_key(&ctx, &headers)?;
+    let nodes = ctx
+        .cluster
+        .nodes()
+        .await
+        .map_err(|e| ApiError::BusUnavailableRead(e.to_string()))?;
+    Ok(axum::Json(json!({
+        "node_id": ctx.cluster.node_id(),
+        "count": nodes.len(),
+        "nodes": nodes,
+    })))
+}
+
+async fn publish(
+    State(ctx): State<Arc<HttpCtx>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<impl IntoResponse, ApiError> {
+    check_key(&ctx, &headers)?;
     let cluster = &ctx.cluster;
     let draft = Draft::decode_json(&body, cluster.limits())?;
     // The node stamps itself as origin: it delivers to its own sockets directly and

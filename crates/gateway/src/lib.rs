@@ -65,6 +65,8 @@ pub struct Node {
     pub cluster: Arc<Cluster>,
     /// The Socket.IO handle, e.g. to emit from embedding code.
     pub io: SocketIo<BusAdapter>,
+    node_ttl: std::time::Duration,
+    advertised_url: Option<String>,
 }
 
 impl Node {
@@ -121,6 +123,8 @@ impl Node {
             router,
             cluster,
             io,
+            node_ttl: config.node_ttl,
+            advertised_url: config.advertised_url.clone(),
         })
     }
 
@@ -132,14 +136,27 @@ impl Node {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), StartError> {
         let io = self.io.clone();
-        axum::serve(listener, self.router)
-            .with_graceful_shutdown(async move {
-                shutdown.await;
-                tracing::info!("shutting down: disconnecting sockets");
-                // Open WebSockets would otherwise keep the graceful shutdown waiting.
-                io.close().await;
-            })
-            .await?;
+        let address = match &self.advertised_url {
+            Some(url) => url.clone(),
+            None => {
+                let addr = listener.local_addr()?;
+                format!("http://{addr}")
+            }
+        };
+        let server = axum::serve(listener, self.router).with_graceful_shutdown(async move {
+            shutdown.await;
+            tracing::info!("shutting down: disconnecting sockets");
+            // Open WebSockets would otherwise keep the graceful shutdown waiting.
+            io.close().await;
+        });
+        // The heartbeat lives exactly as long as the server: if this future is dropped
+        // (a crash, from the cluster's point of view) the record simply expires.
+        let result = tokio::select! {
+            r = server => r,
+            () = self.cluster.heartbeat(address, self.node_ttl) => Ok(()),
+        };
+        self.cluster.deregister().await;
+        result?;
         Ok(())
     }
 }

@@ -312,3 +312,74 @@ async fn no_orphan_subscriptions_once_every_client_left() {
         assert_eq!(health(node).await["connections"], 0);
     }
 }
+
+async fn cluster_view(node: &TestNode, key: &str) -> (u16, Value) {
+    let res = reqwest::Client::new()
+        .get(format!("{}/v1/cluster", node.url()))
+        .bearer_auth(key)
+        .send()
+        .await
+        .unwrap();
+    (
+        res.status().as_u16(),
+        res.json().await.unwrap_or(Value::Null),
+    )
+}
+
+async fn node_ids(node: &TestNode) -> Vec<String> {
+    let (status, view) = cluster_view(node, TEST_KEY).await;
+    assert_eq!(status, 200, "{view}");
+    view["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["node_id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn registry_lists_live_nodes_and_forgets_stopped_and_crashed_ones() {
+    let redis = RedisServer::start().unwrap();
+    let mut nodes =
+        spawn_redis_cluster(3, &redis.url(), |_, c| c.node_ttl = Duration::from_secs(3))
+            .await
+            .unwrap();
+    let _client = connect(&nodes[0], "ann").await;
+    eventually("all three nodes registered", async || {
+        node_ids(&nodes[0]).await.len() == 3
+    })
+    .await;
+    assert_eq!(
+        node_ids(&nodes[0]).await,
+        ["redis-node-0", "redis-node-1", "redis-node-2"]
+    );
+    let (_, view) = cluster_view(&nodes[1], TEST_KEY).await;
+    let me = view["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["node_id"] == "redis-node-0")
+        .unwrap()
+        .clone();
+    assert_eq!(me["address"], nodes[0].url());
+    assert_eq!(cluster_view(&nodes[0], "wrong").await.0, 401);
+
+    // A node that stops cleanly leaves at once.
+    nodes[2].stop();
+    eventually("the stopped node left", async || {
+        node_ids(&nodes[0]).await.len() == 2
+    })
+    .await;
+    // A node that crashes disappears when its record expires.
+    let crashed_at = Instant::now();
+    nodes[1].crash();
+    eventually("the crashed node expired", async || {
+        node_ids(&nodes[0]).await == ["redis-node-0"]
+    })
+    .await;
+    assert!(
+        crashed_at.elapsed() <= Duration::from_secs(4),
+        "expired after {:?}",
+        crashed_at.elapsed()
+    );
+}

@@ -23,12 +23,19 @@ pub struct TestNode {
     /// Its Socket.IO handle, to act as gateway code would.
     pub io: socketioxide::SocketIo<gateway::BusAdapter>,
     stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
 }
 
 impl TestNode {
     /// `http://127.0.0.1:<port>`.
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// Kills the node abruptly: no goodbye to the registry, sockets dropped.
+    pub fn crash(&mut self) {
+        self.stop = None;
+        self.task.abort();
     }
 
     /// Stops the node (disconnecting its sockets).
@@ -57,7 +64,7 @@ pub async fn spawn_node(
     let cluster = node.cluster.clone();
     let io = node.io.clone();
     let (stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         let _ = node
             .serve(listener, async {
                 let _ = stopped.await;
@@ -69,6 +76,7 @@ pub async fn spawn_node(
         cluster,
         io,
         stop: Some(stop),
+        task,
     })
 }
 
