@@ -1,4 +1,5 @@
-//! `cargo xtask ci`: what CI runs, in the order that fails fastest.
+//! `cargo xtask ci`: what CI runs, in the order that fails fastest: format, clippy,
+//! docs, the test suite, then the end-to-end matrix on containers.
 
 use std::process::Command;
 use std::time::Instant;
@@ -45,6 +46,10 @@ pub(crate) fn run() -> anyhow::Result<()> {
         }
         eprintln!("==> {name}: ok in {:.1}s", started.elapsed().as_secs_f64());
     }
+    let started = Instant::now();
+    eprintln!("==> e2e: Redis + 3 gateway containers, the scenario matrix");
+    crate::e2e::run()?;
+    eprintln!("==> e2e: ok in {:.1}s", started.elapsed().as_secs_f64());
     eprintln!("==> ci: all steps passed");
     Ok(())
 }

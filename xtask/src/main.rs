@@ -1,6 +1,7 @@
 //! `cargo xtask <task>`: the project's automation, one module per task.
 
 mod ci;
+mod e2e;
 
 use clap::{Parser, Subcommand};
 
@@ -15,7 +16,7 @@ struct Cli {
 enum Task {
     /// Everything CI runs: format check, clippy (-D warnings), docs, the whole test suite.
     Ci,
-    /// 3-node cluster on testcontainers with the end-to-end matrix (not built yet).
+    /// Redis + 3 gateway containers (testcontainers) and the end-to-end matrix.
     E2e,
     /// Load generator and report against the reference stacks (not built yet).
     Bench,
@@ -26,7 +27,8 @@ enum Task {
 fn main() -> anyhow::Result<()> {
     match Cli::parse().task {
         Task::Ci => ci::run(),
-        Task::E2e | Task::Bench | Task::Cluster => anyhow::bail!(
+        Task::E2e => e2e::run(),
+        Task::Bench | Task::Cluster => anyhow::bail!(
             "this task is not built yet; see the open issues (`cargo xtask ci` is the test suite)"
         ),
     }

@@ -271,7 +271,9 @@ impl SioClient {
                         return Ok(());
                     }
                 }
-                Err(e) if e.to_string().contains("closed") => return Ok(()),
+                // Anything but our own deadline means the connection is gone: a close
+                // frame, a reset (the node was killed) or end of stream.
+                Err(e) if !e.to_string().contains("timed out") => return Ok(()),
                 Err(e) => return Err(e),
             }
         }
