@@ -110,7 +110,7 @@ pub struct Args {
     /// Seconds a node stays in the cluster registry without a heartbeat [default: 15]
     #[arg(long, env = "NODE_TTL_SECS", default_value_t = 15)]
     pub node_ttl_secs: u64,
-    /// Address other nodes and operators see for this node in GET /v1/cluster [default: http://<host>:<port>]
+    /// Address other nodes and operators see for this node in GET /v1/cluster [default: http://HOST:PORT]
     #[arg(long, env = "ADVERTISED_URL")]
     pub advertised_url: Option<String>,
     /// Log format: `text` or `json` [default: text]
