@@ -1,5 +1,5 @@
 //! `cargo xtask ci`: what CI runs, in the order that fails fastest: format, clippy,
-//! docs, the test suite, then the end-to-end matrix on containers.
+//! docs, the test suite, the end-to-end matrix on containers, and a benchmark smoke run.
 
 use std::process::Command;
 use std::time::Instant;
@@ -50,6 +50,13 @@ pub(crate) fn run() -> anyhow::Result<()> {
     eprintln!("==> e2e: Redis + 3 gateway containers, the scenario matrix");
     crate::e2e::run()?;
     eprintln!("==> e2e: ok in {:.1}s", started.elapsed().as_secs_f64());
+    let started = Instant::now();
+    eprintln!("==> bench --quick: smoke run of the benchmark (no speed verdict)");
+    crate::bench::run(true)?;
+    eprintln!(
+        "==> bench --quick: ok in {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
     eprintln!("==> ci: all steps passed");
     Ok(())
 }

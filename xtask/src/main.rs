@@ -1,5 +1,6 @@
 //! `cargo xtask <task>`: the project's automation, one module per task.
 
+mod bench;
 mod ci;
 mod e2e;
 
@@ -18,8 +19,12 @@ enum Task {
     Ci,
     /// Redis + 3 gateway containers (testcontainers) and the end-to-end matrix.
     E2e,
-    /// Load generator and report against the reference stacks (not built yet).
-    Bench,
+    /// Roomcast against the reference stacks, side by side (`--quick`: one-minute smoke run).
+    Bench {
+        /// A short smoke run on debug builds (part of ci); no speed verdict.
+        #[arg(long)]
+        quick: bool,
+    },
     /// A local development cluster (not built yet).
     Cluster,
 }
@@ -28,7 +33,8 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().task {
         Task::Ci => ci::run(),
         Task::E2e => e2e::run(),
-        Task::Bench | Task::Cluster => anyhow::bail!(
+        Task::Bench { quick } => bench::run(quick),
+        Task::Cluster => anyhow::bail!(
             "this task is not built yet; see the open issues (`cargo xtask ci` is the test suite)"
         ),
     }

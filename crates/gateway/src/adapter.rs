@@ -511,8 +511,9 @@ fn read_req_id(data: &[u8]) -> Option<Sid> {
 /// acks, binary attachments, a single remote socket as target, and room names outside the
 /// `kind:id` convention (such as a socket id).
 fn to_envelope(packet: &Packet, opts: &BroadcastOptions, origin: &str) -> Option<Envelope> {
-    if opts.server_id.is_some() || (opts.sid.is_some() && !opts.has_flag(BroadcastFlags::Broadcast))
-    {
+    let single_socket =
+        opts.rooms.is_empty() && opts.sid.is_some() && !opts.has_flag(BroadcastFlags::Broadcast);
+    if opts.server_id.is_some() || single_socket {
         return None;
     }
     let PacketData::Event(SioValue::Str(text, bins), None) = &packet.inner else {

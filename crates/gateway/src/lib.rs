@@ -70,12 +70,39 @@ pub struct Node {
 }
 
 impl Node {
-    /// Builds a node over `bus`, whose incoming messages arrive on `inbox`.
+    /// Builds a node over `bus`, whose incoming messages arrive on `inbox`, serving the
+    /// gateway's own namespaces (JWT auth, automatic rooms, `join`/`leave`).
     pub async fn build(
         config: &Config,
         bus: Arc<dyn Bus>,
         inbox: Inbox,
     ) -> Result<Self, StartError> {
+        let auth =
+            Authenticator::new(&config.jwt_key, config.claims.clone()).map_err(StartError::Key)?;
+        Self::build_with(config, bus, inbox, move |io, cluster| {
+            let ctx = Arc::new(sio::SocketCtx { auth, cluster });
+            config
+                .namespaces
+                .iter()
+                .map(|ns| sio::register(io, ns, ctx.clone()))
+                .collect()
+        })
+        .await
+    }
+
+    /// Builds a node whose namespaces are registered by `namespaces` (which returns each
+    /// namespace's start-up future) instead of the gateway's own handlers: the same
+    /// cluster adapter, bus and HTTP API, with other socket behaviour. Used by the
+    /// benchmark server; handlers should join rooms through [`Cluster::join`].
+    pub async fn build_with<F>(
+        config: &Config,
+        bus: Arc<dyn Bus>,
+        inbox: Inbox,
+        namespaces: F,
+    ) -> Result<Self, StartError>
+    where
+        F: FnOnce(&SocketIo<BusAdapter>, Arc<Cluster>) -> Vec<InitRes>,
+    {
         let limits = Limits::default().with_max_size(config.max_payload);
         let outbox = Outbox::new(bus, Channels::new(config.channel_prefix.clone()));
         let cluster = Arc::new(Cluster::new(
@@ -100,14 +127,8 @@ impl Node {
             .build_layer();
         cluster.set_io(io.clone());
 
-        let auth =
-            Authenticator::new(&config.jwt_key, config.claims.clone()).map_err(StartError::Key)?;
-        let sio_ctx = Arc::new(sio::SocketCtx {
-            auth,
-            cluster: cluster.clone(),
-        });
-        for ns in &config.namespaces {
-            sio::register(&io, ns, sio_ctx.clone()).await;
+        for ready in namespaces(&io, cluster.clone()) {
+            ready.await;
         }
         tokio::spawn(cluster.clone().dispatch(inbox));
 

@@ -1,0 +1,80 @@
+//! Roomcast under the benchmark contract, built on the `gateway` library so it runs the
+//! production adapter and bus: namespace `/`, each socket joins the room named in its
+//! handshake `auth.room` (through `Cluster::join`, so interest routing applies); on
+//! `publish {room, data}` the node emits `msg` with `data` to that room cluster-wide.
+//!
+//! Usage: `roomcast-bench-node <port> <redis-url> <node-id>`
+
+use std::sync::Arc;
+
+use gateway::{Args, BusAdapter, Cluster, Config, Node};
+use rooms::Room;
+use serde_json::Value;
+use socketioxide::SocketIo;
+use socketioxide::extract::{Data, SocketRef, TryData};
+
+async fn on_connect(cluster: Arc<Cluster>, s: SocketRef<BusAdapter>, auth: Option<Value>) {
+    let leave = cluster.clone();
+    s.on_disconnect(move |s: SocketRef<BusAdapter>| {
+        leave.leave_all(s.ns(), s.id);
+        async {}
+    });
+    s.on(
+        "publish",
+        async |io: SocketIo<BusAdapter>, Data(p): Data<Value>| {
+            if let Some(room) = p["room"].as_str() {
+                let _ = io.to(room.to_owned()).emit("msg", &p["data"]).await;
+            }
+        },
+    );
+    let room = auth
+        .as_ref()
+        .and_then(|a| a["room"].as_str())
+        .and_then(|r| Room::parse(r).ok());
+    if let Some(room) = room {
+        let _ = cluster.join(&s, &room).await;
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let mut argv = std::env::args().skip(1);
+    let usage = "usage: roomcast-bench-node <port> <redis-url> <node-id>";
+    let port = argv.next().ok_or_else(|| anyhow::anyhow!(usage))?;
+    let redis = argv.next().ok_or_else(|| anyhow::anyhow!(usage))?;
+    let node_id = argv.next().ok_or_else(|| anyhow::anyhow!(usage))?;
+    let args = <Args as clap::Parser>::try_parse_from([
+        "roomcast-bench-node",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        &port,
+        "--jwt-secret",
+        "bench",
+        "--publish-api-key",
+        "bench",
+        "--redis-url",
+        &redis,
+        "--node-id",
+        &node_id,
+        "--redis-channel-prefix",
+        "bench",
+        "--legacy-channel",
+        "",
+    ])?;
+    let config = Config::from_args(args)?;
+    let (bus, inbox) = gateway::connect_bus(&config)?;
+    let node = Node::build_with(&config, bus, inbox, |io, cluster| {
+        vec![io.ns(
+            "/",
+            move |s: SocketRef<BusAdapter>, TryData(auth): TryData<Value>| {
+                on_connect(cluster.clone(), s, auth.ok())
+            },
+        )]
+    })
+    .await?;
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port.parse::<u16>()?)).await?;
+    println!("listening on {port}");
+    node.serve(listener, std::future::pending()).await?;
+    Ok(())
+}

@@ -1,0 +1,355 @@
+//! `cargo xtask bench`: Roomcast against Socket.IO's Node server with
+//! `@socket.io/redis-adapter` and socketioxide with `socketioxide-redis`, measured by one
+//! load generator in one run on this machine.
+//!
+//! Every stack serves the same contract (namespace `/`; join the room in `auth.room`; on
+//! `publish {room, data}` emit `msg` with `data` to the room, cluster-wide), 3 nodes and
+//! one Redis each, started here. The generator speaks raw Engine.IO/Socket.IO frames over
+//! WebSocket and reports its own CPU use.
+//!
+//! `bench --quick` is a one-minute smoke run (CI); `bench` is the full run that writes
+//! `docs/benchmarks.md`.
+
+mod conn;
+mod recorder;
+mod report;
+mod scenarios;
+mod stacks;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::recorder::Recorder;
+use crate::scenarios::{Idle, Point, SdkThroughput, Sender, Storm};
+use crate::stacks::{Kind, Stack};
+
+/// How much to measure.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Plan {
+    pub(crate) mode: &'static str,
+    pub(crate) nodes: usize,
+    pub(crate) subscribers: usize,
+    pub(crate) fanout_rates: Vec<u64>,
+    pub(crate) targeted_users: usize,
+    pub(crate) targeted_rates: Vec<u64>,
+    pub(crate) point_secs: u64,
+    pub(crate) repeats: u32,
+    pub(crate) bytes_rate: u64,
+    pub(crate) storm: usize,
+    pub(crate) idle: Vec<usize>,
+    pub(crate) sdk_messages: u64,
+}
+
+impl Plan {
+    fn quick() -> Self {
+        Self {
+            mode: "quick",
+            nodes: 3,
+            subscribers: 300,
+            fanout_rates: vec![20, 100],
+            targeted_users: 300,
+            targeted_rates: vec![100, 400],
+            point_secs: 2,
+            repeats: 1,
+            bytes_rate: 100,
+            storm: 300,
+            idle: vec![1000],
+            sdk_messages: 5000,
+        }
+    }
+
+    fn full() -> Self {
+        Self {
+            mode: "full",
+            nodes: 3,
+            subscribers: 3000,
+            fanout_rates: vec![
+                5, 10, 15, 20, 25, 30, 40, 50, 60, 80, 100, 120, 150, 200, 250, 300, 400,
+            ],
+            targeted_users: 3000,
+            targeted_rates: vec![
+                100, 250, 500, 750, 1000, 1500, 2000, 3000, 4000, 5000, 7500, 10000,
+            ],
+            point_secs: 5,
+            repeats: 2,
+            bytes_rate: 200,
+            storm: 3000,
+            idle: vec![10_000, 50_000],
+            sdk_messages: 200_000,
+        }
+    }
+}
+
+/// Everything measured for one stack.
+#[derive(Debug, Clone, Serialize, Default)]
+pub(crate) struct StackResults {
+    pub(crate) name: String,
+    pub(crate) key: String,
+    pub(crate) fanout: Vec<Point>,
+    pub(crate) fanout_best: u64,
+    /// Roomcast only: the fan-out published through the publisher SDK.
+    pub(crate) fanout_sdk: Vec<Point>,
+    pub(crate) fanout_sdk_best: u64,
+    pub(crate) targeted: Vec<Point>,
+    pub(crate) targeted_best: u64,
+    /// Redis output bytes per targeted message, with 3 and with 5 nodes.
+    pub(crate) redis_bytes_per_msg: Vec<(usize, f64)>,
+    pub(crate) storm: Option<Storm>,
+    pub(crate) idle: Vec<Idle>,
+}
+
+/// The whole run.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Results {
+    pub(crate) plan: Plan,
+    pub(crate) machine: String,
+    pub(crate) date: String,
+    pub(crate) stacks: Vec<StackResults>,
+    pub(crate) sdk: Option<SdkThroughput>,
+    pub(crate) seconds: f64,
+}
+
+async fn measure(kind: Kind, plan: &Plan, next_point: &mut u64) -> anyhow::Result<StackResults> {
+    eprintln!("\n== {} ==", kind.name());
+    let mut out = StackResults {
+        name: kind.name().into(),
+        key: kind.key().into(),
+        ..Default::default()
+    };
+    let redis = testkit::RedisServer::start()?;
+    let url = redis.url();
+    let stack = Stack::start(kind, plan.nodes, &url)?;
+    let recorder = Arc::new(Recorder::default());
+
+    out.storm = Some(scenarios::storm(&stack.ports, plan.storm).await?);
+    eprintln!(
+        "  storm: {} connections in {:.2} s",
+        plan.storm,
+        out.storm.as_ref().map_or(0.0, |s| s.seconds)
+    );
+
+    // Fan-out: every subscriber in one room.
+    eprintln!(
+        "  fan-out, {} subscribers in one room over {} nodes",
+        plan.subscribers, plan.nodes
+    );
+    let subs = scenarios::subscribe_many(
+        &stack.ports,
+        plan.subscribers,
+        |_| "room:bench".into(),
+        &recorder,
+        "fan-out subscribers",
+    )
+    .await?;
+    let sockets = scenarios::socket_publishers(&stack.ports).await?;
+    let fanout = plan.subscribers as u64;
+    let room = |_: u64| "room:bench".to_owned();
+    out.fanout = scenarios::sweep(
+        &stack,
+        redis.pid(),
+        &sockets,
+        &recorder,
+        next_point,
+        &plan.fanout_rates,
+        plan.repeats,
+        plan.point_secs,
+        fanout,
+        &room,
+    )
+    .await?;
+    out.fanout_best = scenarios::best_rate(&out.fanout);
+    if kind == Kind::Roomcast {
+        eprintln!("  fan-out through the publisher SDK");
+        let sdk = Sender::Sdk(
+            publisher::Publisher::connect(&url, Duration::from_secs(5))?
+                .with_channel_prefix("bench"),
+        );
+        out.fanout_sdk = scenarios::sweep(
+            &stack,
+            redis.pid(),
+            &sdk,
+            &recorder,
+            next_point,
+            &plan.fanout_rates,
+            plan.repeats,
+            plan.point_secs,
+            fanout,
+            &room,
+        )
+        .await?;
+        out.fanout_sdk_best = scenarios::best_rate(&out.fanout_sdk);
+    }
+    for t in subs {
+        t.abort();
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // Targeted: one room per user, each message to one user.
+    eprintln!(
+        "  targeted, {} users in their own rooms",
+        plan.targeted_users
+    );
+    let users = plan.targeted_users as u64;
+    let user_room = move |seq: u64| format!("user:{}", seq.wrapping_mul(7919) % users);
+    let subs = scenarios::subscribe_many(
+        &stack.ports,
+        plan.targeted_users,
+        |i| format!("user:{i}"),
+        &recorder,
+        "targeted subscribers",
+    )
+    .await?;
+    out.targeted = scenarios::sweep(
+        &stack,
+        redis.pid(),
+        &sockets,
+        &recorder,
+        next_point,
+        &plan.targeted_rates,
+        plan.repeats,
+        plan.point_secs,
+        1,
+        &user_room,
+    )
+    .await?;
+    out.targeted_best = scenarios::best_rate(&out.targeted);
+    out.redis_bytes_per_msg.push((
+        plan.nodes,
+        bytes_per_message(
+            &stack, &url, &sockets, &recorder, next_point, plan, &user_room,
+        )
+        .await?,
+    ));
+    for t in subs {
+        t.abort();
+    }
+    drop(sockets);
+    drop(stack);
+
+    // The same targeted load on 5 nodes: does Redis traffic per message grow?
+    let five = Stack::start(kind, 5, &url)?;
+    let subs = scenarios::subscribe_many(
+        &five.ports,
+        plan.targeted_users,
+        |i| format!("user:{i}"),
+        &recorder,
+        "targeted subscribers, 5 nodes",
+    )
+    .await?;
+    let sockets = scenarios::socket_publishers(&five.ports).await?;
+    out.redis_bytes_per_msg.push((
+        5,
+        bytes_per_message(
+            &five, &url, &sockets, &recorder, next_point, plan, &user_room,
+        )
+        .await?,
+    ));
+    for t in subs {
+        t.abort();
+    }
+    drop(sockets);
+    drop(five);
+
+    for &count in &plan.idle {
+        let single = Stack::start(kind, 1, &url)?;
+        let idle = scenarios::idle_memory(&single, count).await?;
+        eprintln!(
+            "  idle: {} sockets, {:.1} KiB each",
+            count, idle.kib_per_connection
+        );
+        out.idle.push(idle);
+    }
+    Ok(out)
+}
+
+async fn bytes_per_message(
+    stack: &Stack,
+    url: &str,
+    sender: &Sender,
+    recorder: &Recorder,
+    next_point: &mut u64,
+    plan: &Plan,
+    room: &(dyn Fn(u64) -> String + Sync),
+) -> anyhow::Result<f64> {
+    let before = scenarios::redis_output_bytes(url).await?;
+    *next_point += 1;
+    let p = scenarios::point(
+        stack,
+        None,
+        sender,
+        recorder,
+        *next_point,
+        plan.bytes_rate,
+        1,
+        plan.point_secs,
+        1,
+        room,
+    )
+    .await?;
+    let after = scenarios::redis_output_bytes(url).await?;
+    let per = after.saturating_sub(before) as f64 / p.sent as f64;
+    eprintln!(
+        "  redis output with {} nodes: {:.0} bytes per message",
+        stack.ports.len(),
+        per
+    );
+    Ok(per)
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines().find_map(|l| {
+                l.strip_prefix("model name")
+                    .map(|m| m.trim_start_matches([' ', '\t', ':']).to_owned())
+            })
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .next()
+                .map(|l| l.split_whitespace().nth(1).unwrap_or("0").to_owned())
+        })
+        .and_then(|kb| kb.parse::<u64>().ok())
+        .map_or(String::new(), |kb| format!(", {} GiB", kb / 1024 / 1024));
+    let docker = if std::path::Path::new("/var/run/docker.pid").exists() {
+        " (dockerd running)"
+    } else {
+        ""
+    };
+    format!("{cpu}, {cores} cores{mem}{docker}")
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() -> anyhow::Result<()> {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let plan = if quick { Plan::quick() } else { Plan::full() };
+    let started = std::time::Instant::now();
+    stacks::prepare_node_peer()?;
+    let mut next_point = 0;
+    let mut results = Vec::new();
+    for kind in [Kind::Node, Kind::Socketioxide, Kind::Roomcast] {
+        results.push(measure(kind, &plan, &mut next_point).await?);
+    }
+    let sdk_redis = testkit::RedisServer::start()?;
+    let sdk = scenarios::sdk_throughput(&sdk_redis.url(), plan.sdk_messages).await?;
+    eprintln!("\npublisher SDK: {:.0} msg/s into Redis", sdk.per_second);
+    let results = Results {
+        plan,
+        machine: machine(),
+        date: report::today(),
+        stacks: results,
+        sdk: Some(sdk),
+        seconds: started.elapsed().as_secs_f64(),
+    };
+    report::write(&results, quick)?;
+    Ok(())
+}

@@ -1,0 +1,176 @@
+//! Starting the stacks under test and reading their processes' CPU time and memory.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, bail, ensure};
+
+/// The servers compared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// Socket.IO's Node server with `@socket.io/redis-adapter`.
+    Node,
+    /// socketioxide with `socketioxide-redis`.
+    Socketioxide,
+    /// Roomcast's gateway library (bench contract).
+    Roomcast,
+}
+
+impl Kind {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Self::Node => "node socket.io + redis-adapter",
+            Self::Socketioxide => "socketioxide + socketioxide-redis",
+            Self::Roomcast => "roomcast",
+        }
+    }
+
+    pub(crate) fn key(self) -> &'static str {
+        match self {
+            Self::Node => "node",
+            Self::Socketioxide => "socketioxide",
+            Self::Roomcast => "roomcast",
+        }
+    }
+}
+
+/// Running server processes of one stack.
+pub(crate) struct Stack {
+    pub(crate) kind: Kind,
+    pub(crate) ports: Vec<u16>,
+    children: Vec<Child>,
+}
+
+fn bin_dir() -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(PathBuf::from))
+        .unwrap_or_default()
+}
+
+pub(crate) fn node_peer_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../bench/peers/node")
+}
+
+/// Installs the Node peer's packages from its lockfile if needed.
+pub(crate) fn prepare_node_peer() -> anyhow::Result<()> {
+    let dir = node_peer_dir();
+    if dir.join("node_modules/socket.io").exists() {
+        return Ok(());
+    }
+    let status = Command::new("npm")
+        .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
+        .current_dir(&dir)
+        .status()
+        .context("npm ci for the Node peer (is Node.js installed?)")?;
+    ensure!(status.success(), "npm ci failed in {}", dir.display());
+    Ok(())
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+impl Stack {
+    /// Starts `n` servers of `kind` sharing Redis at `redis_url`; returns when each has
+    /// said it is listening.
+    pub(crate) fn start(kind: Kind, n: usize, redis_url: &str) -> anyhow::Result<Self> {
+        let mut stack = Stack {
+            kind,
+            ports: Vec::new(),
+            children: Vec::new(),
+        };
+        for i in 0..n {
+            let port = free_port()?;
+            let mut cmd = match kind {
+                Kind::Node => {
+                    let mut c = Command::new("node");
+                    c.arg("server.js").current_dir(node_peer_dir());
+                    c.args([port.to_string(), redis_url.to_owned()]);
+                    c
+                }
+                Kind::Socketioxide => {
+                    let mut c = Command::new(bin_dir().join("peer-socketioxide-redis"));
+                    c.args([port.to_string(), redis_url.to_owned()]);
+                    c
+                }
+                Kind::Roomcast => {
+                    let mut c = Command::new(bin_dir().join("roomcast-bench-node"));
+                    c.args([port.to_string(), redis_url.to_owned(), format!("bench-{i}")]);
+                    c.env("RUST_LOG", "warn");
+                    c
+                }
+            };
+            let mut child = cmd
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .with_context(|| format!("starting {}", kind.name()))?;
+            let stdout = child.stdout.take().context("piped stdout")?;
+            stack.children.push(child);
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                    if line.contains("listening on") {
+                        let _ = tx.send(());
+                    }
+                }
+            });
+            rx.recv_timeout(Duration::from_secs(30))
+                .with_context(|| format!("{} on port {port} did not start", kind.name()))?;
+            stack.ports.push(port);
+        }
+        Ok(stack)
+    }
+
+    /// Process ids of the servers.
+    pub(crate) fn pids(&self) -> Vec<u32> {
+        self.children.iter().map(Child::id).collect()
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Clock ticks per second for `/proc/<pid>/stat` times.
+fn ticks_per_second() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+/// CPU time (user + system) a process has used, in milliseconds.
+pub(crate) fn cpu_ms(pid: u32) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    if fields.len() < 13 {
+        bail!("unexpected /proc/{pid}/stat");
+    }
+    let ticks: f64 = fields[11].parse::<f64>()? + fields[12].parse::<f64>()?;
+    Ok(ticks * 1000.0 / ticks_per_second())
+}
+
+/// Resident memory of a process, in KiB.
+pub(crate) fn rss_kib(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .context("no VmRSS")
+}

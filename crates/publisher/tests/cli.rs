@@ -1,0 +1,106 @@
+//! The `publisher` command line against a real `redis-server`: what it prints and what
+//! arrives on the room's channel.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test code: a panic is a failure report"
+)]
+
+use std::process::Command;
+use std::time::Duration;
+
+use bus::{Bus, RedisBus, RedisConfig};
+use envelope::{Envelope, Limits};
+use rooms::{Channels, Room};
+use testkit::RedisServer;
+
+fn cli(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_publisher"))
+        .args(args)
+        .output()
+        .expect("run the publisher CLI")
+}
+
+#[tokio::test]
+async fn publishes_one_envelope_on_the_room_channel() {
+    let redis = RedisServer::start().unwrap();
+    let (listener, mut inbox) = RedisBus::connect(RedisConfig::new(redis.url())).unwrap();
+    let channel = Channels::new("cli").room("/", &Room::parse("user:42").unwrap());
+    listener.subscribe(vec![channel.clone()]).await.unwrap();
+
+    let out = cli(&[
+        "--redis-url",
+        &redis.url(),
+        "--prefix",
+        "cli",
+        "--to",
+        "user:42",
+        "--event",
+        "invoice.paid",
+        "--data",
+        r#"{"id":7}"#,
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert_eq!(id.len(), 32, "prints the message id: {id:?}");
+
+    let msg = tokio::time::timeout(Duration::from_secs(5), inbox.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&*msg.channel, channel);
+    let env = Envelope::decode(&msg.payload, Limits::default()).unwrap();
+    assert_eq!(
+        (env.id.as_str(), env.event.as_str(), env.origin.as_str()),
+        (id.as_str(), "invoice.paid", "publisher-cli")
+    );
+    assert_eq!(env.data, Some(serde_json::json!({"id": 7})));
+}
+
+#[test]
+fn bad_input_fails_with_a_clear_message() {
+    let out = cli(&[
+        "--redis-url",
+        "redis://127.0.0.1:1",
+        "--event",
+        "e",
+        "--data",
+        "{not json",
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--data is not valid JSON"));
+
+    let out = cli(&[
+        "--redis-url",
+        "redis://:hunter2@127.0.0.1:1",
+        "--to",
+        "nokind",
+        "--event",
+        "e",
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("invalid room"), "{err}");
+    assert!(!err.contains("hunter2"), "the password leaked: {err}");
+
+    // Redis unreachable: fails once the retry budget is spent, never silently.
+    let out = cli(&[
+        "--redis-url",
+        "redis://:hunter2@127.0.0.1:1",
+        "--to",
+        "user:1",
+        "--event",
+        "e",
+        "--retry-ms",
+        "300",
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bus unavailable"), "{err}");
+    assert!(!err.contains("hunter2"), "the password leaked: {err}");
+}

@@ -1,0 +1,44 @@
+//! `cargo xtask bench [--quick]`: build the stacks and run the benchmark.
+//!
+//! The full run uses release builds (what people deploy); `--quick` is a smoke run on the
+//! debug build CI already has. The runner lifts the open-files limit for itself and the
+//! servers it starts.
+
+use std::process::Command;
+
+use anyhow::{Context, bail};
+
+pub(crate) fn run(quick: bool) -> anyhow::Result<()> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let profile: &[&str] = if quick { &[] } else { &["--release"] };
+    let status = Command::new(&cargo)
+        .args([
+            "build",
+            "--quiet",
+            "-p",
+            "bench",
+            "-p",
+            "peer-socketioxide-redis",
+        ])
+        .args(profile)
+        .status()
+        .context("building the benchmark")?;
+    if !status.success() {
+        bail!("build failed");
+    }
+    let target = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".to_owned());
+    let dir = if quick { "debug" } else { "release" };
+    let bench = format!("{target}/{dir}/bench");
+    let script =
+        r#"ulimit -n 1048576 2>/dev/null || ulimit -n 65536 2>/dev/null || true; exec "$0" "$@""#;
+    let mut cmd = Command::new("sh");
+    cmd.args(["-c", script, &bench]);
+    if quick {
+        cmd.arg("--quick");
+    }
+    let status = cmd.status().context("running the benchmark")?;
+    if !status.success() {
+        bail!("benchmark failed ({status})");
+    }
+    Ok(())
+}
