@@ -111,6 +111,39 @@ pub(crate) struct Results {
     pub(crate) seconds: f64,
 }
 
+/// What every sweep of one stack shares.
+struct Bench<'a> {
+    stack: &'a Stack,
+    redis_pid: Option<u32>,
+    recorder: &'a Recorder,
+    plan: &'a Plan,
+}
+
+impl Bench<'_> {
+    async fn sweep(
+        &self,
+        next_point: &mut u64,
+        sender: &Sender,
+        rates: &[u64],
+        fanout: u64,
+        room: &(dyn Fn(u64) -> String + Sync),
+    ) -> anyhow::Result<Vec<Point>> {
+        scenarios::sweep(
+            self.stack,
+            self.redis_pid,
+            sender,
+            self.recorder,
+            next_point,
+            rates,
+            self.plan.repeats,
+            self.plan.point_secs,
+            fanout,
+            room,
+        )
+        .await
+    }
+}
+
 async fn measure(kind: Kind, plan: &Plan, next_point: &mut u64) -> anyhow::Result<StackResults> {
     eprintln!("\n== {} ==", kind.name());
     let mut out = StackResults {
@@ -146,19 +179,15 @@ async fn measure(kind: Kind, plan: &Plan, next_point: &mut u64) -> anyhow::Resul
     let sockets = scenarios::socket_publishers(&stack.ports).await?;
     let fanout = plan.subscribers as u64;
     let room = |_: u64| "room:bench".to_owned();
-    out.fanout = scenarios::sweep(
-        &stack,
-        redis.pid(),
-        &sockets,
-        &recorder,
-        next_point,
-        &plan.fanout_rates,
-        plan.repeats,
-        plan.point_secs,
-        fanout,
-        &room,
-    )
-    .await?;
+    let bench = Bench {
+        stack: &stack,
+        redis_pid: redis.pid(),
+        recorder: &recorder,
+        plan,
+    };
+    out.fanout = bench
+        .sweep(next_point, &sockets, &plan.fanout_rates, fanout, &room)
+        .await?;
     out.fanout_best = scenarios::best_rate(&out.fanout);
     if kind == Kind::Roomcast {
         eprintln!("  fan-out through the publisher SDK");
@@ -166,19 +195,9 @@ async fn measure(kind: Kind, plan: &Plan, next_point: &mut u64) -> anyhow::Resul
             publisher::Publisher::connect(&url, Duration::from_secs(5))?
                 .with_channel_prefix("bench"),
         );
-        out.fanout_sdk = scenarios::sweep(
-            &stack,
-            redis.pid(),
-            &sdk,
-            &recorder,
-            next_point,
-            &plan.fanout_rates,
-            plan.repeats,
-            plan.point_secs,
-            fanout,
-            &room,
-        )
-        .await?;
+        out.fanout_sdk = bench
+            .sweep(next_point, &sdk, &plan.fanout_rates, fanout, &room)
+            .await?;
         out.fanout_sdk_best = scenarios::best_rate(&out.fanout_sdk);
     }
     for t in subs {
@@ -201,19 +220,15 @@ async fn measure(kind: Kind, plan: &Plan, next_point: &mut u64) -> anyhow::Resul
         "targeted subscribers",
     )
     .await?;
-    out.targeted = scenarios::sweep(
-        &stack,
-        redis.pid(),
-        &sockets,
-        &recorder,
-        next_point,
-        &plan.targeted_rates,
-        plan.repeats,
-        plan.point_secs,
-        1,
-        &user_room,
-    )
-    .await?;
+    let bench = Bench {
+        stack: &stack,
+        redis_pid: redis.pid(),
+        recorder: &recorder,
+        plan,
+    };
+    out.targeted = bench
+        .sweep(next_point, &sockets, &plan.targeted_rates, 1, &user_room)
+        .await?;
     out.targeted_best = scenarios::best_rate(&out.targeted);
     out.redis_bytes_per_msg.push((
         plan.nodes,

@@ -18,18 +18,11 @@ fn auth(user: &str, tenant: &str) -> Value {
 }
 
 async fn connect(node: &TestNode, user: &str) -> SioClient {
-    let mut c = SioClient::connect(&node.url(), "/", Some(auth(user, "acme")))
-        .await
-        .unwrap();
-    c.expect("connected").await.unwrap();
-    c
+    node.client(auth(user, "acme")).await.unwrap()
 }
 
 async fn accepted(node: &TestNode, body: Value) {
-    let (status, res) = publish(&node.url(), TEST_KEY, &body.to_string())
-        .await
-        .unwrap();
-    assert_eq!(status, 202, "{res}");
+    node.publish_accepted(body).await.unwrap();
 }
 
 /// Waits (up to 10 s) until `check` holds.

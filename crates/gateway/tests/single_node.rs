@@ -19,20 +19,12 @@ fn ann() -> Value {
 }
 
 async fn connect(node: &TestNode, auth: Value) -> SioClient {
-    let mut c = SioClient::connect(&node.url(), "/", Some(auth))
-        .await
-        .unwrap();
-    c.expect("connected").await.unwrap();
-    c
+    node.client(auth).await.unwrap()
 }
 
 /// Publishes `body` and asserts it was accepted.
 async fn accepted(node: &TestNode, body: Value) {
-    let (status, res) = publish(&node.url(), TEST_KEY, &body.to_string())
-        .await
-        .unwrap();
-    assert_eq!(status, 202, "{res}");
-    assert!(res["id"].as_str().is_some_and(|id| !id.is_empty()));
+    node.publish_accepted(body).await.unwrap();
 }
 
 #[tokio::test]

@@ -32,6 +32,26 @@ impl TestNode {
         format!("http://{}", self.addr)
     }
 
+    /// Connects a Socket.IO client to namespace `/` with the handshake `auth` and waits
+    /// for the gateway's `connected` event.
+    pub async fn client(&self, auth: Value) -> anyhow::Result<crate::SioClient> {
+        let mut c = crate::SioClient::connect(&self.url(), "/", Some(auth)).await?;
+        c.expect("connected").await?;
+        Ok(c)
+    }
+
+    /// Publishes `body` over HTTP with the test key; fails unless it is accepted (202).
+    /// Returns the message id.
+    pub async fn publish_accepted(&self, body: Value) -> anyhow::Result<String> {
+        let (status, res) = publish(&self.url(), TEST_KEY, &body.to_string()).await?;
+        anyhow::ensure!(status == 202, "publish answered {status}: {res}");
+        res["id"]
+            .as_str()
+            .filter(|id| !id.is_empty())
+            .map(str::to_owned)
+            .ok_or_else(|| anyhow::anyhow!("202 without an id: {res}"))
+    }
+
     /// Kills the node abruptly: no goodbye to the registry, sockets dropped.
     pub fn crash(&mut self) {
         self.stop = None;
