@@ -69,9 +69,7 @@ impl Plan {
                 5, 10, 15, 20, 25, 30, 40, 50, 60, 80, 100, 120, 150, 200, 250, 300, 400,
             ],
             targeted_users: 3000,
-            targeted_rates: vec![
-                100, 250, 500, 750, 1000, 1500, 2000, 3000, 4000, 5000, 7500, 10000,
-            ],
+            targeted_rates: vec![500, 1000, 2500, 5000, 10_000, 15_000, 20_000, 30_000, 40_000],
             point_secs: 5,
             repeats: 2,
             bytes_rate: 200,
@@ -98,6 +96,8 @@ pub(crate) struct StackResults {
     pub(crate) redis_bytes_per_msg: Vec<(usize, f64)>,
     pub(crate) storm: Option<Storm>,
     pub(crate) idle: Vec<Idle>,
+    /// Why an idle measurement used fewer sockets than planned, if it did.
+    pub(crate) idle_capped: Option<String>,
 }
 
 /// The whole run.
@@ -267,14 +267,26 @@ async fn measure(kind: Kind, plan: &Plan, next_point: &mut u64) -> anyhow::Resul
     drop(sockets);
     drop(five);
 
-    for &count in &plan.idle {
+    // One process holds one descriptor per socket: the open-files limit caps how many
+    // idle sockets one node (and the generator) can hold.
+    let limit = open_files_limit();
+    let cap = limit.saturating_sub(1000);
+    for &wanted in &plan.idle {
+        let count = wanted.min(cap);
+        if count < wanted {
+            eprintln!("  idle: {wanted} sockets asked, {count} possible (open-files limit {limit})");
+            out.idle_capped = Some(format!(
+                "{wanted} asked; capped at {count} by this machine's open-files hard limit ({limit})"
+            ));
+        }
         let single = Stack::start(kind, 1, &url)?;
-        let idle = scenarios::idle_memory(&single, count).await?;
-        eprintln!(
-            "  idle: {} sockets, {:.1} KiB each",
-            count, idle.kib_per_connection
-        );
-        out.idle.push(idle);
+        match scenarios::idle_memory(&single, count).await {
+            Ok(idle) => {
+                eprintln!("  idle: {count} sockets, {:.1} KiB each", idle.kib_per_connection);
+                out.idle.push(idle);
+            }
+            Err(e) => eprintln!("  idle: {count} sockets failed: {e:#}"),
+        }
     }
     Ok(out)
 }
@@ -311,6 +323,18 @@ async fn bytes_per_message(
         per
     );
     Ok(per)
+}
+
+/// The soft open-files limit of this process (inherited by the servers it starts).
+fn open_files_limit() -> usize {
+    std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|l| {
+            l.lines()
+                .find(|l| l.starts_with("Max open files"))
+                .and_then(|l| l.split_whitespace().nth(3)?.parse().ok())
+        })
+        .unwrap_or(1024)
 }
 
 fn machine() -> String {

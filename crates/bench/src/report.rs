@@ -364,6 +364,9 @@ fn markdown(r: &Results, img: &str) -> String {
                 i.connections, i.rss_before_kib, i.rss_after_kib, i.kib_per_connection
             );
         }
+        if let Some(note) = &s.idle_capped {
+            let _ = writeln!(md, "\nIdle sockets: {note}.");
+        }
         let _ = writeln!(md);
     }
     md
