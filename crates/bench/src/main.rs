@@ -69,7 +69,9 @@ impl Plan {
                 5, 10, 15, 20, 25, 30, 40, 50, 60, 80, 100, 120, 150, 200, 250, 300, 400,
             ],
             targeted_users: 3000,
-            targeted_rates: vec![500, 1000, 2500, 5000, 10_000, 15_000, 20_000, 30_000, 40_000],
+            targeted_rates: vec![
+                500, 1000, 2500, 5000, 10_000, 15_000, 20_000, 30_000, 40_000,
+            ],
             point_secs: 5,
             repeats: 2,
             bytes_rate: 200,
@@ -274,7 +276,9 @@ async fn measure(kind: Kind, plan: &Plan, next_point: &mut u64) -> anyhow::Resul
     for &wanted in &plan.idle {
         let count = wanted.min(cap);
         if count < wanted {
-            eprintln!("  idle: {wanted} sockets asked, {count} possible (open-files limit {limit})");
+            eprintln!(
+                "  idle: {wanted} sockets asked, {count} possible (open-files limit {limit})"
+            );
             out.idle_capped = Some(format!(
                 "{wanted} asked; capped at {count} by this machine's open-files hard limit ({limit})"
             ));
@@ -282,7 +286,10 @@ async fn measure(kind: Kind, plan: &Plan, next_point: &mut u64) -> anyhow::Resul
         let single = Stack::start(kind, 1, &url)?;
         match scenarios::idle_memory(&single, count).await {
             Ok(idle) => {
-                eprintln!("  idle: {count} sockets, {:.1} KiB each", idle.kib_per_connection);
+                eprintln!(
+                    "  idle: {count} sockets, {:.1} KiB each",
+                    idle.kib_per_connection
+                );
                 out.idle.push(idle);
             }
             Err(e) => eprintln!("  idle: {count} sockets failed: {e:#}"),
@@ -369,6 +376,9 @@ fn machine() -> String {
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() -> anyhow::Result<()> {
+    if let Some(kind) = std::env::args().skip_while(|a| a != "--probe").nth(1) {
+        return probe(&kind).await;
+    }
     let quick = std::env::args().any(|a| a == "--quick");
     let plan = if quick { Plan::quick() } else { Plan::full() };
     let started = std::time::Instant::now();
@@ -390,5 +400,43 @@ async fn main() -> anyhow::Result<()> {
         seconds: started.elapsed().as_secs_f64(),
     };
     report::write(&results, quick)?;
+    Ok(())
+}
+
+/// `bench --probe <node|socketioxide|roomcast>`: 3000 subscribers, 10 msg/s for 60 s,
+/// printing deliveries and live connections each second (diagnosis, not a benchmark).
+async fn probe(kind: &str) -> anyhow::Result<()> {
+    let kind = match kind {
+        "node" => Kind::Node,
+        "socketioxide" => Kind::Socketioxide,
+        _ => Kind::Roomcast,
+    };
+    let redis = testkit::RedisServer::start()?;
+    let stack = Stack::start(kind, 3, &redis.url())?;
+    let recorder = Arc::new(Recorder::default());
+    let subs = scenarios::subscribe_many(
+        &stack.ports,
+        3000,
+        |_| "room:bench".into(),
+        &recorder,
+        "probe",
+    )
+    .await?;
+    let sender = scenarios::socket_publishers(&stack.ports).await?;
+    recorder.start(1);
+    let mut seq = 0;
+    for second in 0..60 {
+        for _ in 0..10 {
+            sender.send_probe("room:bench", 1, seq).await?;
+            seq += 1;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let alive = subs.iter().filter(|t| !t.is_finished()).count();
+        eprintln!(
+            "t={second:>2}s sent {seq:>4} delivered {:>7} expected {:>7} generator sockets alive {alive}",
+            recorder.count(),
+            seq * 3000
+        );
+    }
     Ok(())
 }

@@ -46,6 +46,11 @@ pub(crate) enum Sender {
 }
 
 impl Sender {
+    /// `send` for the diagnostic probe.
+    pub(crate) async fn send_probe(&self, room: &str, point: u64, seq: u64) -> anyhow::Result<()> {
+        self.send(room, point, seq).await
+    }
+
     async fn send(&self, room: &str, point: u64, seq: u64) -> anyhow::Result<()> {
         match self {
             Self::Sockets(pubs) => {

@@ -34,11 +34,24 @@ impl RedisServer {
     /// Starts a TLS-only server (plain port off) with a fresh self-signed certificate.
     /// Clients connect with `rediss://127.0.0.1:<port>/#insecure` (see [`Self::tls_url`]).
     pub fn start_tls() -> anyhow::Result<Self> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        let dir = std::env::temp_dir().join(format!("roomcast-redis-tls-{}-{port}", std::process::id()));
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let dir =
+            std::env::temp_dir().join(format!("roomcast-redis-tls-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir)?;
         let status = Command::new("openssl")
-            .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost"])
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "1",
+                "-subj",
+                "/CN=localhost",
+            ])
             .arg("-keyout")
             .arg(dir.join("key.pem"))
             .arg("-out")
@@ -47,7 +60,10 @@ impl RedisServer {
             .stderr(Stdio::null())
             .status()
             .context("cannot run openssl to make a test certificate")?;
-        anyhow::ensure!(status.success(), "openssl could not make a test certificate");
+        anyhow::ensure!(
+            status.success(),
+            "openssl could not make a test certificate"
+        );
         let mut server = Self {
             port,
             child: None,
@@ -97,9 +113,7 @@ impl RedisServer {
 
     fn ping(&self) -> bool {
         if self.tls.is_some() {
-            return self
-                .cli(&["PING"])
-                .is_ok_and(|out| out.trim() == "PONG");
+            return self.cli(&["PING"]).is_ok_and(|out| out.trim() == "PONG");
         }
         let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) else {
             return false;
