@@ -376,6 +376,13 @@ fn machine() -> String {
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() -> anyhow::Result<()> {
+    if let Some(count) = std::env::args().skip_while(|a| a != "--idle").nth(1) {
+        let redis = testkit::RedisServer::start()?;
+        let stack = Stack::start(Kind::Roomcast, 1, &redis.url())?;
+        let idle = scenarios::idle_memory(&stack, count.parse()?).await?;
+        eprintln!("roomcast idle: {idle:?}");
+        return Ok(());
+    }
     if let Some(kind) = std::env::args().skip_while(|a| a != "--probe").nth(1) {
         return probe(&kind).await;
     }

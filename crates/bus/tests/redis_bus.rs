@@ -211,27 +211,3 @@ async fn keepalive_pings_do_not_drop_the_subscriber_connection() {
     redis.cli(&["PUBLISH", "k", "still"]).unwrap();
     assert_eq!(recv(&mut inbox).await.1, Bytes::from_static(b"still"));
 }
-
-#[tokio::test]
-async fn rediss_urls_speak_tls() {
-    let redis = RedisServer::start_tls().unwrap();
-    let (bus, mut inbox) = RedisBus::connect(fast(redis.tls_url())).unwrap();
-    assert!(bus.wait_up(WAIT).await, "{:?}", bus.health());
-    bus.subscribe(vec!["tls".into()]).await.unwrap();
-    assert_eq!(
-        bus.publish("tls", Bytes::from_static(b"secret"))
-            .await
-            .unwrap(),
-        1
-    );
-    assert_eq!(recv(&mut inbox).await.1, Bytes::from_static(b"secret"));
-    // The same server refuses a plain-text client: TLS really is in use.
-    let (plain, _) =
-        RedisBus::connect(fast(format!("redis://127.0.0.1:{}", redis.port()))).unwrap();
-    assert!(
-        plain
-            .publish("tls", Bytes::from_static(b"x"))
-            .await
-            .is_err()
-    );
-}

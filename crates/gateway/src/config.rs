@@ -113,6 +113,12 @@ pub struct Args {
     /// Address other nodes and operators see for this node in GET /v1/cluster [default: http://HOST:PORT]
     #[arg(long, env = "ADVERTISED_URL")]
     pub advertised_url: Option<String>,
+    /// WebSocket read buffer per connection, in bytes; larger frames are read in several chunks [default: 1024]
+    #[arg(long, env = "WS_READ_BUFFER_BYTES", default_value_t = 1024)]
+    pub ws_read_buffer_bytes: usize,
+    /// Packets queued per socket before emits to it fail [default: 128]
+    #[arg(long, env = "SOCKET_BUFFER_PACKETS", default_value_t = 128)]
+    pub socket_buffer_packets: usize,
     /// Log format: `text` or `json` [default: text]
     #[arg(long, env = "LOG_FORMAT", default_value = "text")]
     pub log_format: String,
@@ -196,6 +202,10 @@ pub struct Config {
     pub node_ttl: Duration,
     /// Advertised address; `None`: derived from the bound address.
     pub advertised_url: Option<String>,
+    /// WebSocket read buffer per connection.
+    pub ws_read_buffer: usize,
+    /// Packets queued per socket.
+    pub socket_buffer: usize,
 }
 
 impl fmt::Debug for Config {
@@ -375,6 +385,12 @@ impl Config {
                 "must be positive",
             ));
         }
+        if args.ws_read_buffer_bytes < 256 || args.socket_buffer_packets == 0 {
+            return Err(invalid(
+                "WS_READ_BUFFER_BYTES/SOCKET_BUFFER_PACKETS",
+                "need at least 256 bytes and 1 packet",
+            ));
+        }
         if args.node_ttl_secs < 3 {
             return Err(invalid("NODE_TTL_SECS", "must be at least 3"));
         }
@@ -477,6 +493,8 @@ impl Config {
             legacy_channel,
             node_ttl: Duration::from_secs(args.node_ttl_secs),
             advertised_url: args.advertised_url,
+            ws_read_buffer: args.ws_read_buffer_bytes,
+            socket_buffer: args.socket_buffer_packets,
         })
     }
 

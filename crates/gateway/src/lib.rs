@@ -123,6 +123,8 @@ impl Node {
             .ping_interval(config.ping_interval)
             .ping_timeout(config.ping_timeout)
             .max_payload(config.max_payload as u64)
+            .ws_read_buffer_size(config.ws_read_buffer)
+            .max_buffer_size(config.socket_buffer)
             .with_adapter::<BusAdapter>(cluster.clone())
             .build_layer();
         cluster.set_io(io.clone());

@@ -12,8 +12,6 @@ use anyhow::{Context, bail};
 pub struct RedisServer {
     port: u16,
     child: Option<Child>,
-    /// Certificate and key for a TLS-only server (`rediss://`), and the folder they are in.
-    tls: Option<std::path::PathBuf>,
 }
 
 impl RedisServer {
@@ -22,61 +20,9 @@ impl RedisServer {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();
-        let mut server = Self {
-            port,
-            child: None,
-            tls: None,
-        };
+        let mut server = Self { port, child: None };
         server.spawn()?;
         Ok(server)
-    }
-
-    /// Starts a TLS-only server (plain port off) with a fresh self-signed certificate.
-    /// Clients connect with `rediss://127.0.0.1:<port>/#insecure` (see [`Self::tls_url`]).
-    pub fn start_tls() -> anyhow::Result<Self> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
-        let dir =
-            std::env::temp_dir().join(format!("roomcast-redis-tls-{}-{port}", std::process::id()));
-        std::fs::create_dir_all(&dir)?;
-        let status = Command::new("openssl")
-            .args([
-                "req",
-                "-x509",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-days",
-                "1",
-                "-subj",
-                "/CN=localhost",
-            ])
-            .arg("-keyout")
-            .arg(dir.join("key.pem"))
-            .arg("-out")
-            .arg(dir.join("cert.pem"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .context("cannot run openssl to make a test certificate")?;
-        anyhow::ensure!(
-            status.success(),
-            "openssl could not make a test certificate"
-        );
-        let mut server = Self {
-            port,
-            child: None,
-            tls: Some(dir),
-        };
-        server.spawn()?;
-        Ok(server)
-    }
-
-    /// `rediss://127.0.0.1:<port>/#insecure`: TLS without verifying the self-signed
-    /// certificate.
-    pub fn tls_url(&self) -> String {
-        format!("rediss://127.0.0.1:{}/#insecure", self.port)
     }
 
     fn spawn(&mut self) -> anyhow::Result<()> {
@@ -112,9 +58,6 @@ impl RedisServer {
     }
 
     fn ping(&self) -> bool {
-        if self.tls.is_some() {
-            return self.cli(&["PING"]).is_ok_and(|out| out.trim() == "PONG");
-        }
         let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) else {
             return false;
         };
@@ -157,11 +100,7 @@ impl RedisServer {
 
     /// Runs `redis-cli -p <port> <args>` and returns its output.
     pub fn cli(&self, args: &[&str]) -> anyhow::Result<String> {
-        let mut cmd = Command::new("redis-cli");
-        if self.tls.is_some() {
-            cmd.args(["--tls", "--insecure"]);
-        }
-        let out = cmd
+        let out = Command::new("redis-cli")
             .args(["-p", &self.port.to_string()])
             .args(args)
             .output()
@@ -191,8 +130,5 @@ impl RedisServer {
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.stop();
-        if let Some(dir) = &self.tls {
-            let _ = std::fs::remove_dir_all(dir);
-        }
     }
 }
