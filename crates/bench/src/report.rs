@@ -334,7 +334,7 @@ fn markdown(r: &Results, img: &str) -> String {
 
     let _ = writeln!(
         md,
-        "\n## Plots\n\n![fan-out]({img}fanout.svg)\n\n![targeted]({img}targeted.svg)\n"
+        "\nWhy targets are missed and what would close them: [performance.md](performance.md).\n\n## Plots\n\n![fan-out]({img}fanout.svg)\n\n![targeted]({img}targeted.svg)\n"
     );
     for s in &r.stacks {
         let _ = writeln!(md, "## {}\n", s.name);
