@@ -57,7 +57,13 @@ impl Outbox {
     pub async fn send(&self, env: &Envelope) -> Result<usize, SendError> {
         let to = parse_rooms(&env.to)?;
         parse_rooms(&env.except)?;
-        let channel = self.channels.for_target(&env.ns, &to);
+        self.send_to(env, &to).await
+    }
+
+    /// Publishes `env` whose rooms the caller already validated; `to` are its target
+    /// rooms, parsed. Saves re-parsing every room name on a path that validated them.
+    pub async fn send_to(&self, env: &Envelope, to: &[Room]) -> Result<usize, SendError> {
+        let channel = self.channels.for_target(&env.ns, to);
         let payload = Bytes::from(env.to_msgpack()?);
         Ok(self.bus.publish(&channel, payload).await?)
     }

@@ -161,8 +161,8 @@ impl CoreAdapter<Emitter> for BusAdapter {
         opts: BroadcastOptions,
     ) -> Result<(), BroadcastError> {
         if !opts.is_local(self.uid) {
-            if let Some(env) = to_envelope(&packet, &opts, self.cluster.node_id()) {
-                if let Err(e) = self.cluster.send_to_bus(&env).await {
+            if let Some((env, to)) = to_envelope(&packet, &opts, self.cluster.node_id()) {
+                if let Err(e) = self.cluster.send_to_bus(&env, &to).await {
                     tracing::warn!(error = %e, event = %env.event, "cluster broadcast failed; delivered on this node only");
                 }
             } else {
@@ -510,7 +510,12 @@ fn read_req_id(data: &[u8]) -> Option<Sid> {
 /// Converts an event packet into an envelope. `None` for what must take the request path:
 /// acks, binary attachments, a single remote socket as target, and room names outside the
 /// `kind:id` convention (such as a socket id).
-fn to_envelope(packet: &Packet, opts: &BroadcastOptions, origin: &str) -> Option<Envelope> {
+/// Returns the envelope and its parsed target rooms.
+fn to_envelope(
+    packet: &Packet,
+    opts: &BroadcastOptions,
+    origin: &str,
+) -> Option<(Envelope, Vec<Room>)> {
     let single_socket =
         opts.rooms.is_empty() && opts.sid.is_some() && !opts.has_flag(BroadcastFlags::Broadcast);
     if opts.server_id.is_some() || single_socket {
@@ -532,12 +537,11 @@ fn to_envelope(packet: &Packet, opts: &BroadcastOptions, origin: &str) -> Option
     };
     let to: Vec<String> = opts.rooms.iter().map(|r| r.to_string()).collect();
     let except: Vec<String> = opts.except.iter().map(|r| r.to_string()).collect();
-    if bus::parse_rooms(&to).is_err() || bus::parse_rooms(&except).is_err() {
-        return None;
-    }
+    let rooms = bus::parse_rooms(&to).ok()?;
+    bus::parse_rooms(&except).ok()?;
     let mut flags = Flags::default();
     flags.volatile = opts.has_flag(BroadcastFlags::Volatile);
-    Some(Envelope {
+    let env = Envelope {
         v: VERSION,
         id: envelope::new_id(),
         ts: envelope::now_ms(),
@@ -550,5 +554,6 @@ fn to_envelope(packet: &Packet, opts: &BroadcastOptions, origin: &str) -> Option
         except,
         flags,
         trace: None,
-    })
+    };
+    Some((env, rooms))
 }

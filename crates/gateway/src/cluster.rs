@@ -254,18 +254,19 @@ impl Cluster {
     /// sockets while Redis is away; the bus error is still returned so the caller knows
     /// other nodes did not get the message.
     pub async fn publish(&self, env: &Envelope) -> Result<(), SendError> {
-        bus::parse_rooms(&env.to)?;
+        let to = bus::parse_rooms(&env.to)?;
         bus::parse_rooms(&env.except)?;
         self.deliver_local(env).await;
         if env.flags.local {
             return Ok(());
         }
-        self.send_to_bus(env).await
+        self.send_to_bus(env, &to).await
     }
 
-    /// Publishes an envelope built by the adapter, counting the outcome.
-    pub(crate) async fn send_to_bus(&self, env: &Envelope) -> Result<(), SendError> {
-        match self.outbox.send(env).await {
+    /// Publishes an envelope whose rooms are already validated (`to`: its target rooms),
+    /// counting the outcome.
+    pub(crate) async fn send_to_bus(&self, env: &Envelope, to: &[Room]) -> Result<(), SendError> {
+        match self.outbox.send_to(env, to).await {
             Ok(_) => {
                 self.stats.published.fetch_add(1, Ordering::Relaxed);
                 Ok(())

@@ -118,54 +118,56 @@ async fn metrics(State(ctx): State<Arc<HttpCtx>>) -> impl IntoResponse {
     let s = &c.stats;
     let node = c.node_id();
     let mut out = String::new();
-    let mut metric = |name: &str, kind: &str, help: &str, value: u64| {
+    let metrics: [(&str, &str, &str, u64); 7] = [
+        (
+            "socketio_connections_total",
+            "gauge",
+            "Sockets connected to this node.",
+            s.connections.load(Ordering::Relaxed),
+        ),
+        (
+            "socketio_rooms_total",
+            "gauge",
+            "Rooms with at least one member on this node.",
+            c.room_count() as u64,
+        ),
+        (
+            "socketio_messages_published",
+            "counter",
+            "Messages this node published to the cluster bus.",
+            s.published.load(Ordering::Relaxed),
+        ),
+        (
+            "socketio_messages_delivered",
+            "counter",
+            "Messages from the cluster bus delivered to this node's sockets.",
+            s.delivered.load(Ordering::Relaxed),
+        ),
+        (
+            "socketio_messages_rejected",
+            "counter",
+            "Messages from the bus dropped as undecodable.",
+            s.rejected.load(Ordering::Relaxed),
+        ),
+        (
+            "socketio_publish_errors",
+            "counter",
+            "Publishes to the cluster bus that failed.",
+            s.publish_errors.load(Ordering::Relaxed),
+        ),
+        (
+            "socketio_bus_up",
+            "gauge",
+            "1 when both bus links are up.",
+            u64::from(c.bus().health().is_up()),
+        ),
+    ];
+    for (name, kind, help, value) in metrics {
         let _ = writeln!(
             out,
             "# HELP {name} {help}\n# TYPE {name} {kind}\n{name}{{node=\"{node}\"}} {value}"
         );
-    };
-    metric(
-        "socketio_connections_total",
-        "gauge",
-        "Sockets connected to this node.",
-        s.connections.load(Ordering::Relaxed),
-    );
-    metric(
-        "socketio_rooms_total",
-        "gauge",
-        "Rooms with at least one member on this node.",
-        c.room_count() as u64,
-    );
-    metric(
-        "socketio_messages_published",
-        "counter",
-        "Messages this node published to the cluster bus.",
-        s.published.load(Ordering::Relaxed),
-    );
-    metric(
-        "socketio_messages_delivered",
-        "counter",
-        "Messages from the cluster bus delivered to this node's sockets.",
-        s.delivered.load(Ordering::Relaxed),
-    );
-    metric(
-        "socketio_messages_rejected",
-        "counter",
-        "Messages from the bus dropped as undecodable.",
-        s.rejected.load(Ordering::Relaxed),
-    );
-    metric(
-        "socketio_publish_errors",
-        "counter",
-        "Publishes to the cluster bus that failed.",
-        s.publish_errors.load(Ordering::Relaxed),
-    );
-    metric(
-        "socketio_bus_up",
-        "gauge",
-        "1 when both bus links are up.",
-        u64::from(c.bus().health().is_up()),
-    );
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
 }
 

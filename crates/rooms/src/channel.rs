@@ -107,13 +107,6 @@ impl Channels {
         }
     }
 
-    /// True when `channel` is a room channel of this prefix.
-    pub fn is_room_channel(&self, channel: &str) -> bool {
-        channel
-            .strip_prefix(self.prefix.as_str())
-            .is_some_and(|rest| rest.starts_with(":room:"))
-    }
-
     /// The single channel a message for `rooms` in `ns` is published on: the room's own
     /// channel for one room, else the namespace channel. A multi-room message is sent once
     /// on the namespace channel so each node receives it once and de-duplicates sockets
@@ -147,9 +140,9 @@ mod tests {
         );
         assert_eq!(ch.for_target("/", &[u.clone(), t]), "p:ns:/");
         assert_eq!(ch.for_target("/", &[]), "p:ns:/");
-        assert!(ch.is_room_channel("p:room:/#user:1"));
-        assert!(!ch.is_room_channel("p:ns:/"));
-        assert!(!ch.is_room_channel("q:room:/#user:1"));
+        assert_eq!(ch.classify("p:room:/#user:1"), ChannelKind::Event);
+        assert_eq!(ch.classify("p:ns:/"), ChannelKind::Event);
+        assert_eq!(ch.classify("q:room:/#user:1"), ChannelKind::Other);
         assert_eq!(Channels::default().prefix(), "roomcast");
     }
 }
