@@ -2,6 +2,7 @@
 
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
+use serde_json::Value;
 
 use crate::model::{Draft, Envelope, VERSION};
 
@@ -67,6 +68,14 @@ pub enum DecodeError {
     /// The payload is empty.
     #[error("empty message")]
     Empty,
+    /// A binary placeholder names an attachment the message does not carry.
+    #[error("placeholder {num} names a missing attachment (the message has {count})")]
+    MissingAttachment {
+        /// The placeholder's `num`.
+        num: usize,
+        /// How many attachments the message carries.
+        count: usize,
+    },
 }
 
 /// Why a message could not be encoded.
@@ -142,22 +151,40 @@ fn parse_versioned<T: DeserializeOwned>(codec: Codec, bytes: &[u8]) -> Result<T,
     })
 }
 
-fn check_body(
-    event: &str,
-    has_data: bool,
-    has_args: bool,
-    ns: Option<&str>,
-) -> Result<(), DecodeError> {
-    if event.is_empty() {
+/// The parts of a message every decoder checks.
+struct Body<'a> {
+    event: &'a str,
+    data: Option<&'a Value>,
+    args: Option<&'a [Value]>,
+    attachments: usize,
+    ns: Option<&'a str>,
+}
+
+fn check_body(b: Body<'_>) -> Result<(), DecodeError> {
+    if b.event.is_empty() {
         return Err(DecodeError::MissingEvent);
     }
-    if has_data && has_args {
-        return Err(DecodeError::ConflictingArguments);
+    let args = match (b.data, b.args) {
+        (Some(_), Some(_)) => return Err(DecodeError::ConflictingArguments),
+        (Some(data), None) => std::slice::from_ref(data),
+        (None, Some(args)) => args,
+        (None, None) => &[],
+    };
+    if let Some(ns) = b.ns
+        && !ns.starts_with('/')
+    {
+        return Err(DecodeError::InvalidNamespace(ns.to_owned()));
     }
-    match ns {
-        Some(ns) if !ns.starts_with('/') => Err(DecodeError::InvalidNamespace(ns.to_owned())),
-        _ => Ok(()),
+    // Placeholders mean something only in a message that carries attachments.
+    if b.attachments > 0
+        && let Some(num) = crate::binary::dangling_placeholder(args, b.attachments)
+    {
+        return Err(DecodeError::MissingAttachment {
+            num,
+            count: b.attachments,
+        });
     }
+    Ok(())
 }
 
 impl Envelope {
@@ -176,12 +203,13 @@ impl Envelope {
         let codec = sniff(bytes)?;
         let env: Envelope = parse_versioned(codec, bytes)?;
         check_version(u64::from(env.v))?;
-        check_body(
-            &env.event,
-            env.data.is_some(),
-            env.args.is_some(),
-            Some(&env.ns),
-        )?;
+        check_body(Body {
+            event: &env.event,
+            data: env.data.as_ref(),
+            args: env.args.as_deref(),
+            attachments: env.attachments.len(),
+            ns: Some(&env.ns),
+        })?;
         Ok(env)
     }
 
@@ -208,12 +236,13 @@ impl Draft {
         if let Some(v) = draft.v {
             check_version(u64::from(v))?;
         }
-        check_body(
-            &draft.event,
-            draft.data.is_some(),
-            draft.args.is_some(),
-            draft.ns.as_deref(),
-        )?;
+        check_body(Body {
+            event: &draft.event,
+            data: draft.data.as_ref(),
+            args: draft.args.as_deref(),
+            attachments: draft.attachments.len(),
+            ns: draft.ns.as_deref(),
+        })?;
         Ok(draft)
     }
 }
@@ -353,6 +382,42 @@ mod tests {
         assert!(env.arguments().is_empty());
     }
 
+    #[test]
+    fn attachments_travel_as_base64_in_json_and_as_bytes_in_msgpack() {
+        let mut env = Envelope::new(
+            "svc",
+            "frame",
+            json!({"meta": 1, "bin": crate::placeholder(0)}),
+        );
+        env.attachments = vec![bytes::Bytes::from_static(&[0, 159, 255, 1])];
+        let text = String::from_utf8(env.to_json().unwrap()).unwrap();
+        assert!(text.contains(r#""attachments":["AJ//AQ=="]"#), "{text}");
+        assert_eq!(
+            Envelope::decode(text.as_bytes(), Limits::default()).unwrap(),
+            env
+        );
+        let packed = env.to_msgpack().unwrap();
+        // The raw bytes appear as-is (a `bin 8` of length 4), not as text.
+        assert!(packed.windows(6).any(|w| w == [0xc4, 4, 0, 159, 255, 1]));
+        assert_eq!(Envelope::decode(&packed, Limits::default()).unwrap(), env);
+    }
+
+    #[test]
+    fn attachment_errors_are_typed() {
+        let body = |rest: &str| format!(r#"{{"event":"e",{rest}}}"#);
+        let missing = body(r#""args":[{"_placeholder":true,"num":1}],"attachments":["AA=="]"#);
+        assert_eq!(
+            Draft::decode_json(missing.as_bytes(), Limits::default()),
+            Err(DecodeError::MissingAttachment { num: 1, count: 1 })
+        );
+        let bad = body(r#""data":1,"attachments":["not base64!"]"#);
+        let err = Draft::decode_json(bad.as_bytes(), Limits::default()).unwrap_err();
+        assert!(err.to_string().contains("not valid base64"), "{err}");
+        // Without attachments a placeholder-shaped object is ordinary data.
+        let plain = body(r#""data":{"_placeholder":true,"num":0}"#);
+        assert!(Draft::decode_json(plain.as_bytes(), Limits::default()).is_ok());
+    }
+
     fn arb_json() -> impl Strategy<Value = Value> {
         let leaf = prop_oneof![
             Just(Value::Null),
@@ -388,10 +453,12 @@ mod tests {
             volatile in any::<bool>(),
             local in any::<bool>(),
             trace in prop::option::of("[0-9a-f-]{55}"),
+            attachments in prop::collection::vec(
+                prop::collection::vec(any::<u8>(), 0..16).prop_map(bytes::Bytes::from), 0..3),
         ) -> Envelope {
             Envelope {
                 v: VERSION, id, ts, origin, ns, event,
-                data: payload.0, args: payload.1, to, except,
+                data: payload.0, args: payload.1, attachments, to, except,
                 flags: Flags { volatile, local }, trace,
             }
         }

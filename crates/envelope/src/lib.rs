@@ -18,12 +18,16 @@
 //!   have changed the meaning of a field, and guessing would deliver the wrong thing.
 //! * [`Draft`] is the envelope as an HTTP caller sends it: `v`, `id`, `ts` and `origin`
 //!   may be left out and are filled in by [`Draft::finish`].
+//! * Binary data travels in `attachments`, referenced from the arguments by Socket.IO's
+//!   own placeholders (see [`placeholder`]); clients receive real binary.
 
+mod binary;
 mod codec;
 mod legacy;
 mod model;
 mod node;
 
+pub use binary::{placeholder, placeholder_index};
 pub use codec::{DEFAULT_MAX_SIZE, DecodeError, EncodeError, Limits};
 pub use legacy::LegacyMessage;
 pub use model::{Draft, Envelope, Flags, VERSION, new_id, now_ms};

@@ -2,8 +2,11 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+
+use crate::binary::serde_attachments;
 
 /// The envelope version this build writes, and the highest it reads.
 pub const VERSION: u32 = 1;
@@ -38,6 +41,15 @@ pub struct Envelope {
     /// Several event arguments. Mutually exclusive with `data`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub args: Option<Vec<Value>>,
+    /// Binary attachments, referenced from the arguments by
+    /// `{"_placeholder": true, "num": N}` (Socket.IO's own convention). Base64 strings
+    /// in JSON, byte strings in MessagePack.
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        with = "serde_attachments"
+    )]
+    pub attachments: Vec<Bytes>,
     /// Target rooms; empty means the whole namespace.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub to: Vec<String>,
@@ -99,6 +111,9 @@ pub struct Draft {
     /// Several arguments.
     #[serde(default)]
     pub args: Option<Vec<Value>>,
+    /// Binary attachments (base64 strings in JSON), see [`Envelope::attachments`].
+    #[serde(default, with = "serde_attachments")]
+    pub attachments: Vec<Bytes>,
     /// Target rooms.
     #[serde(default)]
     pub to: Vec<String>,
@@ -127,6 +142,7 @@ impl Draft {
             event: self.event,
             data: self.data,
             args: self.args,
+            attachments: self.attachments,
             to: self.to,
             except: self.except,
             flags: self.flags,
@@ -154,6 +170,7 @@ impl Envelope {
             event: event.into(),
             data: Some(data),
             args: None,
+            attachments: Vec::new(),
             to: Vec::new(),
             except: Vec::new(),
             flags: Flags::default(),

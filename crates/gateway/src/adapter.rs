@@ -508,8 +508,9 @@ fn read_req_id(data: &[u8]) -> Option<Sid> {
 }
 
 /// Converts an event packet into an envelope. `None` for what must take the request path:
-/// acks, binary attachments, a single remote socket as target, and room names outside the
-/// `kind:id` convention (such as a socket id).
+/// acks, a single remote socket as target, and room names outside the `kind:id`
+/// convention (such as a socket id). Binary attachments travel in the envelope; the
+/// packet text already holds Socket.IO's placeholders for them.
 /// Returns the envelope and its parsed target rooms.
 fn to_envelope(
     packet: &Packet,
@@ -524,9 +525,6 @@ fn to_envelope(
     let PacketData::Event(SioValue::Str(text, bins), None) = &packet.inner else {
         return None;
     };
-    if bins.as_ref().is_some_and(|b| !b.is_empty()) {
-        return None;
-    }
     let mut items: Vec<serde_json::Value> = serde_json::from_str(text.as_str()).ok()?;
     if items.is_empty() {
         return None;
@@ -550,6 +548,7 @@ fn to_envelope(
         event,
         data: None,
         args: Some(items),
+        attachments: bins.iter().flatten().cloned().collect(),
         to,
         except,
         flags,

@@ -6,16 +6,18 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
 
 use bus::{Bus, BusFuture, Inbox, Message, Outbox, SendError, SubscribeError};
+use bytes::Bytes;
 use std::time::Duration;
 
 use envelope::{Envelope, LegacyMessage, Limits, NodeInfo};
-use futures_util::FutureExt;
 use futures_util::future::Shared;
+use futures_util::{FutureExt, StreamExt};
 use rooms::{ChannelKind, Channels, Interest, Room, Target, legacy_target};
 use serde::ser::{Serialize, SerializeTuple, Serializer};
 use serde_json::Value;
 use socketioxide::SocketIo;
 use socketioxide::extract::SocketRef;
+use socketioxide::operators::BroadcastOperators;
 use socketioxide::socket::Sid;
 
 use crate::adapter::BusAdapter;
@@ -280,12 +282,63 @@ impl Cluster {
 
     /// Delivers `env` to the local sockets it targets.
     pub async fn deliver_local(&self, env: &Envelope) {
-        let Some(io) = self.io.get() else { return };
+        let Some(op) = self.operator(env) else { return };
+        let args = Args {
+            args: env.arguments(),
+            attachments: &env.attachments,
+        };
+        if let Err(e) = op.local().emit(&env.event, &args).await {
+            tracing::debug!(id = %env.id, error = %e, "some local sockets could not be reached");
+        }
+    }
+
+    /// Sends `env` to its target sockets on every node (only this one with the `local`
+    /// flag) and collects their acknowledgements until each socket answered or `timeout`
+    /// passed. The rooms must be valid; [`Cluster::publish`] checks the same way.
+    pub async fn publish_with_ack(
+        &self,
+        env: &Envelope,
+        timeout: Duration,
+    ) -> Result<Vec<AckReply>, SendError> {
+        bus::parse_rooms(&env.to)?;
+        bus::parse_rooms(&env.except)?;
+        let Some(op) = self.operator(env) else {
+            return Ok(Vec::new());
+        };
+        let op = if env.flags.local { op.local() } else { op };
+        let args = Args {
+            args: env.arguments(),
+            attachments: &env.attachments,
+        };
+        let stream = op
+            .timeout(timeout)
+            .emit_with_ack::<_, Value>(&env.event, &args)
+            .await
+            .map_err(|e| SendError::Publish(bus::PublishError::Unavailable(e.to_string())))?;
+        self.stats.published.fetch_add(1, Ordering::Relaxed);
+        Ok(StreamExt::map(stream, |(sid, result)| match result {
+            Ok(data) => AckReply::Answered {
+                sid: sid.to_string(),
+                data,
+            },
+            Err(e) => AckReply::Failed {
+                sid: sid.to_string(),
+                error: e.to_string(),
+            },
+        })
+        .collect()
+        .await)
+    }
+
+    /// The broadcast operator for `env`'s namespace, rooms and flags; `None` (logged)
+    /// when this node does not serve the namespace.
+    fn operator(&self, env: &Envelope) -> Option<BroadcastOperators<BusAdapter>> {
+        let io = self.io.get()?;
         let Some(op) = io.of(&env.ns) else {
             tracing::debug!(ns = %env.ns, id = %env.id, "message for a namespace this node does not serve");
-            return;
+            return None;
         };
-        let mut op = op.local().broadcast();
+        let mut op = op.broadcast();
         if !env.to.is_empty() {
             op = op.to(env.to.clone());
         }
@@ -295,9 +348,7 @@ impl Cluster {
         if env.flags.volatile {
             op = op.volatile();
         }
-        if let Err(e) = op.emit(&env.event, &Args(env.arguments())).await {
-            tracing::debug!(id = %env.id, error = %e, "some local sockets could not be reached");
-        }
+        Some(op)
     }
 
     /// Handles one message from the bus.
@@ -447,15 +498,98 @@ impl Cluster {
 }
 
 /// Event arguments serialized as a tuple, which Socket.IO's parser expands into
-/// separate arguments (`["event", a, b]` rather than `["event", [a, b]]`).
-pub(crate) struct Args<'a>(pub(crate) &'a [Value]);
+/// separate arguments (`["event", a, b]` rather than `["event", [a, b]]`). Placeholders
+/// naming one of `attachments` are written as bytes, which the parser sends as binary.
+pub(crate) struct Args<'a> {
+    pub(crate) args: &'a [Value],
+    pub(crate) attachments: &'a [Bytes],
+}
 
 impl Serialize for Args<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut tuple = serializer.serialize_tuple(self.0.len())?;
-        for arg in self.0 {
-            tuple.serialize_element(arg)?;
+        let mut tuple = serializer.serialize_tuple(self.args.len())?;
+        for arg in self.args {
+            if self.attachments.is_empty() {
+                tuple.serialize_element(arg)?;
+            } else {
+                tuple.serialize_element(&WithBinary(arg, self.attachments))?;
+            }
         }
         tuple.end()
+    }
+}
+
+/// A JSON value whose placeholders are replaced by the attachments they name.
+struct WithBinary<'a>(&'a Value, &'a [Bytes]);
+
+impl Serialize for WithBinary<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::{SerializeMap, SerializeSeq};
+        let Self(value, attachments) = *self;
+        if let Some(bytes) = envelope::placeholder_index(value).and_then(|n| attachments.get(n)) {
+            return serializer.serialize_bytes(bytes);
+        }
+        match value {
+            Value::Array(items) => {
+                let mut seq = serializer.serialize_seq(Some(items.len()))?;
+                for item in items {
+                    seq.serialize_element(&WithBinary(item, attachments))?;
+                }
+                seq.end()
+            }
+            Value::Object(map) => {
+                let mut out = serializer.serialize_map(Some(map.len()))?;
+                for (k, v) in map {
+                    out.serialize_entry(k, &WithBinary(v, attachments))?;
+                }
+                out.end()
+            }
+            scalar => scalar.serialize(serializer),
+        }
+    }
+}
+
+/// One socket's answer to [`Cluster::publish_with_ack`].
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(untagged)]
+pub enum AckReply {
+    /// The socket acknowledged with `data`.
+    Answered {
+        /// The socket's id.
+        sid: String,
+        /// What the client passed to its acknowledgement callback.
+        data: Value,
+    },
+    /// The socket did not answer in time, or its answer could not be read.
+    Failed {
+        /// The socket's id.
+        sid: String,
+        /// Why.
+        error: String,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn placeholders_become_bytes_and_everything_else_stays() {
+        let attachments = [Bytes::from_static(&[1, 2]), Bytes::from_static(&[3])];
+        let args = [
+            json!({"a": envelope::placeholder(1), "b": [envelope::placeholder(0), "x"]}),
+            json!({"_placeholder": true, "num": 7}),
+            json!(5),
+        ];
+        let args = Args {
+            args: &args,
+            attachments: &attachments,
+        };
+        // serde_json writes bytes as an array of numbers, which makes the swap visible.
+        assert_eq!(
+            serde_json::to_value(&args).unwrap(),
+            json!([{"a": [3], "b": [[1, 2], "x"]}, {"_placeholder": true, "num": 7}, 5])
+        );
     }
 }

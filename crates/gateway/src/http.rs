@@ -3,6 +3,7 @@
 use std::fmt::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
@@ -36,6 +37,8 @@ pub(crate) enum ApiError {
     BadEnvelope(#[from] DecodeError),
     #[error("{0}")]
     BadRoom(String),
+    #[error("{0}")]
+    BadOption(String),
     #[error("the cluster bus is unavailable: delivered to this node's sockets only ({detail})")]
     BusUnavailable {
         /// The message id (delivered locally).
@@ -54,7 +57,7 @@ impl IntoResponse for ApiError {
         let status = match &self {
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::PublishDisabled => StatusCode::FORBIDDEN,
-            Self::BadEnvelope(_) | Self::BadRoom(_) => StatusCode::BAD_REQUEST,
+            Self::BadEnvelope(_) | Self::BadRoom(_) | Self::BadOption(_) => StatusCode::BAD_REQUEST,
             Self::BusUnavailableRead(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::BusUnavailable { id, .. } => {
                 let body = json!({"error": self.to_string(), "id": id, "delivered_locally": true});
@@ -206,27 +209,56 @@ async fn cluster_view(
     })))
 }
 
+/// Options of `POST /v1/publish` that are not part of the envelope.
+#[derive(Debug, Default, serde::Deserialize)]
+struct PublishOptions {
+    /// Wait up to this long for every target socket to acknowledge, and return the
+    /// answers (Socket.IO's `emitWithAck`, cluster-wide).
+    #[serde(default)]
+    ack_timeout_ms: Option<u64>,
+}
+
+/// The longest `ack_timeout_ms` accepted: an HTTP request should not hang for minutes.
+const MAX_ACK_TIMEOUT_MS: u64 = 30_000;
+
 async fn publish(
     State(ctx): State<Arc<HttpCtx>>,
     headers: HeaderMap,
     body: Bytes,
-) -> Result<impl IntoResponse, ApiError> {
+) -> Result<Response, ApiError> {
     check_key(&ctx, &headers)?;
     let cluster = &ctx.cluster;
     let draft = Draft::decode_json(&body, cluster.limits())?;
+    // Decoded as a draft already, so this cannot fail on syntax; a wrong type can.
+    let options: PublishOptions = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::BadEnvelope(DecodeError::Malformed(e.to_string())))?;
     // The node stamps itself as origin: it delivers to its own sockets directly and
     // recognises (and skips) its own message when the bus echoes it back.
     let mut env = draft.finish(cluster.node_id());
     env.origin = cluster.node_id().to_owned();
-    cluster.publish(&env).await.map_err(|e| match e {
+    let bus_error = |e: bus::SendError| match e {
         bus::SendError::InvalidRoom { .. } => ApiError::BadRoom(e.to_string()),
         bus::SendError::Publish(e) => ApiError::BusUnavailable {
             id: env.id.clone(),
             detail: e.to_string(),
         },
         other => ApiError::Internal(other.to_string()),
-    })?;
-    Ok((StatusCode::ACCEPTED, axum::Json(json!({"id": env.id}))))
+    };
+    if let Some(ms) = options.ack_timeout_ms {
+        if ms == 0 || ms > MAX_ACK_TIMEOUT_MS {
+            return Err(ApiError::BadOption(format!(
+                "ack_timeout_ms must be between 1 and {MAX_ACK_TIMEOUT_MS}"
+            )));
+        }
+        let acks = cluster
+            .publish_with_ack(&env, Duration::from_millis(ms))
+            .await
+            .map_err(bus_error)?;
+        let body = json!({"id": env.id, "acks": acks});
+        return Ok((StatusCode::OK, axum::Json(body)).into_response());
+    }
+    cluster.publish(&env).await.map_err(bus_error)?;
+    Ok((StatusCode::ACCEPTED, axum::Json(json!({"id": env.id}))).into_response())
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {

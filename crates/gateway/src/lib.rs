@@ -38,7 +38,7 @@ use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 
 pub use adapter::{BusAdapter, ClusterError, InitRes};
 pub use auth::{AuthError, Authenticator, Identity, TokenSources, sign_hs256, unix_now};
-pub use cluster::{Cluster, JoinWarning, Stats};
+pub use cluster::{AckReply, Cluster, JoinWarning, Stats};
 pub use config::{Args, ClaimNames, Config, ConfigError, DevCredentials, JwtKey, Mode};
 
 /// Why a node could not start.

@@ -95,6 +95,57 @@ async fn cross_node_delivery_targeting_multi_room_and_except() {
 }
 
 #[tokio::test]
+async fn http_publish_with_ack_collects_answers_from_every_node() {
+    let redis = RedisServer::start().unwrap();
+    let nodes = spawn_redis_cluster(3, &redis.url(), |_, _| {})
+        .await
+        .unwrap();
+    let mut ann0 = connect(&nodes[0], "ann").await;
+    let mut ann1 = connect(&nodes[1], "ann").await;
+    let mut silent = connect(&nodes[1], "ann").await;
+    let mut bob = connect(&nodes[0], "bob").await;
+    let url = nodes[2].url();
+    let request = tokio::spawn(async move {
+        let body = json!({"event": "confirm", "to": ["user:ann"], "data": {"q": 1}, "ack_timeout_ms": 1500});
+        publish(&url, TEST_KEY, &body.to_string()).await.unwrap()
+    });
+    for (client, answer) in [(&mut ann0, "zero"), (&mut ann1, "one")] {
+        let (event, _) = client.expect("confirm").await.unwrap();
+        assert_eq!(event.args, vec![json!({"q": 1})]);
+        client
+            .ack(event.ack.expect("an ack id"), &[json!(answer)])
+            .await
+            .unwrap();
+    }
+    // The third socket receives the question and does not answer.
+    assert!(silent.expect("confirm").await.unwrap().0.ack.is_some());
+    let (status, body) = request.await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    let acks = body["acks"].as_array().unwrap();
+    let mut answered: Vec<String> = acks
+        .iter()
+        .filter_map(|a| a["data"].as_str().map(str::to_owned))
+        .collect();
+    answered.sort();
+    assert_eq!(answered, ["one", "zero"], "{body}");
+    let failed: Vec<&Value> = acks.iter().filter(|a| a["error"].is_string()).collect();
+    assert_eq!(failed.len(), 1, "the silent socket times out: {body}");
+    assert_eq!(failed[0]["sid"], silent.sid.as_str());
+    // Only the target user's sockets were asked.
+    accepted(&nodes[2], json!({"event": "marker", "to": ["user:bob"]})).await;
+    let (_, before) = bob.expect("marker").await.unwrap();
+    assert!(before.iter().all(|e| e.name != "confirm"), "{before:?}");
+
+    // A bad timeout is refused before anything is sent.
+    let body = json!({"event": "confirm", "to": ["user:ann"], "ack_timeout_ms": 0});
+    let (status, res) = publish(&nodes[0].url(), TEST_KEY, &body.to_string())
+        .await
+        .unwrap();
+    assert_eq!(status, 400);
+    assert!(res["error"].as_str().unwrap().contains("ack_timeout_ms"));
+}
+
+#[tokio::test]
 async fn a_join_ack_is_never_followed_by_a_missed_publish() {
     let redis = RedisServer::start().unwrap();
     let nodes = spawn_redis_cluster(2, &redis.url(), |_, _| {})
