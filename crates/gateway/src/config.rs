@@ -151,6 +151,18 @@ pub struct DevCredentials {
     pub generated_publish_key: bool,
 }
 
+impl DevCredentials {
+    /// A token for the development user: user `dev`, tenant `dev`, may join any room,
+    /// valid for 7 days. Printed in the banner and pre-filled on the demo page.
+    pub fn token(&self) -> Result<String, String> {
+        let claims = serde_json::json!({
+            "sub": "dev", "tenant_id": "dev", "rooms": ["*"],
+            "exp": crate::auth::unix_now() + 7 * 24 * 3600,
+        });
+        crate::auth::sign_hs256(&self.jwt_secret, &claims).map_err(|e| e.to_string())
+    }
+}
+
 impl fmt::Debug for DevCredentials {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("DevCredentials").finish_non_exhaustive()

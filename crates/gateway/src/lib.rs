@@ -22,6 +22,7 @@ mod adapter;
 mod auth;
 mod cluster;
 mod config;
+mod demo;
 mod http;
 mod sio;
 
@@ -139,7 +140,20 @@ impl Node {
             publish_api_key: config.publish_api_key.clone(),
             mode: config.mode,
         });
-        let router = http::router(http_ctx, config.max_payload)
+        let mut router = http::router(http_ctx, config.max_payload);
+        if config.mode == Mode::Development {
+            let dev = config.dev.as_ref();
+            router = router.merge(demo::router(Arc::new(demo::DemoCtx {
+                node_id: config.node_id.clone(),
+                socketio_path: config.socketio_path.clone(),
+                namespaces: config.namespaces.clone(),
+                dev_token: dev.and_then(|d| d.token().ok()),
+                publish_key: dev
+                    .filter(|d| d.generated_publish_key)
+                    .and(config.publish_api_key.clone()),
+            })));
+        }
+        let router = router
             .layer(layer)
             .layer(cors(&config.cors_allowed_origins));
         Ok(Self {
@@ -253,11 +267,11 @@ pub fn banner(config: &Config, addr: SocketAddr) -> String {
         config.socketio_path,
         config.namespaces.join(", "),
     );
+    if config.mode == Mode::Development {
+        out.push_str(&format!("  Demo page: {base}/\n"));
+    }
     let Some(dev) = &config.dev else { return out };
-    let claims = serde_json::json!({
-        "sub": "dev", "tenant_id": "dev", "rooms": ["*"], "exp": unix_now() + 7 * 24 * 3600,
-    });
-    let token = match sign_hs256(&dev.jwt_secret, &claims) {
+    let token = match dev.token() {
         Ok(t) => t,
         Err(e) => return format!("{out}  (could not sign a dev token: {e})\n"),
     };

@@ -138,3 +138,54 @@ fn official_js_client_follows_the_printed_quick_start() {
         assert_eq!(seen["hello"]["text"], "hi from curl");
     }
 }
+
+/// The demo page of a no-configuration run: served at `/` with the official client
+/// embedded, and its pre-filled token and publish key work.
+#[tokio::test]
+async fn demo_page_is_served_with_working_dev_credentials() {
+    let (_gateway, printed) = start_gateway();
+    let get = |path: &str| reqwest::get(format!("{}{path}", printed.url));
+    let index = get("/").await.unwrap();
+    assert_eq!(index.status(), 200);
+    let csp = index.headers()["content-security-policy"].to_str().unwrap();
+    assert!(csp.contains("default-src 'self'"), "{csp}");
+    let html = index.text().await.unwrap();
+    assert!(html.contains(r#"<script src="demo/socket.io.min.js" defer>"#));
+    let client = get("/demo/socket.io.min.js")
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        client.starts_with("/*!\n * Socket.IO v4."),
+        "the official client"
+    );
+    let config: Value = get("/demo/config.json")
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(config["path"], "/socket.io/");
+    assert_eq!(config["namespaces"], serde_json::json!(["/"]));
+    assert!(config["node_id"].as_str().unwrap().starts_with("node-"));
+
+    let token = config["token"].as_str().expect("a dev token");
+    let mut socket = testkit::SioClient::connect(
+        &printed.url,
+        "/",
+        Some(serde_json::json!({ "token": token })),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        socket.expect_arg("connected").await.unwrap()["user_id"],
+        "dev"
+    );
+    let key = config["publish_key"].as_str().expect("the generated key");
+    let body = r#"{"event":"demo","to":["user:dev"],"data":"hi"}"#;
+    let (status, _) = testkit::publish(&printed.url, key, body).await.unwrap();
+    assert_eq!(status, 202);
+    assert_eq!(socket.expect_arg("demo").await.unwrap(), "hi");
+}

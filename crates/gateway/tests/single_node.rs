@@ -323,6 +323,32 @@ async fn health_endpoints_describe_the_node() {
 }
 
 #[tokio::test]
+async fn demo_page_only_in_development_and_never_with_a_configured_secret() {
+    let (_hub, nodes) = spawn_memory_cluster(2, |i, c| {
+        if i == 1 {
+            c.mode = gateway::Mode::Production;
+        }
+    })
+    .await
+    .unwrap();
+    let get = |node: &TestNode, path: &str| reqwest::get(format!("{}{path}", node.url()));
+    assert_eq!(get(&nodes[0], "/").await.unwrap().status(), 200);
+    // The test secret and key were configured, not generated: nothing is pre-filled.
+    let config: Value = get(&nodes[0], "/demo/config.json")
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(config["token"], Value::Null);
+    assert_eq!(config["publish_key"], Value::Null);
+    assert_eq!(config["node_id"], "test-node-0");
+    for path in ["/", "/demo/app.js", "/demo/config.json"] {
+        assert_eq!(get(&nodes[1], path).await.unwrap().status(), 404, "{path}");
+    }
+}
+
+#[tokio::test]
 async fn two_nodes_on_one_bus_act_as_one() {
     let (_hub, nodes) = spawn_memory_cluster(2, |_, _| {}).await.unwrap();
     let mut on_a = connect(&nodes[0], ann()).await;
