@@ -110,6 +110,9 @@ pub struct Args {
     /// Seconds a node stays in the cluster registry without a heartbeat [default: 15]
     #[arg(long, env = "NODE_TTL_SECS", default_value_t = 15)]
     pub node_ttl_secs: u64,
+    /// On SIGTERM: stop accepting, give in-flight HTTP requests this long, then exit; open sockets drop and their clients reconnect elsewhere [default: 2000]
+    #[arg(long, env = "SHUTDOWN_GRACE_MS", default_value_t = 2000)]
+    pub shutdown_grace_ms: u64,
     /// Address other nodes and operators see for this node in GET /v1/cluster [default: http://HOST:PORT]
     #[arg(long, env = "ADVERTISED_URL")]
     pub advertised_url: Option<String>,
@@ -212,6 +215,8 @@ pub struct Config {
     pub legacy_channel: Option<String>,
     /// Registry TTL; heartbeats every third of it.
     pub node_ttl: Duration,
+    /// How long a stopping node waits for in-flight requests before it exits.
+    pub shutdown_grace: Duration,
     /// Advertised address; `None`: derived from the bound address.
     pub advertised_url: Option<String>,
     /// WebSocket read buffer per connection.
@@ -504,6 +509,7 @@ impl Config {
             redis_max_reconnect_attempts: args.redis_max_reconnect_attempts,
             legacy_channel,
             node_ttl: Duration::from_secs(args.node_ttl_secs),
+            shutdown_grace: Duration::from_millis(args.shutdown_grace_ms),
             advertised_url: args.advertised_url,
             ws_read_buffer: args.ws_read_buffer_bytes,
             socket_buffer: args.socket_buffer_packets,

@@ -165,12 +165,24 @@ impl Node {
         })
     }
 
-    /// Serves on `listener` until `shutdown` resolves, then disconnects every socket and
-    /// waits for in-flight requests.
+    /// Serves on `listener` until `shutdown` resolves, then closes every socket (an
+    /// Engine.IO `close` packet each) and waits for in-flight requests. For embedding
+    /// and tests, where the process lives on; the `gateway` binary uses [`run`], which
+    /// leaves the sockets to drop with the process instead.
     pub async fn serve(
         self,
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), StartError> {
+        self.serve_with(listener, shutdown, Drain::CloseSockets)
+            .await
+    }
+
+    async fn serve_with(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+        drain: Drain,
     ) -> Result<(), StartError> {
         let io = self.io.clone();
         let address = match &self.advertised_url {
@@ -180,22 +192,52 @@ impl Node {
                 format!("http://{addr}")
             }
         };
+        let (stopping_tx, stopping) = tokio::sync::oneshot::channel::<()>();
         let server = axum::serve(listener, self.router).with_graceful_shutdown(async move {
             shutdown.await;
-            tracing::info!("shutting down: disconnecting sockets");
-            // Open WebSockets would otherwise keep the graceful shutdown waiting.
-            io.close().await;
+            let _ = stopping_tx.send(());
+            if drain == Drain::CloseSockets {
+                tracing::info!("shutting down: disconnecting sockets");
+                // Open WebSockets would otherwise keep the graceful shutdown waiting.
+                io.close().await;
+            }
         });
+        let abandon = async move {
+            let Drain::DropAfter(grace) = drain else {
+                return std::future::pending().await;
+            };
+            if stopping.await.is_err() {
+                return std::future::pending().await;
+            }
+            tracing::info!(
+                grace_ms = grace.as_millis() as u64,
+                "shutting down: no new connections; open sockets drop when the process exits"
+            );
+            tokio::time::sleep(grace).await;
+        };
         // The heartbeat lives exactly as long as the server: if this future is dropped
         // (a crash, from the cluster's point of view) the record simply expires.
         let result = tokio::select! {
             r = server => r,
+            () = abandon => Ok(()),
             () = self.cluster.heartbeat(address, self.node_ttl) => Ok(()),
         };
         self.cluster.deregister().await;
         result?;
         Ok(())
     }
+}
+
+/// What a stopping node does with the sockets still open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Drain {
+    /// Close each one with an Engine.IO `close` packet.
+    CloseSockets,
+    /// Stop accepting, give in-flight requests this long, then return; the process
+    /// exits and every client sees its connection drop. Clients treat that as a network
+    /// failure and reconnect, where some (python-socketio) take a `close` packet as
+    /// "do not come back".
+    DropAfter(std::time::Duration),
 }
 
 fn cors(origins: &[String]) -> CorsLayer {
@@ -210,7 +252,10 @@ fn cors(origins: &[String]) -> CorsLayer {
     layer.allow_origin(AllowOrigin::list(list))
 }
 
-/// Runs one node with the bus its configuration selects until `shutdown` resolves.
+/// Runs one node with the bus its configuration selects until `shutdown` resolves; then
+/// stops accepting, deregisters, gives in-flight requests `SHUTDOWN_GRACE_MS` and
+/// returns without closing open sockets, which drop when the process exits so that
+/// every client library reconnects (to another node behind the load balancer).
 pub async fn run(
     listener: TcpListener,
     config: Config,
@@ -218,7 +263,8 @@ pub async fn run(
 ) -> Result<(), StartError> {
     let (bus, inbox) = connect_bus(&config)?;
     let node = Node::build(&config, bus, inbox).await?;
-    node.serve(listener, shutdown).await
+    node.serve_with(listener, shutdown, Drain::DropAfter(config.shutdown_grace))
+        .await
 }
 
 /// The bus the configuration selects: Redis when a URL is set, else in-memory.

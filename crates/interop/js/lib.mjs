@@ -1,0 +1,57 @@
+// Shared by the interop scripts: the harness's configuration, case reporting, and the
+// HTTP calls (publish, node restart) every case makes.
+
+/** The harness passes everything in one JSON environment variable. */
+export const cfg = JSON.parse(process.env.INTEROP ?? "{}");
+
+/** How long any single wait lasts before the case fails. */
+export const WAIT_MS = 5000;
+
+/** Runs `body` as case `name` and prints one JSON result line. Never throws. */
+export async function runCase(name, body) {
+  const started = Date.now();
+  let ok = false;
+  let detail = "";
+  try {
+    detail = (await body()) ?? "";
+    ok = true;
+  } catch (err) {
+    detail = err?.message ?? String(err);
+  }
+  console.log(JSON.stringify({ case: name, ok, detail, ms: Date.now() - started }));
+}
+
+export function check(condition, message) {
+  if (!condition) throw new Error(message);
+}
+
+export function withTimeout(promise, what, ms = WAIT_MS) {
+  let timer;
+  const timeout = new Promise((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms waiting for ${what}`)), ms);
+  });
+  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
+}
+
+/** POST /v1/publish on node `i`; returns { status, body }. */
+export async function publish(i, body) {
+  const res = await fetch(`${cfg.nodes[i]}/v1/publish`, {
+    method: "POST",
+    headers: { "Content-Type": "application/json", Authorization: `Bearer ${cfg.key}` },
+    body: JSON.stringify(body),
+  });
+  return { status: res.status, body: await res.json() };
+}
+
+/** Publishes and insists the node accepted it. */
+export async function accepted(i, body) {
+  const { status, body: answer } = await publish(i, body);
+  check(status === 202, `publish answered ${status}: ${JSON.stringify(answer)}`);
+  return answer;
+}
+
+/** Asks the harness to stop node `i` and start it again on the same port. */
+export async function restartNode(i) {
+  const res = await fetch(`${cfg.control}/restart/${i}`, { method: "POST" });
+  check(res.ok, `restart of node ${i} failed: ${await res.text()}`);
+}

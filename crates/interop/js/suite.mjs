@@ -1,0 +1,243 @@
+// Interop cases for the official socket.io-client (Node.js) against a running Roomcast
+// cluster. One JSON line per case on stdout; the harness draws the table.
+import { io } from "socket.io-client";
+import { accepted, cfg, check, publish, restartNode, runCase, withTimeout } from "./lib.mjs";
+
+const users = cfg.users; // { alice, bob }: user ids the harness minted tokens for
+const opened = [];
+
+/** Records every event a socket receives, in order. */
+class Recorder {
+  constructor(socket) {
+    this.events = [];
+    this.wake = () => {};
+    socket.onAny((event, ...args) => {
+      this.events.push({ event, args });
+      this.wake();
+    });
+  }
+
+  /** The next event called `name`, and the events received before it. */
+  async expect(name) {
+    return withTimeout(
+      new Promise((resolve) => {
+        const look = () => {
+          const at = this.events.findIndex((e) => e.event === name);
+          if (at < 0) return false;
+          this.wake = () => {};
+          const before = this.events.splice(0, at + 1);
+          resolve({ args: before.pop().args, before });
+          return true;
+        };
+        if (!look()) this.wake = look;
+      }),
+      `event "${name}"`,
+    );
+  }
+}
+
+/** Connects to node `i` (optionally a namespace) and waits for `connected`. */
+async function open(i, token, options = {}, ns = "") {
+  const socket = io(cfg.nodes[i] + ns, {
+    path: cfg.path,
+    auth: { token },
+    reconnection: false,
+    forceNew: true,
+    ...options,
+  });
+  opened.push(socket);
+  const rec = new Recorder(socket);
+  const connected = await withTimeout(
+    new Promise((resolve, reject) => {
+      socket.once("connected", resolve);
+      socket.once("connect_error", (err) => reject(new Error(`connect_error: ${err.message}`)));
+    }),
+    `"connected" from node ${i}`,
+  );
+  return { socket, rec, connected };
+}
+
+/** The connect_error message a connection attempt ends with. */
+async function refused(i, auth, ns = "") {
+  const socket = io(cfg.nodes[i] + ns, { path: cfg.path, auth, reconnection: false, forceNew: true });
+  opened.push(socket);
+  return withTimeout(
+    new Promise((resolve, reject) => {
+      socket.once("connect_error", (err) => resolve(err.message));
+      socket.once("connect", () => reject(new Error("connected although it should not")));
+    }),
+    "connect_error",
+  );
+}
+
+const tokenOf = (user) => cfg.tokens[user];
+const close = (...conns) => conns.forEach((c) => c.socket.disconnect());
+
+await runCase("websocket only", async () => {
+  const c = await open(0, tokenOf(users.alice), { transports: ["websocket"] });
+  check(c.socket.io.engine.transport.name === "websocket", "not on websocket");
+  await accepted(1, { event: "ping-ws", to: [`user:${users.alice}`], data: 1 });
+  const { args } = await c.rec.expect("ping-ws");
+  check(args[0] === 1, `got ${JSON.stringify(args)}`);
+  close(c);
+});
+
+await runCase("polling only", async () => {
+  const c = await open(0, tokenOf(users.alice), { transports: ["polling"], upgrade: false });
+  check(c.socket.io.engine.transport.name === "polling", "not on polling");
+  await accepted(1, { event: "ping-poll", to: [`user:${users.alice}`], data: "p" });
+  const { args } = await c.rec.expect("ping-poll");
+  check(args[0] === "p", `got ${JSON.stringify(args)}`);
+  check(c.socket.io.engine.transport.name === "polling", "transport changed");
+  close(c);
+});
+
+await runCase("polling -> websocket upgrade", async () => {
+  const socketReady = open(0, tokenOf(users.alice));
+  const c = await socketReady;
+  if (c.socket.io.engine.transport.name !== "websocket") {
+    await withTimeout(new Promise((r) => c.socket.io.engine.once("upgrade", r)), "upgrade");
+  }
+  check(c.socket.io.engine.transport.name === "websocket", "did not upgrade");
+  await accepted(2, { event: "after-upgrade", to: [`user:${users.alice}`], data: true });
+  await c.rec.expect("after-upgrade");
+  close(c);
+});
+
+await runCase("auth (good, wrong secret, expired, missing)", async () => {
+  const good = await open(1, tokenOf(users.alice));
+  check(good.connected.user_id === users.alice, "wrong user");
+  close(good);
+  const wrong = await refused(1, { token: tokenOf("wrong_secret") });
+  check(/signature/.test(wrong), `wrong secret: ${wrong}`);
+  const expired = await refused(1, { token: tokenOf("expired") });
+  check(/expired/.test(expired), `expired: ${expired}`);
+  const missing = await refused(1, {});
+  check(/token/i.test(missing), `missing: ${missing}`);
+  return `refusals: "${wrong}" / "${expired}" / "${missing}"`;
+});
+
+await runCase("connected event", async () => {
+  const c = await open(2, tokenOf(users.alice));
+  const info = c.connected;
+  check(info.message === "connected", JSON.stringify(info));
+  check(info.user_id === users.alice && info.tenant_id === cfg.tenant, JSON.stringify(info));
+  check(info.node_id === cfg.node_ids[2], `node ${info.node_id}`);
+  const rooms = [...info.rooms].sort().join(",");
+  check(rooms === [`tenant:${cfg.tenant}`, `user:${users.alice}`].sort().join(","), rooms);
+  close(c);
+});
+
+await runCase("join/leave with acks (client emitWithAck)", async () => {
+  const c = await open(0, tokenOf(users.alice));
+  const room = `doc:Task:${users.alice}`;
+  const ok = await c.socket.timeout(5000).emitWithAck("join", room);
+  check(ok.ok === true && ok.room === room, `join: ${JSON.stringify(ok)}`);
+  const denied = await c.socket.timeout(5000).emitWithAck("join", "secret:x");
+  check(denied.ok === false && /not allowed/.test(denied.error), JSON.stringify(denied));
+  const invalid = await c.socket.timeout(5000).emitWithAck("join", "lobby");
+  check(invalid.ok === false && typeof invalid.error === "string", JSON.stringify(invalid));
+  await accepted(1, { event: "in-room", to: [room], data: 1 });
+  await c.rec.expect("in-room");
+  const left = await c.socket.timeout(5000).emitWithAck("leave", { room });
+  check(left.ok === true, `leave: ${JSON.stringify(left)}`);
+  await accepted(1, { event: "in-room", to: [room], data: 2 });
+  await accepted(1, { event: "marker", to: [`user:${users.alice}`] });
+  const { before } = await c.rec.expect("marker");
+  check(!before.some((e) => e.event === "in-room"), "received a room event after leaving");
+  close(c);
+});
+
+await runCase("cross-node delivery", async () => {
+  const a = await open(0, tokenOf(users.alice));
+  const b = await open(2, tokenOf(users.bob));
+  const room = `room:x-${users.alice}`;
+  for (const c of [a, b]) {
+    const ack = await c.socket.timeout(5000).emitWithAck("join", room);
+    check(ack.ok, JSON.stringify(ack));
+  }
+  await accepted(1, { event: "shared", to: [room], data: { n: 1 } });
+  await accepted(1, { event: "for-bob", to: [`user:${users.bob}`], data: { n: 2 } });
+  await accepted(1, { event: "marker", to: [room] });
+  for (const c of [a, b]) {
+    const { args } = await c.rec.expect("shared");
+    check(args[0].n === 1, JSON.stringify(args));
+  }
+  const { args } = await b.rec.expect("for-bob");
+  check(args[0].n === 2, JSON.stringify(args));
+  const { before } = await a.rec.expect("marker");
+  check(!before.some((e) => e.event === "shared" || e.event === "for-bob"), "duplicate or misrouted");
+  close(a, b);
+});
+
+await runCase("namespaces", async () => {
+  const root = await open(0, tokenOf(users.alice));
+  const ns = await open(1, tokenOf(users.alice), {}, cfg.namespace);
+  check(ns.connected.user_id === users.alice, "no connected on the namespace");
+  await accepted(2, { event: "ns-only", ns: cfg.namespace, to: [`user:${users.alice}`], data: 1 });
+  await accepted(2, { event: "marker", to: [`user:${users.alice}`] });
+  await ns.rec.expect("ns-only");
+  const { before } = await root.rec.expect("marker");
+  check(!before.some((e) => e.event === "ns-only"), "namespace event leaked into /");
+  const unknown = await refused(0, { token: tokenOf(users.alice) }, "/nope");
+  check(/namespace/i.test(unknown), `unknown namespace: ${unknown}`);
+  close(root, ns);
+});
+
+for (const transport of ["websocket", "polling"]) {
+  await runCase(`binary payloads over ${transport}`, async () => {
+    const c = await open(2, tokenOf(users.alice), { transports: [transport] });
+    const bytes = Buffer.from(Array.from({ length: 256 }, (_, i) => i));
+    await accepted(0, {
+      event: "file",
+      to: [`user:${users.alice}`],
+      data: { name: "all-bytes", content: { _placeholder: true, num: 0 } },
+      attachments: [bytes.toString("base64")],
+    });
+    const { args } = await c.rec.expect("file");
+    const got = args[0].content;
+    const view = Buffer.from(got instanceof ArrayBuffer ? new Uint8Array(got) : got);
+    check(args[0].name === "all-bytes", JSON.stringify(args[0].name));
+    check(view.equals(bytes), `got ${view.length} bytes, not the 256 sent`);
+    close(c);
+    return `received ${got.constructor.name} of ${view.length} bytes`;
+  });
+}
+
+await runCase("server emit-with-ack", async () => {
+  const a = await open(0, tokenOf(users.bob));
+  const b = await open(1, tokenOf(users.bob));
+  a.socket.on("confirm", (data, ack) => ack({ seen: data.n, on: "a" }));
+  b.socket.on("confirm", (data, ack) => ack({ seen: data.n, on: "b" }));
+  const { status, body } = await publish(2, {
+    event: "confirm",
+    to: [`user:${users.bob}`],
+    data: { n: 7 },
+    ack_timeout_ms: 3000,
+  });
+  check(status === 200, `status ${status}: ${JSON.stringify(body)}`);
+  const answers = body.acks.map((x) => `${x.data?.on}:${x.data?.seen}`).sort().join(",");
+  check(answers === "a:7,b:7", `acks ${JSON.stringify(body.acks)}`);
+  close(a, b);
+});
+
+await runCase("auto-reconnect after its node stops", async () => {
+  const c = await open(2, tokenOf(users.alice), {
+    reconnection: true,
+    reconnectionDelay: 100,
+    reconnectionDelayMax: 500,
+    transports: ["websocket"],
+  });
+  const dropped = withTimeout(new Promise((r) => c.socket.once("disconnect", r)), "disconnect", 15000);
+  await restartNode(2);
+  const reason = await dropped;
+  const again = await withTimeout(new Promise((r) => c.socket.once("connected", r)), "reconnect", 15000);
+  check(again.node_id === cfg.node_ids[2], `reconnected to ${again.node_id}`);
+  await accepted(0, { event: "welcome-back", to: [`user:${users.alice}`], data: 1 });
+  await c.rec.expect("welcome-back");
+  close(c);
+  return `disconnect reason "${reason}", rooms back after reconnect`;
+});
+
+for (const s of opened) s.disconnect();
+process.exit(0);

@@ -1,0 +1,149 @@
+//! Three `gateway` processes on one `redis-server`, each on a fixed port so that a node
+//! can be stopped and started again where its clients expect it.
+
+use std::fs::OpenOptions;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use tokio::process::{Child, Command};
+use tokio::time::Instant;
+
+/// The shared secrets of the test cluster (generated per run, never printed).
+#[derive(Debug, Clone)]
+pub(crate) struct Secrets {
+    pub(crate) jwt: String,
+    pub(crate) publish_key: String,
+}
+
+/// One gateway process.
+#[derive(Debug)]
+struct Node {
+    id: String,
+    port: u16,
+    child: Option<Child>,
+}
+
+/// The running cluster.
+#[derive(Debug)]
+pub(crate) struct Cluster {
+    binary: PathBuf,
+    redis_url: String,
+    secrets: Secrets,
+    logs: PathBuf,
+    nodes: Vec<Node>,
+}
+
+/// The namespaces every node serves besides `/`.
+pub(crate) const EXTRA_NAMESPACE: &str = "/notifications";
+
+impl Cluster {
+    /// Starts `n` nodes and waits until each is ready.
+    pub(crate) async fn start(
+        binary: &Path,
+        redis_url: &str,
+        secrets: Secrets,
+        logs: &Path,
+        n: usize,
+    ) -> anyhow::Result<Self> {
+        let mut cluster = Self {
+            binary: binary.to_owned(),
+            redis_url: redis_url.to_owned(),
+            secrets,
+            logs: logs.to_owned(),
+            nodes: Vec::new(),
+        };
+        for i in 0..n {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")?
+                .local_addr()?
+                .port();
+            cluster.nodes.push(Node {
+                id: format!("interop-{i}"),
+                port,
+                child: None,
+            });
+            cluster.spawn(i).await?;
+        }
+        Ok(cluster)
+    }
+
+    /// The nodes' base URLs.
+    pub(crate) fn urls(&self) -> Vec<String> {
+        self.nodes
+            .iter()
+            .map(|n| format!("http://127.0.0.1:{}", n.port))
+            .collect()
+    }
+
+    /// The nodes' ids.
+    pub(crate) fn ids(&self) -> Vec<String> {
+        self.nodes.iter().map(|n| n.id.clone()).collect()
+    }
+
+    /// Stops node `i` the way an orchestrator does (SIGTERM, then SIGKILL after 10 s)
+    /// and starts it again on the same port.
+    pub(crate) async fn restart(&mut self, i: usize) -> anyhow::Result<()> {
+        let Some(node) = self.nodes.get_mut(i) else {
+            bail!("no node {i}");
+        };
+        if let Some(mut child) = node.child.take() {
+            if let Some(pid) = child.id() {
+                let _ = Command::new("kill")
+                    .args(["-TERM", &pid.to_string()])
+                    .status()
+                    .await;
+            }
+            if tokio::time::timeout(Duration::from_secs(10), child.wait())
+                .await
+                .is_err()
+            {
+                child.kill().await.ok();
+            }
+        }
+        self.spawn(i).await
+    }
+
+    async fn spawn(&mut self, i: usize) -> anyhow::Result<()> {
+        let node = &self.nodes[i];
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.logs.join(format!("{}.log", node.id)))?;
+        let child = Command::new(&self.binary)
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOST", "127.0.0.1")
+            .env("PORT", node.port.to_string())
+            .env("GATEWAY_NODE_ID", &node.id)
+            // Development mode serves the demo page the browser test drives.
+            .env("GATEWAY_MODE", "development")
+            .env("REDIS_URL", &self.redis_url)
+            .env("JWT_SECRET", &self.secrets.jwt)
+            .env("PUBLISH_API_KEY", &self.secrets.publish_key)
+            .env("NAMESPACES", format!("/,{EXTRA_NAMESPACE}"))
+            .env("NODE_TTL_SECS", "6")
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::from(log.try_clone()?))
+            .stderr(Stdio::from(log))
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {}", self.binary.display()))?;
+        let url = format!("http://127.0.0.1:{}/health/ready", node.port);
+        let id = node.id.clone();
+        self.nodes[i].child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if reqwest::get(&url)
+                .await
+                .is_ok_and(|r| r.status().is_success())
+            {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("{id} was not ready within 30 s (see its log)");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}

@@ -1,0 +1,374 @@
+//! `cargo xtask interop`: Roomcast against clients nobody here wrote.
+//!
+//! Starts a `redis-server` and three `gateway` processes, then runs, one after the
+//! other, the official JavaScript `socket.io-client` (`js/suite.mjs`), the
+//! `python-socketio` client (`python/suite.py`), the `rust_socketio` crate (in this
+//! process) and headless Chromium on the demo page (`js/browser.mjs`). Each case prints
+//! one result; the table goes to stdout and `target/interop/summary.json`, with node
+//! logs, script logs and the browser screenshots next to it. Exits non-zero if any cell
+//! failed.
+//!
+//! Set-up is done here, from lockfiles, and skipped when already current: `npm ci` for
+//! the JS packages, a virtualenv under `target/interop/venv` for the Python ones.
+//! Chromium comes from the system (`/usr/bin/chromium`, or `$CHROMIUM`).
+
+mod cluster;
+mod report;
+mod rust_client;
+
+use std::path::{Path, PathBuf};
+use std::process::{ExitCode, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use axum::extract::{Path as UrlPath, State};
+use axum::http::StatusCode;
+use axum::routing::post;
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::process::Command;
+use tokio::sync::Mutex;
+
+use cluster::{Cluster, EXTRA_NAMESPACE, Secrets};
+use report::Outcome;
+
+/// Longest a client suite may run before it is stopped and marked failed.
+const SUITE_LIMIT: Duration = Duration::from_secs(240);
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    match run().await {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("interop: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Where things are.
+struct Paths {
+    /// This crate's directory (the scripts).
+    krate: PathBuf,
+    /// The `gateway` binary built next to this one.
+    gateway: PathBuf,
+    /// `target/interop`: logs, screenshots, the summary, the Python virtualenv.
+    out: PathBuf,
+}
+
+impl Paths {
+    fn discover() -> anyhow::Result<Self> {
+        let exe = std::env::current_exe()?;
+        let bin_dir = exe.parent().context("executable has no directory")?;
+        let target = bin_dir.parent().context("no target directory")?;
+        let gateway = bin_dir.join("gateway");
+        if !gateway.exists() {
+            bail!(
+                "{} not found: build it first (cargo xtask interop does)",
+                gateway.display()
+            );
+        }
+        let out = target.join("interop");
+        std::fs::create_dir_all(&out)?;
+        Ok(Self {
+            krate: PathBuf::from(env!("CARGO_MANIFEST_DIR")),
+            gateway,
+            out,
+        })
+    }
+}
+
+async fn run() -> anyhow::Result<bool> {
+    let paths = Paths::discover()?;
+    let redis = testkit::RedisServer::start()?;
+    let secrets = Secrets {
+        jwt: random_hex()?,
+        publish_key: random_hex()?,
+    };
+    eprintln!(
+        "==> interop: Redis on {}, starting 3 gateway nodes",
+        redis.port()
+    );
+    let cluster =
+        Cluster::start(&paths.gateway, &redis.url(), secrets.clone(), &paths.out, 3).await?;
+    let (urls, ids) = (cluster.urls(), cluster.ids());
+    let control = serve_control(Arc::new(Mutex::new(cluster))).await?;
+    let config = |prefix: &str| client_config(prefix, &urls, &ids, &secrets, &control);
+
+    // INTEROP_ONLY=js,python,rust,browser runs a subset (for working on one client).
+    let only = std::env::var("INTEROP_ONLY").unwrap_or_default();
+    let wanted = |name: &str| only.is_empty() || only.split(',').any(|o| o.trim() == name);
+    let mut rows: Vec<(String, Outcome)> = Vec::new();
+    let mut record = |client: &str, outcomes: Vec<Outcome>| {
+        rows.extend(outcomes.into_iter().map(|o| (client.to_owned(), o)));
+    };
+
+    let js = paths.krate.join("js");
+    let npm = if wanted("js") || wanted("browser") {
+        npm_ci(&js).await
+    } else {
+        Ok(())
+    };
+    if wanted("js") {
+        eprintln!("==> socket.io-client (JavaScript)");
+        let outcomes = match &npm {
+            Ok(()) => run_script("js", node_cmd(&js, "suite.mjs"), &config("js"), &paths).await,
+            Err(e) => vec![Outcome::failed("(npm ci)", format!("{e:#}"))],
+        };
+        record("socket.io-client 4 (JS)", outcomes);
+    }
+    if wanted("python") {
+        eprintln!("==> python-socketio");
+        let outcomes = match python_env(&paths).await {
+            Ok(python) => {
+                let mut cmd = Command::new(python);
+                cmd.arg("suite.py").current_dir(paths.krate.join("python"));
+                run_script("python", cmd, &config("py"), &paths).await
+            }
+            Err(e) => vec![Outcome::failed("(virtualenv)", format!("{e:#}"))],
+        };
+        record("python-socketio 5", outcomes);
+    }
+    if wanted("rust") {
+        eprintln!("==> rust_socketio");
+        let outcomes = rust_client::run(&config("rs")).await;
+        outcomes.iter().for_each(Outcome::progress);
+        record("rust_socketio 0.6", outcomes);
+    }
+    if !wanted("browser") {
+        return finish(&paths, &rows);
+    }
+    eprintln!("==> Chromium on the demo page");
+    let outcomes = match (&npm, chromium()) {
+        (Ok(()), Ok(path)) => {
+            let mut cmd = node_cmd(&js, "browser.mjs");
+            cmd.env("CHROMIUM", path);
+            run_script("browser", cmd, &config("web"), &paths).await
+        }
+        (Err(e), _) => vec![Outcome::failed("(npm ci)", format!("{e:#}"))],
+        (_, Err(e)) => vec![Outcome::failed("(chromium)", format!("{e:#}"))],
+    };
+    record("Chromium + demo page", outcomes);
+    finish(&paths, &rows)
+}
+
+/// Prints the table, writes the summary; true when every cell passed.
+fn finish(paths: &Paths, rows: &[(String, Outcome)]) -> anyhow::Result<bool> {
+    report::print_table(rows);
+    report::write_summary(&paths.out, rows)?;
+    println!(
+        "summary, node logs, script logs and screenshots: {}",
+        paths.out.display()
+    );
+    Ok(rows.iter().all(|r| r.1.acceptable()))
+}
+
+/// What a client suite is told: where the nodes are, its users and their tokens (user
+/// names are unique per client so suites never see each other's events).
+fn client_config(
+    prefix: &str,
+    urls: &[String],
+    ids: &[String],
+    secrets: &Secrets,
+    control: &str,
+) -> Value {
+    let (alice, bob, tenant) = (
+        format!("{prefix}-alice"),
+        format!("{prefix}-bob"),
+        format!("{prefix}-acme"),
+    );
+    let now = gateway::unix_now();
+    let sign =
+        |secret: &str, claims: Value| gateway::sign_hs256(secret, &claims).unwrap_or_default();
+    let claims = |user: &str, exp: u64| json!({"sub": user, "tenant_id": tenant, "rooms": ["doc:*", "room:*"], "exp": exp});
+    json!({
+        "nodes": urls,
+        "node_ids": ids,
+        "key": secrets.publish_key,
+        "control": control,
+        "path": "/socket.io/",
+        "namespace": EXTRA_NAMESPACE,
+        "tenant": tenant,
+        "users": {"alice": alice, "bob": bob},
+        "tokens": {
+            alice.as_str(): sign(&secrets.jwt, claims(&alice, now + 3600)),
+            bob.as_str(): sign(&secrets.jwt, claims(&bob, now + 3600)),
+            // Past the verifier's leeway.
+            "expired": sign(&secrets.jwt, claims(&alice, now.saturating_sub(3600))),
+            "wrong_secret": sign("not-the-cluster-secret", claims(&alice, now + 3600)),
+        },
+    })
+}
+
+/// Serves `POST /restart/{i}` so that a client suite can have a node stopped and started
+/// again; returns the base URL.
+async fn serve_control(cluster: Arc<Mutex<Cluster>>) -> anyhow::Result<String> {
+    async fn restart(
+        State(cluster): State<Arc<Mutex<Cluster>>>,
+        UrlPath(i): UrlPath<usize>,
+    ) -> (StatusCode, String) {
+        match cluster.lock().await.restart(i).await {
+            Ok(()) => (StatusCode::OK, format!("node {i} restarted")),
+            Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")),
+        }
+    }
+    let app = axum::Router::new()
+        .route("/restart/{i}", post(restart))
+        .with_state(cluster);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}", listener.local_addr()?);
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Ok(url)
+}
+
+/// Runs a client script, which prints one JSON result per case; everything it writes
+/// is kept in `<out>/<name>.log`.
+async fn run_script(name: &str, mut cmd: Command, config: &Value, paths: &Paths) -> Vec<Outcome> {
+    let log_path = paths.out.join(format!("{name}.log"));
+    let result = async {
+        let mut child = cmd
+            .env("INTEROP", config.to_string())
+            .env("INTEROP_OUT", &paths.out)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting the {name} suite"))?;
+        let stdout = child.stdout.take().context("no stdout")?;
+        let stderr = child.stderr.take().context("no stderr")?;
+        let mut log = tokio::fs::File::create(&log_path).await?;
+        let mut outcomes = Vec::new();
+        let mut lines = BufReader::new(stdout).lines();
+        let mut errors = BufReader::new(stderr).lines();
+        let mut tail = Vec::new();
+        let read = async {
+            loop {
+                tokio::select! {
+                    line = lines.next_line() => match line? {
+                        Some(line) => {
+                            log.write_all(format!("{line}\n").as_bytes()).await?;
+                            if let Some(o) = Outcome::from_line(&line) {
+                                o.progress();
+                                outcomes.push(o);
+                            }
+                        }
+                        None => break,
+                    },
+                    line = errors.next_line() => if let Some(line) = line? {
+                        log.write_all(format!("stderr: {line}\n").as_bytes()).await?;
+                        tail.push(line);
+                    },
+                }
+            }
+            anyhow::Ok(())
+        };
+        tokio::time::timeout(SUITE_LIMIT, read)
+            .await
+            .map_err(|_| anyhow::anyhow!("suite ran longer than {SUITE_LIMIT:?}"))??;
+        let status = child.wait().await?;
+        if outcomes.is_empty() {
+            let last = tail.iter().rev().take(5).rev().cloned().collect::<Vec<_>>();
+            bail!("no results ({status}); stderr: {}", last.join(" | "));
+        }
+        Ok(outcomes)
+    }
+    .await;
+    result.unwrap_or_else(|e: anyhow::Error| {
+        vec![Outcome::failed(
+            "(suite)",
+            format!("{e:#}; log: {}", log_path.display()),
+        )]
+    })
+}
+
+fn node_cmd(dir: &Path, script: &str) -> Command {
+    let mut cmd = Command::new("node");
+    cmd.arg(script).current_dir(dir);
+    cmd
+}
+
+/// `npm ci` from the lockfile, unless `node_modules` is already current.
+async fn npm_ci(dir: &Path) -> anyhow::Result<()> {
+    let lock = std::fs::read(dir.join("package-lock.json")).context("package-lock.json")?;
+    let stamp = dir.join("node_modules/.roomcast-lock");
+    if std::fs::read(&stamp).is_ok_and(|s| s == lock) {
+        return Ok(());
+    }
+    eprintln!("==> npm ci in {}", dir.display());
+    let status = Command::new("npm")
+        .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
+        .current_dir(dir)
+        .status()
+        .await
+        .context("running npm (install Node.js and npm; .ci/run does)")?;
+    if !status.success() {
+        bail!("npm ci failed ({status})");
+    }
+    std::fs::write(stamp, lock)?;
+    Ok(())
+}
+
+/// A virtualenv with the pinned Python packages; returns its interpreter.
+async fn python_env(paths: &Paths) -> anyhow::Result<PathBuf> {
+    let requirements = paths.krate.join("python/requirements.txt");
+    let wanted = std::fs::read(&requirements).context("requirements.txt")?;
+    let venv = paths.out.join("venv");
+    let python = venv.join("bin/python");
+    let stamp = venv.join(".roomcast-requirements");
+    if python.exists() && std::fs::read(&stamp).is_ok_and(|s| s == wanted) {
+        return Ok(python);
+    }
+    eprintln!(
+        "==> creating {} and installing python-socketio",
+        venv.display()
+    );
+    let status = Command::new("python3")
+        .args(["-m", "venv", "--clear"])
+        .arg(&venv)
+        .status()
+        .await
+        .context("running python3 (install python3 and python3-venv; .ci/run does)")?;
+    if !status.success() {
+        bail!("python3 -m venv failed ({status})");
+    }
+    let status = Command::new(&python)
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "-r",
+        ])
+        .arg(&requirements)
+        .status()
+        .await?;
+    if !status.success() {
+        bail!("pip install failed ({status})");
+    }
+    std::fs::write(stamp, wanted)?;
+    Ok(python)
+}
+
+/// The Chromium binary: `$CHROMIUM` or Debian's `/usr/bin/chromium`.
+fn chromium() -> anyhow::Result<PathBuf> {
+    let path = std::env::var_os("CHROMIUM")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/usr/bin/chromium"));
+    if !path.exists() {
+        bail!(
+            "{} not found: install Chromium (apt-get install chromium; .ci/run does) or set CHROMIUM",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+fn random_hex() -> anyhow::Result<String> {
+    use std::io::Read;
+    let mut bytes = [0u8; 16];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
