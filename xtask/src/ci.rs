@@ -1,5 +1,6 @@
 //! `cargo xtask ci`: what CI runs, in the order that fails fastest: format, clippy,
-//! docs, the test suite, the end-to-end matrix on containers, and a benchmark smoke run.
+//! docs, the test suite, the interop suite (other people's clients and a browser), the
+//! end-to-end matrix on containers, and a benchmark smoke run.
 
 use std::process::Command;
 use std::time::Instant;
@@ -46,6 +47,10 @@ pub(crate) fn run() -> anyhow::Result<()> {
         }
         eprintln!("==> {name}: ok in {:.1}s", started.elapsed().as_secs_f64());
     }
+    let started = Instant::now();
+    eprintln!("==> interop: JS, Python and Rust clients and Chromium on a 3-node cluster");
+    crate::e2e::interop()?;
+    eprintln!("==> interop: ok in {:.1}s", started.elapsed().as_secs_f64());
     let started = Instant::now();
     eprintln!("==> e2e: Redis + 3 gateway containers, the scenario matrix");
     crate::e2e::run()?;

@@ -1,25 +1,37 @@
-//! `cargo xtask e2e`: build the gateway and the e2e runner (debug, sharing the test
-//! build), then run the matrix. The runner builds its container images itself.
+//! `cargo xtask e2e` and `cargo xtask interop`: build the gateway and the runner (debug,
+//! sharing the test build), then run the runner.
+//! The e2e runner builds its container images itself; the interop runner installs its
+//! client packages from lockfiles.
 
 use std::process::Command;
 
 use anyhow::{Context, bail};
 
+/// The end-to-end matrix on containers.
 pub(crate) fn run() -> anyhow::Result<()> {
+    build_and_run("e2e", "the e2e matrix")
+}
+
+/// Clients nobody here wrote against a 3-node cluster.
+pub(crate) fn interop() -> anyhow::Result<()> {
+    build_and_run("interop", "the interop suite")
+}
+
+fn build_and_run(runner: &str, what: &str) -> anyhow::Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
     let status = Command::new(&cargo)
-        .args(["build", "--quiet", "-p", "gateway", "-p", "e2e"])
+        .args(["build", "--quiet", "-p", "gateway", "-p", runner])
         .status()
-        .context("building the gateway and the e2e runner")?;
+        .with_context(|| format!("building the gateway and {what}"))?;
     if !status.success() {
         bail!("build failed");
     }
     let status = Command::new(&cargo)
-        .args(["run", "--quiet", "-p", "e2e"])
+        .args(["run", "--quiet", "-p", runner])
         .status()
-        .context("running the e2e matrix")?;
+        .with_context(|| format!("running {what}"))?;
     if !status.success() {
-        bail!("e2e matrix failed ({status})");
+        bail!("{what} failed ({status})");
     }
     Ok(())
 }

@@ -15,10 +15,14 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Task {
-    /// Everything CI runs: format check, clippy (-D warnings), docs, the whole test suite.
+    /// Everything CI runs: format check, clippy (-D warnings), docs, the whole test suite,
+    /// the interop suite, the e2e matrix and a benchmark smoke run.
     Ci,
     /// Redis + 3 gateway containers (testcontainers) and the end-to-end matrix.
     E2e,
+    /// The JS, Python and Rust Socket.IO clients and Chromium on the demo page against a
+    /// 3-node cluster (`INTEROP_ONLY=js,python,rust,browser` for a subset).
+    Interop,
     /// Roomcast against the reference stacks, side by side (`--quick`: one-minute smoke run).
     Bench {
         /// A short smoke run on debug builds (part of ci); no speed verdict.
@@ -33,6 +37,7 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().task {
         Task::Ci => ci::run(),
         Task::E2e => e2e::run(),
+        Task::Interop => e2e::interop(),
         Task::Bench { quick } => bench::run(quick),
         Task::Cluster => anyhow::bail!(
             "this task is not built yet; see the open issues (`cargo xtask ci` is the test suite)"

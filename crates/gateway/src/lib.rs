@@ -124,6 +124,9 @@ impl Node {
             .ping_interval(config.ping_interval)
             .ping_timeout(config.ping_timeout)
             .max_payload(config.max_payload as u64)
+            // The same limit for WebSocket messages (engineioxide's default is 64 MiB).
+            .ws_max_message_size(config.max_payload)
+            .ws_max_frame_size(config.max_payload)
             .ws_read_buffer_size(config.ws_read_buffer)
             .max_buffer_size(config.socket_buffer)
             .with_adapter::<BusAdapter>(cluster.clone())
