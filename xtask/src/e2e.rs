@@ -1,4 +1,4 @@
-//! `cargo xtask e2e` and `cargo xtask interop`: build the gateway and the runner (debug,
+//! `cargo xtask e2e`, `interop` and `cluster`: build the gateway and the runner (debug,
 //! sharing the test build), then run the runner.
 //! The e2e runner builds its container images itself; the interop runner installs its
 //! client packages from lockfiles.
@@ -9,15 +9,20 @@ use anyhow::{Context, bail};
 
 /// The end-to-end matrix on containers.
 pub(crate) fn run() -> anyhow::Result<()> {
-    build_and_run("e2e", "the e2e matrix")
+    build_and_run("e2e", &[], "the e2e matrix")
 }
 
 /// Clients nobody here wrote against a 3-node cluster.
 pub(crate) fn interop() -> anyhow::Result<()> {
-    build_and_run("interop", "the interop suite")
+    build_and_run("interop", &[], "the interop suite")
 }
 
-fn build_and_run(runner: &str, what: &str) -> anyhow::Result<()> {
+/// Redis and three development nodes until Ctrl-C (the interop runner's cluster).
+pub(crate) fn cluster() -> anyhow::Result<()> {
+    build_and_run("interop", &["--cluster"], "the development cluster")
+}
+
+fn build_and_run(runner: &str, args: &[&str], what: &str) -> anyhow::Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
     let status = Command::new(&cargo)
         .args(["build", "--quiet", "-p", "gateway", "-p", runner])
@@ -27,7 +32,8 @@ fn build_and_run(runner: &str, what: &str) -> anyhow::Result<()> {
         bail!("build failed");
     }
     let status = Command::new(&cargo)
-        .args(["run", "--quiet", "-p", runner])
+        .args(["run", "--quiet", "-p", runner, "--"])
+        .args(args)
         .status()
         .with_context(|| format!("running {what}"))?;
     if !status.success() {

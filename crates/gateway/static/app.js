@@ -171,8 +171,13 @@ async function init() {
   $("page-node").textContent = config.node_id ?? "?";
   const select = $("namespace");
   for (const ns of config.namespaces) select.add(new Option(ns, ns));
-  if (config.token) $("token").value = config.token;
-  if (config.publish_key) $("publish-key").value = config.publish_key;
+  // A link may carry credentials in its fragment (`/#token=...&key=...`), which never
+  // reaches any server; `cargo xtask cluster` prints such links.
+  const fragment = new URLSearchParams(location.hash.slice(1));
+  const token = fragment.get("token") ?? config.token;
+  const key = fragment.get("key") ?? config.publish_key;
+  if (token) $("token").value = token;
+  if (key) $("publish-key").value = key;
 
   $("connect-form").addEventListener("submit", (e) => {
     e.preventDefault();

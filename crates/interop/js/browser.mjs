@@ -14,20 +14,25 @@ await runCase("demo page: publish on node 1, shown on node 0", async () => {
   });
   try {
     const context = await browser.newContext({ viewport: { width: 1100, height: 900 } });
-    const open = async (i, user) => {
+    // Page A gets its token typed in; page B gets token and key from the link's fragment.
+    const open = async (i, user, viaFragment) => {
       const page = await context.newPage();
       const problems = [];
       page.on("pageerror", (err) => problems.push(err.message));
       page.on("console", (msg) => msg.type() === "error" && problems.push(msg.text()));
-      await page.goto(`${cfg.nodes[i]}/`);
-      await page.getByLabel("Token (JWT)", { exact: true }).fill(cfg.tokens[user]);
+      if (viaFragment) {
+        await page.goto(`${cfg.nodes[i]}/#token=${cfg.tokens[user]}&key=${cfg.key}`);
+      } else {
+        await page.goto(`${cfg.nodes[i]}/`);
+        await page.getByLabel("Token (JWT)", { exact: true }).fill(cfg.tokens[user]);
+      }
       await page.getByRole("button", { name: "Connect", exact: true }).click();
       await page.locator("#state[data-state=connected]").waitFor({ timeout: 10000 });
       await page.locator("#node-id", { hasText: cfg.node_ids[i] }).waitFor();
       return { page, problems };
     };
-    const a = await open(0, cfg.users.alice);
-    const b = await open(1, cfg.users.bob);
+    const a = await open(0, cfg.users.alice, false);
+    const b = await open(1, cfg.users.bob, true);
 
     const room = `room:browser-${cfg.users.alice}`;
     await a.page.getByLabel("Room to join", { exact: true }).fill(room);
@@ -38,7 +43,6 @@ await runCase("demo page: publish on node 1, shown on node 0", async () => {
     await b.page.getByLabel("Room", { exact: true }).fill(room);
     await b.page.getByLabel("Event", { exact: true }).fill("demo");
     await b.page.getByLabel("Data (JSON)", { exact: true }).fill(JSON.stringify({ text }));
-    await b.page.getByLabel("Publish key", { exact: true }).fill(cfg.key);
     await b.page.getByRole("button", { name: "Publish", exact: true }).click();
     await b.page.locator("#publish-result.ok").waitFor();
 

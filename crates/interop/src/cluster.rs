@@ -39,13 +39,15 @@ pub(crate) struct Cluster {
 pub(crate) const EXTRA_NAMESPACE: &str = "/notifications";
 
 impl Cluster {
-    /// Starts `n` nodes and waits until each is ready.
+    /// Starts `n` nodes and waits until each is ready: on ports `first_port..` when given
+    /// and all free, else on any free ports.
     pub(crate) async fn start(
         binary: &Path,
         redis_url: &str,
         secrets: Secrets,
         logs: &Path,
         n: usize,
+        first_port: Option<u16>,
     ) -> anyhow::Result<Self> {
         let mut cluster = Self {
             binary: binary.to_owned(),
@@ -54,12 +56,20 @@ impl Cluster {
             logs: logs.to_owned(),
             nodes: Vec::new(),
         };
-        for i in 0..n {
-            let port = std::net::TcpListener::bind("127.0.0.1:0")?
-                .local_addr()?
-                .port();
+        let free = |port: u16| std::net::TcpListener::bind(("127.0.0.1", port)).is_ok();
+        let ports: Vec<u16> = match first_port.filter(|&p| (p..).take(n).all(free)) {
+            Some(first) => (first..).take(n).collect(),
+            None => (0..n)
+                .map(|_| {
+                    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+                        .local_addr()?
+                        .port())
+                })
+                .collect::<anyhow::Result<_>>()?,
+        };
+        for (i, port) in ports.into_iter().enumerate() {
             cluster.nodes.push(Node {
-                id: format!("interop-{i}"),
+                id: format!("node-{i}"),
                 port,
                 child: None,
             });

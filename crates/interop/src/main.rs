@@ -11,6 +11,9 @@
 //! Set-up is done here, from lockfiles, and skipped when already current: `npm ci` for
 //! the JS packages, a virtualenv under `target/interop/venv` for the Python ones.
 //! Chromium comes from the system (`/usr/bin/chromium`, or `$CHROMIUM`).
+//!
+//! With `--cluster` (what `cargo xtask cluster` runs) it only starts Redis and the three
+//! nodes, on ports 3001–3003 when free, prints demo-page links and runs until Ctrl-C.
 
 mod cluster;
 mod report;
@@ -38,7 +41,12 @@ const SUITE_LIMIT: Duration = Duration::from_secs(240);
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    match run().await {
+    let result = if std::env::args().any(|a| a == "--cluster") {
+        dev_cluster().await.map(|()| true)
+    } else {
+        run().await
+    };
+    match result {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
         Err(e) => {
@@ -91,8 +99,15 @@ async fn run() -> anyhow::Result<bool> {
         "==> interop: Redis on {}, starting 3 gateway nodes",
         redis.port()
     );
-    let cluster =
-        Cluster::start(&paths.gateway, &redis.url(), secrets.clone(), &paths.out, 3).await?;
+    let cluster = Cluster::start(
+        &paths.gateway,
+        &redis.url(),
+        secrets.clone(),
+        &paths.out,
+        3,
+        None,
+    )
+    .await?;
     let (urls, ids) = (cluster.urls(), cluster.ids());
     let control = serve_control(Arc::new(Mutex::new(cluster))).await?;
     let config = |prefix: &str| client_config(prefix, &urls, &ids, &secrets, &control);
@@ -163,6 +178,57 @@ fn finish(paths: &Paths, rows: &[(String, Outcome)]) -> anyhow::Result<bool> {
         paths.out.display()
     );
     Ok(rows.iter().all(|r| r.1.acceptable()))
+}
+
+/// `cargo xtask cluster`: Redis and three development-mode nodes on this machine until
+/// Ctrl-C, with links to each node's demo page (credentials in the link's fragment).
+async fn dev_cluster() -> anyhow::Result<()> {
+    let paths = Paths::discover()?;
+    let logs = paths.out.with_file_name("cluster");
+    std::fs::create_dir_all(&logs)?;
+    let redis = testkit::RedisServer::start()?;
+    let secrets = Secrets {
+        jwt: random_hex()?,
+        publish_key: random_hex()?,
+    };
+    let cluster = Cluster::start(
+        &paths.gateway,
+        &redis.url(),
+        secrets.clone(),
+        &logs,
+        3,
+        Some(3001),
+    )
+    .await?;
+    let claims = json!({
+        "sub": "dev", "tenant_id": "dev", "rooms": ["*"], "exp": gateway::unix_now() + 7 * 24 * 3600,
+    });
+    let token = gateway::sign_hs256(&secrets.jwt, &claims)?;
+    let key = &secrets.publish_key;
+    println!(
+        "Roomcast development cluster: Redis at {}, 3 nodes",
+        redis.url()
+    );
+    for (id, url) in cluster.ids().iter().zip(cluster.urls()) {
+        println!("  {id}: {url}   demo page: {url}/#token={token}&key={key}");
+    }
+    let first = cluster.urls().into_iter().next().unwrap_or_default();
+    println!(
+        "\nToken (user dev, tenant dev, any room, 7 days): {token}\nPublish key: {key}\n\
+         Open two demo pages on different nodes, join the same room, publish from one.\n\
+         From a shell:\n  curl -sS -X POST {first}/v1/publish -H 'Authorization: Bearer {key}' \
+         -H 'Content-Type: application/json' -d '{{\"event\":\"hello\",\"to\":[\"user:dev\"],\"data\":{{\"text\":\"hi\"}}}}'\n\
+         Node logs: {}\nCtrl-C stops everything.",
+        logs.display()
+    );
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r?,
+        _ = term.recv() => {}
+    }
+    drop(cluster);
+    drop(redis);
+    Ok(())
 }
 
 /// What a client suite is told: where the nodes are, its users and their tokens (user
