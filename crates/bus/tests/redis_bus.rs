@@ -211,3 +211,26 @@ async fn keepalive_pings_do_not_drop_the_subscriber_connection() {
     redis.cli(&["PUBLISH", "k", "still"]).unwrap();
     assert_eq!(recv(&mut inbox).await.1, Bytes::from_static(b"still"));
 }
+
+/// `rediss://`: the same bus over TLS, against a `redis-server` that speaks only TLS.
+#[tokio::test]
+async fn works_over_tls() {
+    let redis = RedisServer::start_tls().unwrap();
+    assert!(redis.url().starts_with("rediss://"));
+    let (node, mut inbox) = RedisBus::connect(fast(redis.url())).unwrap();
+    let (publisher, _) = RedisBus::connect(fast(redis.url())).unwrap();
+    node.subscribe(vec!["tls:1".into()]).await.unwrap();
+    assert_eq!(redis.pubsub_channels("tls:*").unwrap(), vec!["tls:1"]);
+    assert_eq!(
+        publisher
+            .publish("tls:1", Bytes::from_static(b"secret"))
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        recv(&mut inbox).await,
+        ("tls:1".into(), Bytes::from_static(b"secret"))
+    );
+    assert!(node.health().is_up() && publisher.health().is_up());
+}

@@ -12,6 +12,8 @@ use anyhow::{Context, bail};
 pub struct RedisServer {
     port: u16,
     child: Option<Child>,
+    /// With TLS: the directory holding the self-signed certificate and key.
+    tls: Option<std::path::PathBuf>,
 }
 
 impl RedisServer {
@@ -20,23 +22,82 @@ impl RedisServer {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();
-        let mut server = Self { port, child: None };
+        let mut server = Self {
+            port,
+            child: None,
+            tls: None,
+        };
         server.spawn()?;
         Ok(server)
     }
 
+    /// Starts a server that speaks only TLS, with a fresh self-signed certificate (made
+    /// by the `openssl` command) for `127.0.0.1`. [`RedisServer::url`] is then a
+    /// `rediss://` URL that skips certificate verification (`#insecure`).
+    pub fn start_tls() -> anyhow::Result<Self> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let dir = std::env::temp_dir().join(format!("roomcast-redis-tls-{port}"));
+        std::fs::create_dir_all(&dir)?;
+        let status = Command::new("openssl")
+            .args([
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+            ])
+            .args([
+                "-subj",
+                "/CN=127.0.0.1",
+                "-addext",
+                "subjectAltName=IP:127.0.0.1",
+            ])
+            .arg("-keyout")
+            .arg(dir.join("key.pem"))
+            .arg("-out")
+            .arg(dir.join("cert.pem"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .context("cannot run openssl to make a test certificate")?;
+        if !status.success() {
+            bail!("openssl could not make a test certificate");
+        }
+        let mut server = Self {
+            port,
+            child: None,
+            tls: Some(dir),
+        };
+        server.spawn()?;
+        Ok(server)
+    }
+
+    fn port_args(&self) -> Vec<String> {
+        let port = self.port.to_string();
+        match &self.tls {
+            None => vec!["--port".into(), port],
+            Some(dir) => {
+                let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+                vec![
+                    "--port".into(),
+                    "0".into(),
+                    "--tls-port".into(),
+                    port,
+                    "--tls-cert-file".into(),
+                    cert.display().to_string(),
+                    "--tls-key-file".into(),
+                    key.display().to_string(),
+                    "--tls-ca-cert-file".into(),
+                    cert.display().to_string(),
+                    "--tls-auth-clients".into(),
+                    "no".into(),
+                ]
+            }
+        }
+    }
+
     fn spawn(&mut self) -> anyhow::Result<()> {
         let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &self.port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
+            .args(self.port_args())
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -58,6 +119,9 @@ impl RedisServer {
     }
 
     fn ping(&self) -> bool {
+        if self.tls.is_some() {
+            return self.cli(&["PING"]).is_ok_and(|out| out.trim() == "PONG");
+        }
         let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) else {
             return false;
         };
@@ -69,9 +133,12 @@ impl RedisServer {
         s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
     }
 
-    /// `redis://127.0.0.1:<port>`.
+    /// `redis://127.0.0.1:<port>`, or with TLS `rediss://127.0.0.1:<port>/#insecure`.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        match self.tls {
+            None => format!("redis://127.0.0.1:{}", self.port),
+            Some(_) => format!("rediss://127.0.0.1:{}/#insecure", self.port),
+        }
     }
 
     /// The server's process id, while it runs.
@@ -100,8 +167,14 @@ impl RedisServer {
 
     /// Runs `redis-cli -p <port> <args>` and returns its output.
     pub fn cli(&self, args: &[&str]) -> anyhow::Result<String> {
+        let tls: &[&str] = if self.tls.is_some() {
+            &["--tls", "--insecure"]
+        } else {
+            &[]
+        };
         let out = Command::new("redis-cli")
             .args(["-p", &self.port.to_string()])
+            .args(tls)
             .args(args)
             .output()
             .context("cannot run redis-cli")?;
@@ -130,5 +203,8 @@ impl RedisServer {
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.stop();
+        if let Some(dir) = &self.tls {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }
