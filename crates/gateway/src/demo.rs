@@ -32,25 +32,25 @@ const CLIENT: &str = include_str!("../static/vendor/socket.io.min.js");
 const CSP: &str =
     "default-src 'self'; connect-src 'self'; img-src 'self' data:; frame-ancestors 'none'";
 
+/// The embedded files: path, content type, body.
+const FILES: [(&str, &str, &str); 4] = [
+    ("/", "text/html; charset=utf-8", INDEX),
+    ("/demo/app.js", "text/javascript; charset=utf-8", APP),
+    ("/demo/style.css", "text/css; charset=utf-8", STYLE),
+    (
+        "/demo/socket.io.min.js",
+        "text/javascript; charset=utf-8",
+        CLIENT,
+    ),
+];
+
 /// The demo routes.
 pub(crate) fn router(ctx: Arc<DemoCtx>) -> Router {
-    Router::new()
-        .route(
-            "/",
-            get(|| async { page("text/html; charset=utf-8", INDEX) }),
-        )
-        .route(
-            "/demo/app.js",
-            get(|| async { page("text/javascript; charset=utf-8", APP) }),
-        )
-        .route(
-            "/demo/style.css",
-            get(|| async { page("text/css; charset=utf-8", STYLE) }),
-        )
-        .route(
-            "/demo/socket.io.min.js",
-            get(|| async { page("text/javascript; charset=utf-8", CLIENT) }),
-        )
+    FILES
+        .into_iter()
+        .fold(Router::new(), |router, (path, content_type, body)| {
+            router.route(path, get(move || async move { page(content_type, body) }))
+        })
         .route("/demo/config.json", get(config))
         .with_state(ctx)
 }

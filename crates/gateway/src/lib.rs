@@ -158,7 +158,10 @@ impl Node {
         }
         let router = router
             .layer(layer)
-            .layer(axum::middleware::map_request(detach_request))
+            .layer(axum::middleware::map_request_with_state(
+                Arc::<str>::from(config.socketio_path.as_str()),
+                detach_request,
+            ))
             .layer(cors(&config.cors_allowed_origins));
         Ok(Self {
             router,
@@ -250,10 +253,17 @@ enum Drain {
 /// connection's 8–16 KiB read buffer, and axum keeps a clone of the URI in the
 /// `OriginalUri` extension. engineioxide stores a session's request parts for the
 /// socket's whole life (`SocketRef::req_parts`), so without these copies every socket
-/// pins that whole buffer (measured: 16 KiB per idle socket with the JS client).
-async fn detach_request(req: axum::extract::Request) -> axum::extract::Request {
+/// pins that whole buffer (measured: 16 KiB per idle socket with the JS client). Only
+/// Socket.IO requests are copied; nothing else keeps its request.
+async fn detach_request(
+    axum::extract::State(socketio_path): axum::extract::State<Arc<str>>,
+    req: axum::extract::Request,
+) -> axum::extract::Request {
     use axum::extract::OriginalUri;
     use axum::http::{HeaderMap, HeaderName, HeaderValue, Uri};
+    if !req.uri().path().starts_with(&*socketio_path) {
+        return req;
+    }
     let (mut parts, body) = req.into_parts();
     let mut headers = HeaderMap::with_capacity(parts.headers.len());
     for (name, value) in &parts.headers {

@@ -60,11 +60,7 @@ impl Cluster {
         let ports: Vec<u16> = match first_port.filter(|&p| (p..).take(n).all(free)) {
             Some(first) => (first..).take(n).collect(),
             None => (0..n)
-                .map(|_| {
-                    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-                        .local_addr()?
-                        .port())
-                })
+                .map(|_| testkit::free_port())
                 .collect::<anyhow::Result<_>>()?,
         };
         for (i, port) in ports.into_iter().enumerate() {

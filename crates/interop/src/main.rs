@@ -129,7 +129,7 @@ async fn run() -> anyhow::Result<bool> {
     if wanted("js") {
         eprintln!("==> socket.io-client (JavaScript)");
         let outcomes = match &npm {
-            Ok(()) => run_script("js", node_cmd(&js, "suite.mjs"), &config("js"), &paths).await,
+            Ok(()) => run_script("js", node_cmd(&js, "suite.mjs"), &config("js")?, &paths).await,
             Err(e) => vec![Outcome::failed("(npm ci)", format!("{e:#}"))],
         };
         record("socket.io-client 4 (JS)", outcomes);
@@ -140,7 +140,7 @@ async fn run() -> anyhow::Result<bool> {
             Ok(python) => {
                 let mut cmd = Command::new(python);
                 cmd.arg("suite.py").current_dir(paths.krate.join("python"));
-                run_script("python", cmd, &config("py"), &paths).await
+                run_script("python", cmd, &config("py")?, &paths).await
             }
             Err(e) => vec![Outcome::failed("(virtualenv)", format!("{e:#}"))],
         };
@@ -148,7 +148,7 @@ async fn run() -> anyhow::Result<bool> {
     }
     if wanted("rust") {
         eprintln!("==> rust_socketio");
-        let outcomes = rust_client::run(&config("rs")).await;
+        let outcomes = rust_client::run(&config("rs")?).await;
         outcomes.iter().for_each(Outcome::progress);
         record("rust_socketio 0.6", outcomes);
     }
@@ -160,7 +160,7 @@ async fn run() -> anyhow::Result<bool> {
         (Ok(()), Ok(path)) => {
             let mut cmd = node_cmd(&js, "browser.mjs");
             cmd.env("CHROMIUM", path);
-            run_script("browser", cmd, &config("web"), &paths).await
+            run_script("browser", cmd, &config("web")?, &paths).await
         }
         (Err(e), _) => vec![Outcome::failed("(npm ci)", format!("{e:#}"))],
         (_, Err(e)) => vec![Outcome::failed("(chromium)", format!("{e:#}"))],
@@ -239,17 +239,16 @@ fn client_config(
     ids: &[String],
     secrets: &Secrets,
     control: &str,
-) -> Value {
+) -> anyhow::Result<Value> {
     let (alice, bob, tenant) = (
         format!("{prefix}-alice"),
         format!("{prefix}-bob"),
         format!("{prefix}-acme"),
     );
     let now = gateway::unix_now();
-    let sign =
-        |secret: &str, claims: Value| gateway::sign_hs256(secret, &claims).unwrap_or_default();
+    let sign = |secret: &str, claims: Value| gateway::sign_hs256(secret, &claims);
     let claims = |user: &str, exp: u64| json!({"sub": user, "tenant_id": tenant, "rooms": ["doc:*", "room:*"], "exp": exp});
-    json!({
+    Ok(json!({
         "nodes": urls,
         "node_ids": ids,
         "key": secrets.publish_key,
@@ -259,13 +258,13 @@ fn client_config(
         "tenant": tenant,
         "users": {"alice": alice, "bob": bob},
         "tokens": {
-            alice.as_str(): sign(&secrets.jwt, claims(&alice, now + 3600)),
-            bob.as_str(): sign(&secrets.jwt, claims(&bob, now + 3600)),
+            alice.as_str(): sign(&secrets.jwt, claims(&alice, now + 3600))?,
+            bob.as_str(): sign(&secrets.jwt, claims(&bob, now + 3600))?,
             // Past the verifier's leeway.
-            "expired": sign(&secrets.jwt, claims(&alice, now.saturating_sub(3600))),
-            "wrong_secret": sign("not-the-cluster-secret", claims(&alice, now + 3600)),
+            "expired": sign(&secrets.jwt, claims(&alice, now.saturating_sub(3600)))?,
+            "wrong_secret": sign("not-the-cluster-secret", claims(&alice, now + 3600))?,
         },
-    })
+    }))
 }
 
 /// Serves `POST /restart/{i}` so that a client suite can have a node stopped and started

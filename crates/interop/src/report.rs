@@ -80,21 +80,16 @@ pub(crate) async fn run_case(
     let started = Instant::now();
     let result = body.await;
     let ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-    match result {
-        Ok(detail) => Outcome {
-            case: case.to_owned(),
-            ok: true,
-            known: false,
-            detail,
-            ms,
-        },
-        Err(e) => Outcome {
-            case: case.to_owned(),
-            ok: false,
-            known: false,
-            detail: format!("{e:#}"),
-            ms,
-        },
+    let (ok, detail) = match result {
+        Ok(detail) => (true, detail),
+        Err(e) => (false, format!("{e:#}")),
+    };
+    Outcome {
+        case: case.to_owned(),
+        ok,
+        known: false,
+        detail,
+        ms,
     }
 }
 

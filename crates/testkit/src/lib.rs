@@ -14,4 +14,4 @@ pub use node::{
     TEST_KEY, TEST_SECRET, TestNode, publish, spawn_memory_cluster, spawn_node,
     spawn_redis_cluster, token,
 };
-pub use redis::RedisServer;
+pub use redis::{RedisServer, free_port};

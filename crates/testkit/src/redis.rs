@@ -19,9 +19,7 @@ pub struct RedisServer {
 impl RedisServer {
     /// Starts a server on a free port and waits until it answers `PING`.
     pub fn start() -> anyhow::Result<Self> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
+        let port = free_port()?;
         let mut server = Self {
             port,
             child: None,
@@ -35,9 +33,7 @@ impl RedisServer {
     /// by the `openssl` command) for `127.0.0.1`. [`RedisServer::url`] is then a
     /// `rediss://` URL that skips certificate verification (`#insecure`).
     pub fn start_tls() -> anyhow::Result<Self> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
+        let port = free_port()?;
         let dir = std::env::temp_dir().join(format!("roomcast-redis-tls-{port}"));
         std::fs::create_dir_all(&dir)?;
         let status = Command::new("openssl")
@@ -198,6 +194,13 @@ impl RedisServer {
         channels.sort();
         Ok(channels)
     }
+}
+
+/// A TCP port on `127.0.0.1` that was free a moment ago (the OS picked it).
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 impl Drop for RedisServer {
