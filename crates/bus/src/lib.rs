@@ -33,7 +33,7 @@ use tokio::sync::mpsc;
 
 pub use health::{Health, LinkState};
 pub use memory::{MemoryBus, MemoryHub};
-pub use outbox::{Outbox, SendError, parse_rooms};
+pub use outbox::{Outbox, SendError, targets};
 pub use redis::{RedisBus, RedisConfig, RedisSetupError, mask_url};
 
 /// A message received on a subscribed channel.

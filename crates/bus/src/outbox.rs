@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use envelope::{EncodeError, Envelope};
-use rooms::{Channels, Room, RoomError};
+use rooms::{Audience, Channels, ScopedRoom, TargetError};
 
 use crate::{Bus, PublishError};
 
@@ -12,14 +12,9 @@ use crate::{Bus, PublishError};
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum SendError {
-    /// A target or excluded room name is invalid.
-    #[error("invalid room {name:?}: {source}")]
-    InvalidRoom {
-        /// The offending name.
-        name: String,
-        /// Why it is invalid.
-        source: RoomError,
-    },
+    /// A target or excluded room name, or the tenant, is invalid.
+    #[error(transparent)]
+    InvalidTarget(#[from] TargetError),
     /// The envelope could not be encoded.
     #[error(transparent)]
     Encode(#[from] EncodeError),
@@ -52,34 +47,30 @@ impl Outbox {
         &self.channels
     }
 
-    /// Validates the rooms of `env` and publishes it once. Returns the number of
-    /// subscribers that received it, when the transport knows.
+    /// Validates the tenant and rooms of `env` and publishes it once. Returns the number
+    /// of subscribers that received it, when the transport knows.
     pub async fn send(&self, env: &Envelope) -> Result<usize, SendError> {
-        let to = parse_rooms(&env.to)?;
-        parse_rooms(&env.except)?;
+        let (to, _) = targets(env)?;
         self.send_to(env, &to).await
     }
 
-    /// Publishes `env` whose rooms the caller already validated; `to` are its target
-    /// rooms, parsed. Saves re-parsing every room name on a path that validated them.
-    pub async fn send_to(&self, env: &Envelope, to: &[Room]) -> Result<usize, SendError> {
+    /// Publishes `env` whose targets the caller already resolved (see [`targets`]).
+    /// Saves re-parsing every room name on a path that validated them.
+    pub async fn send_to(&self, env: &Envelope, to: &Audience) -> Result<usize, SendError> {
         let channel = self.channels.for_target(&env.ns, to);
         let payload = Bytes::from(env.to_msgpack()?);
         Ok(self.bus.publish(&channel, payload).await?)
     }
 }
 
-/// Parses room names, reporting the first invalid one.
-pub fn parse_rooms(names: &[String]) -> Result<Vec<Room>, SendError> {
-    names
-        .iter()
-        .map(|name| {
-            Room::parse(name).map_err(|source| SendError::InvalidRoom {
-                name: name.clone(),
-                source,
-            })
-        })
-        .collect()
+/// Resolves the audience and the excluded rooms of `env` from its tenant, `to` and
+/// `except` (see [`rooms::resolve_targets`]), reporting the first invalid one.
+pub fn targets(env: &Envelope) -> Result<(Audience, Vec<ScopedRoom>), SendError> {
+    Ok(rooms::resolve_targets(
+        env.tenant.as_deref(),
+        &env.to,
+        &env.except,
+    )?)
 }
 
 #[cfg(test)]
@@ -94,9 +85,14 @@ mod tests {
         let (node, mut inbox) = hub.connect();
         let (publisher, _) = hub.connect();
         let channels = Channels::new("t");
-        node.subscribe(vec![channels.room("/", &Room::user("1").unwrap())])
-            .await
-            .unwrap();
+        let acme = rooms::TenantId::parse("acme").unwrap();
+        let user = rooms::Room::user("1").unwrap();
+        node.subscribe(vec![
+            channels.room("/", &ScopedRoom::new(None, &user).unwrap()),
+            channels.room("/", &ScopedRoom::new(Some(&acme), &user).unwrap()),
+        ])
+        .await
+        .unwrap();
         let outbox = Outbox::new(Arc::new(publisher), channels);
 
         let env = Envelope::new("svc", "hello", serde_json::json!({"n": 1})).to_rooms(["user:1"]);
@@ -108,10 +104,15 @@ mod tests {
             env
         );
 
+        // The same room name in a tenant is another channel.
+        let env = env.in_tenant("acme");
+        assert_eq!(outbox.send(&env).await.unwrap(), 1);
+        assert_eq!(&*inbox.recv().await.unwrap().channel, "t:room:/#@acme/user:1");
+
         let bad = Envelope::new("svc", "x", serde_json::Value::Null).to_rooms(["nokind"]);
         assert!(matches!(
             outbox.send(&bad).await,
-            Err(SendError::InvalidRoom { .. })
+            Err(SendError::InvalidTarget(_))
         ));
     }
 }

@@ -453,11 +453,12 @@ mod tests {
             volatile in any::<bool>(),
             local in any::<bool>(),
             trace in prop::option::of("[0-9a-f-]{55}"),
+            tenant in prop::option::of(".{1,12}"),
             attachments in prop::collection::vec(
                 prop::collection::vec(any::<u8>(), 0..16).prop_map(bytes::Bytes::from), 0..3),
         ) -> Envelope {
             Envelope {
-                v: VERSION, id, ts, origin, ns, event,
+                v: VERSION, id, ts, origin, ns, tenant, event,
                 data: payload.0, args: payload.1, attachments, to, except,
                 flags: Flags { volatile, local }, trace,
             }

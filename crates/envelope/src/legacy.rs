@@ -33,6 +33,10 @@ pub struct LegacyMessage {
     /// Namespace; `/` when absent.
     #[serde(default, deserialize_with = "lenient_string")]
     pub namespace: Option<String>,
+    /// The tenant (Frappe: the site) whose rooms `room`, `user` and `doctype`/`docname`
+    /// name. `site` is accepted as an alias, since that is what Frappe calls it.
+    #[serde(default, alias = "site", deserialize_with = "lenient_string")]
+    pub tenant: Option<String>,
 }
 
 impl LegacyMessage {
@@ -92,7 +96,8 @@ mod tests {
         assert_eq!(m.user, None);
         assert_eq!(m.message, Value::Null);
 
-        let m = LegacyMessage::decode(br#"{"event":"e","user":42}"#, Limits::default()).unwrap();
+        let m = LegacyMessage::decode(br#"{"event":"e","user":42,"site":"s1.local"}"#, Limits::default()).unwrap();
+        assert_eq!(m.tenant.as_deref(), Some("s1.local"));
         assert_eq!(m.user.as_deref(), Some("42"));
         assert_eq!(m.message, Value::Null);
 

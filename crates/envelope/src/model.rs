@@ -27,6 +27,11 @@ pub struct Envelope {
     /// Socket.IO namespace, `/` by default.
     #[serde(default = "default_ns")]
     pub ns: String,
+    /// The tenant whose rooms `to` and `except` name. Absent: the shared scope (sockets
+    /// whose token names no tenant), except that a `tenant:{id}` room always means tenant
+    /// `id`. See `docs/security.md`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
     /// Event name the clients receive.
     #[serde(default)]
     pub event: String,
@@ -102,6 +107,9 @@ pub struct Draft {
     /// Namespace; `/` when absent.
     #[serde(default)]
     pub ns: Option<String>,
+    /// Tenant whose rooms are targeted, see [`Envelope::tenant`].
+    #[serde(default)]
+    pub tenant: Option<String>,
     /// Event name (required).
     #[serde(default)]
     pub event: String,
@@ -139,6 +147,7 @@ impl Draft {
             ts: self.ts.unwrap_or_else(now_ms),
             origin: self.origin.unwrap_or_else(|| origin.to_owned()),
             ns: self.ns.unwrap_or_else(default_ns),
+            tenant: self.tenant,
             event: self.event,
             data: self.data,
             args: self.args,
@@ -167,6 +176,7 @@ impl Envelope {
             ts: now_ms(),
             origin: origin.into(),
             ns: default_ns(),
+            tenant: None,
             event: event.into(),
             data: Some(data),
             args: None,
@@ -191,6 +201,19 @@ impl Envelope {
     /// Sets the namespace.
     pub fn in_ns(mut self, ns: impl Into<String>) -> Self {
         self.ns = ns.into();
+        self
+    }
+
+    /// Sets the tenant whose rooms `to` and `except` name.
+    ///
+    /// ```
+    /// let env = envelope::Envelope::new("crm", "lead.won", serde_json::json!(1))
+    ///     .in_tenant("acme")
+    ///     .to_rooms(["user:admin"]);
+    /// assert_eq!(env.tenant.as_deref(), Some("acme"));
+    /// ```
+    pub fn in_tenant(mut self, tenant: impl Into<String>) -> Self {
+        self.tenant = Some(tenant.into());
         self
     }
 

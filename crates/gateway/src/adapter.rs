@@ -19,7 +19,7 @@ use bytes::Bytes;
 use envelope::{Envelope, Flags, VERSION};
 use futures_util::future::Either;
 use futures_util::{StreamExt, future};
-use rooms::Room;
+use rooms::{Audience, ScopedRoom};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use socketioxide::adapter::Emitter;
@@ -448,45 +448,57 @@ impl BusAdapter {
         }
     }
 
-    /// Interest bookkeeping for the local sockets matching `opts` joining `rooms`.
-    fn track(
-        &self,
-        opts: &BroadcastOptions,
-        rooms: &[socketioxide_core::adapter::Room],
-    ) -> Vec<crate::cluster::Confirmation> {
-        let rooms: Vec<Room> = rooms.iter().filter_map(|r| Room::parse(r).ok()).collect();
-        if rooms.is_empty() {
-            return Vec::new();
-        }
-        let mut confirmations = Vec::new();
-        for sid in self.local.sockets(opts.clone()) {
-            for room in &rooms {
-                confirmations.push(self.cluster.track_join(&self.ns, sid, room));
-            }
-        }
-        confirmations
-    }
-
+    /// Adds the local sockets matching `opts` to `rooms` (another node's request, or
+    /// `io.to(..).join(..)` here), through membership for every room that follows the
+    /// naming convention, and waits for the bus to confirm the subscriptions.
     async fn add_local(
         &self,
         opts: BroadcastOptions,
         rooms: Vec<socketioxide_core::adapter::Room>,
     ) {
-        for c in self.track(&opts, &rooms) {
+        let mut confirmations = Vec::new();
+        let mut plain = Vec::new();
+        for name in rooms {
+            match ScopedRoom::parse(&name) {
+                Ok(room) => {
+                    for sid in self.local.sockets(opts.clone()) {
+                        let joined = self.cluster.join_remote(&self.ns, sid, &room, || {
+                            self.local.add_all(sid, room.as_str().to_owned());
+                        });
+                        confirmations.extend(joined);
+                    }
+                }
+                // Rooms outside the convention (e.g. a socket id) never cross the bus.
+                Err(_) => plain.push(name),
+            }
+        }
+        if !plain.is_empty() {
+            self.local.add_sockets(opts, plain);
+        }
+        for c in confirmations {
             if let Err(e) = c.await {
                 tracing::warn!(error = %e, "join not confirmed by the bus; local delivery only for now");
             }
         }
-        self.local.add_sockets(opts, rooms);
     }
 
     fn del_local(&self, opts: BroadcastOptions, rooms: Vec<socketioxide_core::adapter::Room>) {
         let sids = self.local.sockets(opts.clone());
-        self.local.del_sockets(opts, rooms.clone());
-        for room in rooms.iter().filter_map(|r| Room::parse(r).ok()) {
-            for sid in &sids {
-                self.cluster.track_leave(&self.ns, *sid, &room);
+        let mut plain = Vec::new();
+        for name in rooms {
+            match ScopedRoom::parse(&name) {
+                Ok(room) => {
+                    for sid in &sids {
+                        self.cluster.leave_remote(&self.ns, *sid, &room, || {
+                            self.local.del(*sid, room.as_str().to_owned());
+                        });
+                    }
+                }
+                Err(_) => plain.push(name),
             }
+        }
+        if !plain.is_empty() {
+            self.local.del_sockets(opts, plain);
         }
     }
 }
@@ -511,12 +523,13 @@ fn read_req_id(data: &[u8]) -> Option<Sid> {
 /// acks, a single remote socket as target, and room names outside the `kind:id`
 /// convention (such as a socket id). Binary attachments travel in the envelope; the
 /// packet text already holds Socket.IO's placeholders for them.
-/// Returns the envelope and its parsed target rooms.
+/// Rooms of several tenants in one broadcast also take the request path.
+/// Returns the envelope and its audience.
 fn to_envelope(
     packet: &Packet,
     opts: &BroadcastOptions,
     origin: &str,
-) -> Option<(Envelope, Vec<Room>)> {
+) -> Option<(Envelope, Audience)> {
     let single_socket =
         opts.rooms.is_empty() && opts.sid.is_some() && !opts.has_flag(BroadcastFlags::Broadcast);
     if opts.server_id.is_some() || single_socket {
@@ -533,10 +546,22 @@ fn to_envelope(
         serde_json::Value::String(e) => e,
         _ => return None,
     };
-    let to: Vec<String> = opts.rooms.iter().map(|r| r.to_string()).collect();
-    let except: Vec<String> = opts.except.iter().map(|r| r.to_string()).collect();
-    let rooms = bus::parse_rooms(&to).ok()?;
-    bus::parse_rooms(&except).ok()?;
+    let parse = |rooms: &[socketioxide_core::adapter::Room]| -> Option<Vec<ScopedRoom>> {
+        rooms.iter().map(|r| ScopedRoom::parse(r).ok()).collect()
+    };
+    let to = parse(&opts.rooms)?;
+    let except = parse(&opts.except)?;
+    let mut tenants = to.iter().chain(&except).map(ScopedRoom::tenant);
+    let tenant = tenants.next().flatten();
+    if tenants.any(|t| t != tenant) || (to.is_empty() && tenant.is_some()) {
+        return None;
+    }
+    let names = |rooms: &[ScopedRoom]| rooms.iter().map(|r| r.room().to_owned()).collect();
+    let audience = if to.is_empty() {
+        Audience::Everyone
+    } else {
+        Audience::Rooms(to.clone())
+    };
     let mut flags = Flags::default();
     flags.volatile = opts.has_flag(BroadcastFlags::Volatile);
     let env = Envelope {
@@ -545,14 +570,15 @@ fn to_envelope(
         ts: envelope::now_ms(),
         origin: origin.to_owned(),
         ns: packet.ns.to_string(),
+        tenant,
         event,
         data: None,
         args: Some(items),
         attachments: bins.iter().flatten().cloned().collect(),
-        to,
-        except,
+        to: names(&to),
+        except: names(&except),
         flags,
         trace: None,
     };
-    Some((env, rooms))
+    Some((env, audience))
 }

@@ -1,41 +1,74 @@
-//! Client authentication: JWT verification and the identity a socket carries.
+//! Client authentication: JWT verification against a set of keys (shared secrets, PEM
+//! public keys, a JWKS URL), and the identity a socket carries.
+//!
+//! The algorithm family is fixed by each key's type — a secret verifies only HS256/384/512,
+//! an RSA key only RS*/PS*, an EC key only ES256/384 — so a token cannot choose how it is
+//! verified (no algorithm confusion, no `none`). A token's `kid` picks the key when it
+//! names one; a `kid` that no cached JWKS key has makes the authenticator fetch the JWKS
+//! again (at most once per [`JWKS_MIN_REFETCH`]), which is how key rotation is followed.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::RwLock;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use base64::Engine as _;
+use jsonwebtoken::jwk::{AlgorithmParameters, JwkSet};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, errors::ErrorKind};
-use rooms::{JoinPolicy, Room};
+use rooms::{JoinPolicy, Room, ScopedRoom, TenantError, TenantId};
 use serde_json::{Map, Value};
 
-use crate::config::{ClaimNames, JwtKey};
+use crate::config::{ClaimNames, JwtKey, TokenRules};
+
+/// The shortest interval between two JWKS fetches caused by unknown `kid`s, so a client
+/// sending random key ids cannot make the node hammer the identity provider.
+pub(crate) const JWKS_MIN_REFETCH: Duration = Duration::from_secs(10);
 
 /// Who a connected socket is, from its token.
 #[derive(Debug, Clone)]
 pub struct Identity {
-    /// User id (the user claim).
+    /// User id (the user claim). Unique only inside its tenant.
     pub user_id: String,
-    /// Tenant id, when the token has one.
-    pub tenant_id: Option<String>,
+    /// Tenant id, when the token has one; every room of the socket lives in its scope.
+    pub tenant_id: Option<TenantId>,
     /// Rooms the client may join on request.
     pub policy: JoinPolicy,
+    /// The token's `exp`, seconds since the Unix epoch: the socket is disconnected then
+    /// unless it sends a fresher token (`refresh`).
+    pub expires_at: u64,
 }
 
 impl Identity {
     /// The rooms joined automatically on connect: `user:{id}` and `tenant:{id}`.
     pub fn auto_rooms(&self) -> Result<Vec<Room>, AuthError> {
-        let mut rooms = vec![
-            Room::user(&self.user_id).map_err(|e| AuthError::InvalidClaim {
-                claim: "user".into(),
-                reason: e.to_string(),
-            })?,
-        ];
+        let invalid = |claim: &str, e: &dyn std::fmt::Display| AuthError::InvalidClaim {
+            claim: claim.into(),
+            reason: e.to_string(),
+        };
+        let mut rooms = vec![Room::user(&self.user_id).map_err(|e| invalid("user", &e))?];
         if let Some(tenant) = &self.tenant_id {
-            rooms.push(Room::tenant(tenant).map_err(|e| AuthError::InvalidClaim {
-                claim: "tenant".into(),
-                reason: e.to_string(),
-            })?);
+            rooms.push(Room::tenant(tenant.as_str()).map_err(|e| invalid("tenant", &e))?);
         }
         Ok(rooms)
+    }
+
+    /// `room` in this socket's tenant scope. Fails for another tenant's `tenant:` room.
+    pub fn scope(&self, room: &Room) -> Result<ScopedRoom, TenantError> {
+        ScopedRoom::new(self.tenant_id.as_ref(), room)
+    }
+
+    /// Whether the socket may be in `room`: one of its own rooms, or allowed by its
+    /// token's patterns, and never another tenant's `tenant:` room.
+    pub fn may_join(&self, room: &Room) -> Result<ScopedRoom, String> {
+        let scoped = self.scope(room).map_err(|e| e.to_string())?;
+        if room.kind() == rooms::Kind::Tenant && self.tenant_id.is_none() {
+            return Err(format!(
+                "not allowed to join {room}: tenant rooms are for that tenant's sockets"
+            ));
+        }
+        let own = self.auto_rooms().is_ok_and(|own| own.contains(room));
+        if own || self.policy.allows(room) {
+            Ok(scoped)
+        } else {
+            Err(format!("not allowed to join {room}"))
+        }
     }
 }
 
@@ -58,10 +91,10 @@ pub enum AuthError {
     /// `nbf` is in the future.
     #[error("token not yet valid")]
     NotYetValid,
-    /// Signature does not verify.
+    /// Signature does not verify with any key for its algorithm.
     #[error("invalid token signature")]
     BadSignature,
-    /// `alg` is `none` or not the algorithm the gateway is configured for.
+    /// `alg` is not one the configured keys verify.
     #[error("token algorithm {found} is not accepted (expected {expected})")]
     AlgorithmNotAllowed {
         /// The token's `alg`.
@@ -69,6 +102,12 @@ pub enum AuthError {
         /// What the gateway accepts.
         expected: String,
     },
+    /// `aud` does not name this gateway's audience (or is missing while one is required).
+    #[error("token audience is not accepted")]
+    WrongAudience,
+    /// `iss` is not the configured issuer (or is missing while one is required).
+    #[error("token issuer is not accepted")]
+    WrongIssuer,
     /// A required claim is absent.
     #[error("token has no {0:?} claim")]
     MissingClaim(String),
@@ -80,108 +119,379 @@ pub enum AuthError {
         /// Why.
         reason: String,
     },
+    /// The JWKS could not be fetched and no cached key verifies the token.
+    #[error("token keys are unavailable right now; try again")]
+    KeysUnavailable,
 }
 
-/// Verifies client tokens against one key and algorithm family.
-pub struct Authenticator {
+/// The algorithm families; each key verifies exactly one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Family {
+    Hmac,
+    Rsa,
+    Ec,
+    EdDsa,
+}
+
+impl Family {
+    fn of(alg: Algorithm) -> Option<Self> {
+        use Algorithm::*;
+        match alg {
+            HS256 | HS384 | HS512 => Some(Self::Hmac),
+            RS256 | RS384 | RS512 | PS256 | PS384 | PS512 => Some(Self::Rsa),
+            ES256 | ES384 => Some(Self::Ec),
+            EdDSA => Some(Self::EdDsa),
+            _ => None,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::Hmac => "HS256",
+            Self::Rsa => "RS256",
+            Self::Ec => "ES256",
+            Self::EdDsa => "EdDSA",
+        }
+    }
+}
+
+/// One verification key.
+struct Key {
+    kid: Option<String>,
+    family: Family,
     key: DecodingKey,
-    validation: Validation,
-    expected: &'static str,
+}
+
+impl Key {
+    fn from_config(key: &JwtKey) -> Result<Self, String> {
+        match key {
+            JwtKey::Secret(secret) => Ok(Self {
+                kid: None,
+                family: Family::Hmac,
+                key: DecodingKey::from_secret(secret.as_bytes()),
+            }),
+            JwtKey::PublicKeyPem(pem) => {
+                if let Ok(key) = DecodingKey::from_rsa_pem(pem) {
+                    Ok(Self {
+                        kid: None,
+                        family: Family::Rsa,
+                        key,
+                    })
+                } else if let Ok(key) = DecodingKey::from_ec_pem(pem) {
+                    Ok(Self {
+                        kid: None,
+                        family: Family::Ec,
+                        key,
+                    })
+                } else if let Ok(key) = DecodingKey::from_ed_pem(pem) {
+                    Ok(Self {
+                        kid: None,
+                        family: Family::EdDsa,
+                        key,
+                    })
+                } else {
+                    Err("JWT_PUBLIC_KEY_FILE is not an RSA, EC or Ed25519 public key in PEM form"
+                        .into())
+                }
+            }
+        }
+    }
+
+    /// The verification keys of a JWKS document; keys it cannot use are skipped.
+    fn from_jwks(set: &JwkSet) -> Vec<Self> {
+        set.keys
+            .iter()
+            .filter_map(|jwk| {
+                let family = match &jwk.algorithm {
+                    AlgorithmParameters::RSA(_) => Family::Rsa,
+                    AlgorithmParameters::EllipticCurve(_) => Family::Ec,
+                    AlgorithmParameters::OctetKeyPair(_) => Family::EdDsa,
+                    // Shared secrets are never published in a JWKS.
+                    _ => return None,
+                };
+                let key = DecodingKey::from_jwk(jwk).ok()?;
+                Some(Self {
+                    kid: jwk.common.key_id.clone(),
+                    family,
+                    key,
+                })
+            })
+            .collect()
+    }
+}
+
+/// A JWKS endpoint and what was last fetched from it.
+struct Jwks {
+    url: String,
+    refresh: Duration,
+    client: reqwest::Client,
+    cache: RwLock<JwksCache>,
+    /// One fetch at a time; concurrent verifications wait for it.
+    fetching: tokio::sync::Mutex<()>,
+}
+
+#[derive(Default)]
+struct JwksCache {
+    keys: Vec<Key>,
+    fetched: Option<Instant>,
+    attempted: Option<Instant>,
+}
+
+impl Jwks {
+    fn is_fresh(&self) -> bool {
+        let cache = self.cache.read().unwrap_or_else(|e| e.into_inner());
+        cache.fetched.is_some_and(|t| t.elapsed() < self.refresh)
+    }
+
+    /// Fetches the JWKS unless another fetch happened within [`JWKS_MIN_REFETCH`];
+    /// true when this call fetched (successfully or not).
+    async fn refetch(&self) -> bool {
+        let _one = self.fetching.lock().await;
+        {
+            let cache = self.cache.read().unwrap_or_else(|e| e.into_inner());
+            if cache
+                .attempted
+                .is_some_and(|t| t.elapsed() < JWKS_MIN_REFETCH)
+            {
+                return false;
+            }
+        }
+        let result = async {
+            let response = self
+                .client
+                .get(&self.url)
+                .send()
+                .await?
+                .error_for_status()?;
+            response.json::<JwkSet>().await
+        }
+        .await;
+        let mut cache = self.cache.write().unwrap_or_else(|e| e.into_inner());
+        cache.attempted = Some(Instant::now());
+        match result {
+            Ok(set) => {
+                cache.keys = Key::from_jwks(&set);
+                cache.fetched = Some(Instant::now());
+                tracing::info!(keys = cache.keys.len(), "fetched the JWKS");
+            }
+            Err(e) => {
+                // The URL is configuration, not a secret; the error names no token.
+                tracing::warn!(url = %self.url, error = %e, "cannot fetch the JWKS; keeping the cached keys");
+            }
+        }
+        true
+    }
+}
+
+/// Keys of `family`; those whose `kid` matches first when the token names one, and only
+/// those when some key has that `kid`.
+fn candidates(keys: &[Key], family: Family, kid: Option<&str>) -> Vec<DecodingKey> {
+    let of_family = keys.iter().filter(|k| k.family == family);
+    let by_kid: Vec<DecodingKey> = of_family
+        .clone()
+        .filter(|k| kid.is_some() && k.kid.as_deref() == kid)
+        .map(|k| k.key.clone())
+        .collect();
+    if by_kid.is_empty() {
+        of_family.map(|k| k.key.clone()).collect()
+    } else {
+        by_kid
+    }
+}
+
+/// Verifies client tokens against the configured keys and rules.
+pub struct Authenticator {
+    keys: Vec<Key>,
+    jwks: Option<Jwks>,
+    rules: TokenRules,
     claims: ClaimNames,
 }
 
 impl std::fmt::Debug for Authenticator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Authenticator")
-            .field("expected", &self.expected)
+            .field("keys", &self.keys.len())
+            .field("jwks", &self.jwks.as_ref().map(|j| &j.url))
             .field("claims", &self.claims)
             .finish_non_exhaustive()
     }
 }
 
 impl Authenticator {
-    /// An authenticator for `key`. The algorithm family is fixed by the key type — a secret
-    /// accepts only HS256/384/512, an RSA key only RS*/PS*, an EC key only ES256/384 — so a
-    /// token cannot choose how it is verified (no algorithm confusion, no `none`).
-    pub fn new(key: &JwtKey, claims: ClaimNames) -> Result<Self, String> {
-        let (key, algorithms, expected): (_, &[Algorithm], _) = match key {
-            JwtKey::Secret(secret) => (
-                DecodingKey::from_secret(secret.as_bytes()),
-                &[Algorithm::HS256, Algorithm::HS384, Algorithm::HS512],
-                "HS256",
-            ),
-            JwtKey::PublicKeyPem(pem) => {
-                if let Ok(key) = DecodingKey::from_rsa_pem(pem) {
-                    (
-                        key,
-                        &[
-                            Algorithm::RS256,
-                            Algorithm::RS384,
-                            Algorithm::RS512,
-                            Algorithm::PS256,
-                            Algorithm::PS384,
-                            Algorithm::PS512,
-                        ],
-                        "RS256",
-                    )
-                } else if let Ok(key) = DecodingKey::from_ec_pem(pem) {
-                    (key, &[Algorithm::ES256, Algorithm::ES384], "ES256")
-                } else {
-                    return Err(
-                        "JWT_PUBLIC_KEY_FILE is neither an RSA nor an EC public key in PEM form"
-                            .into(),
-                    );
-                }
-            }
+    /// An authenticator for `keys` (and the JWKS in `rules`, when set).
+    pub fn new(keys: &[JwtKey], rules: TokenRules, claims: ClaimNames) -> Result<Self, String> {
+        let keys = keys
+            .iter()
+            .map(Key::from_config)
+            .collect::<Result<Vec<_>, _>>()?;
+        let jwks = match &rules.jwks_url {
+            None => None,
+            Some(url) => Some(Jwks {
+                url: url.clone(),
+                refresh: rules.jwks_refresh,
+                client: reqwest::Client::builder()
+                    .timeout(Duration::from_secs(5))
+                    .build()
+                    .map_err(|e| format!("cannot build the JWKS client: {e}"))?,
+                cache: RwLock::default(),
+                fetching: tokio::sync::Mutex::new(()),
+            }),
         };
-        let mut validation = Validation::new(algorithms[0]);
-        validation.algorithms = algorithms.to_vec();
-        validation.validate_nbf = true;
-        validation.leeway = 30;
-        validation.required_spec_claims = ["exp".to_owned()].into();
+        if keys.is_empty() && jwks.is_none() {
+            return Err("no JWT verification key configured".into());
+        }
         Ok(Self {
-            key,
-            validation,
-            expected,
+            keys,
+            jwks,
+            rules,
             claims,
         })
     }
 
+    /// An authenticator for one HS256 secret with the default rules (tests, embedding).
+    pub fn hs256(secret: &str) -> Result<Self, String> {
+        Self::new(
+            &[JwtKey::Secret(secret.to_owned())],
+            TokenRules::default(),
+            ClaimNames::default(),
+        )
+    }
+
+    fn expected(&self) -> String {
+        let mut names: Vec<&str> = self.keys.iter().map(|k| k.family.name()).collect();
+        if self.jwks.is_some() {
+            names.extend(["RS256", "ES256"]);
+        }
+        names.sort_unstable();
+        names.dedup();
+        names.join(", ")
+    }
+
+    fn validation(&self, alg: Algorithm) -> Validation {
+        let mut v = Validation::new(alg);
+        v.validate_nbf = true;
+        v.leeway = 30;
+        v.required_spec_claims = ["exp".to_owned()].into();
+        // Checked when configured, ignored when not (jsonwebtoken would otherwise refuse
+        // every token that carries an `aud`).
+        v.validate_aud = !self.rules.audience.is_empty();
+        if v.validate_aud {
+            v.set_audience(&self.rules.audience);
+            v.required_spec_claims.insert("aud".to_owned());
+        }
+        if !self.rules.issuer.is_empty() {
+            v.set_issuer(&self.rules.issuer);
+            v.required_spec_claims.insert("iss".to_owned());
+        }
+        v
+    }
+
     /// Verifies `token` and extracts the identity.
-    pub fn verify(&self, token: &str) -> Result<Identity, AuthError> {
-        let alg = header_alg(token)?;
-        if !self
-            .validation
-            .algorithms
-            .iter()
-            .any(|a| format!("{a:?}") == alg)
+    pub async fn verify(&self, token: &str) -> Result<Identity, AuthError> {
+        let header = jsonwebtoken::decode_header(token)
+            .map_err(|e| AuthError::Malformed(format!("unreadable header ({e})")))?;
+        let family = Family::of(header.alg).ok_or_else(|| AuthError::AlgorithmNotAllowed {
+            found: format!("{:?}", header.alg),
+            expected: self.expected(),
+        })?;
+        let kid = header.kid.as_deref();
+        if let Some(jwks) = &self.jwks
+            && !jwks.is_fresh()
         {
-            return Err(AuthError::AlgorithmNotAllowed {
-                found: alg,
-                expected: self.expected.to_owned(),
+            jwks.refetch().await;
+        }
+        let first = self.try_keys(token, header.alg, &self.keys_for(family, kid));
+        let claims = match (first, &self.jwks) {
+            // An unknown `kid` or a rotated key: fetch the JWKS again and retry once.
+            (Err(AuthError::BadSignature | AuthError::KeysUnavailable), Some(jwks))
+                if jwks.refetch().await =>
+            {
+                self.try_keys(token, header.alg, &self.keys_for(family, kid))?
+            }
+            (first, _) => first?,
+        };
+        self.identity(&claims)
+    }
+
+    /// The keys that may verify a token of `family` naming `kid`.
+    fn keys_for(&self, family: Family, kid: Option<&str>) -> Vec<DecodingKey> {
+        let mut keys = candidates(&self.keys, family, kid);
+        if let Some(jwks) = &self.jwks {
+            let cache = jwks.cache.read().unwrap_or_else(|e| e.into_inner());
+            keys.extend(candidates(&cache.keys, family, kid));
+        }
+        keys
+    }
+
+    fn try_keys(
+        &self,
+        token: &str,
+        alg: Algorithm,
+        keys: &[DecodingKey],
+    ) -> Result<Map<String, Value>, AuthError> {
+        if keys.is_empty() {
+            let fetched = self.jwks.as_ref().is_some_and(|j| {
+                let cache = j.cache.read().unwrap_or_else(|e| e.into_inner());
+                cache.fetched.is_some()
+            });
+            return Err(if self.jwks.is_some() && !fetched {
+                AuthError::KeysUnavailable
+            } else {
+                AuthError::AlgorithmNotAllowed {
+                    found: format!("{alg:?}"),
+                    expected: self.expected(),
+                }
             });
         }
-        let data = jsonwebtoken::decode::<Map<String, Value>>(token, &self.key, &self.validation)
-            .map_err(|e| match e.kind() {
-            ErrorKind::ExpiredSignature => AuthError::Expired,
-            ErrorKind::ImmatureSignature => AuthError::NotYetValid,
-            ErrorKind::InvalidSignature => AuthError::BadSignature,
-            ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => {
-                AuthError::AlgorithmNotAllowed {
-                    found: alg.clone(),
-                    expected: self.expected.to_owned(),
-                }
+        let validation = self.validation(alg);
+        for key in keys {
+            match jsonwebtoken::decode::<Map<String, Value>>(token, key, &validation) {
+                Ok(data) => return Ok(data.claims),
+                Err(e) => match e.kind() {
+                    ErrorKind::InvalidSignature => continue,
+                    ErrorKind::ExpiredSignature => return Err(AuthError::Expired),
+                    ErrorKind::ImmatureSignature => return Err(AuthError::NotYetValid),
+                    ErrorKind::InvalidAudience => return Err(AuthError::WrongAudience),
+                    ErrorKind::InvalidIssuer => return Err(AuthError::WrongIssuer),
+                    ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => {
+                        return Err(AuthError::AlgorithmNotAllowed {
+                            found: format!("{alg:?}"),
+                            expected: self.expected(),
+                        });
+                    }
+                    ErrorKind::MissingRequiredClaim(c) if c == "aud" => {
+                        return Err(AuthError::WrongAudience);
+                    }
+                    ErrorKind::MissingRequiredClaim(c) if c == "iss" => {
+                        return Err(AuthError::WrongIssuer);
+                    }
+                    ErrorKind::MissingRequiredClaim(c) => {
+                        return Err(AuthError::MissingClaim(c.clone()));
+                    }
+                    // A key of another shape (e.g. an RSA key for a PSS token) or an
+                    // unparsable signature: try the next key.
+                    ErrorKind::InvalidKeyFormat | ErrorKind::InvalidRsaKey(_) => continue,
+                    _ => return Err(AuthError::Malformed(e.to_string())),
+                },
             }
-            ErrorKind::MissingRequiredClaim(c) => AuthError::MissingClaim(c.clone()),
-            _ => AuthError::Malformed(e.to_string()),
-        })?;
-        self.identity(&data.claims)
+        }
+        Err(AuthError::BadSignature)
     }
 
     fn identity(&self, claims: &Map<String, Value>) -> Result<Identity, AuthError> {
         let user_id = string_claim(claims, &self.claims.user)?
             .ok_or_else(|| AuthError::MissingClaim(self.claims.user.clone()))?;
-        let tenant_id = string_claim(claims, &self.claims.tenant)?;
+        let tenant_id = string_claim(claims, &self.claims.tenant)?
+            .map(|t| {
+                TenantId::parse(&t).map_err(|e| AuthError::InvalidClaim {
+                    claim: self.claims.tenant.clone(),
+                    reason: e.to_string(),
+                })
+            })
+            .transpose()?;
+        if self.rules.require_tenant && tenant_id.is_none() {
+            return Err(AuthError::MissingClaim(self.claims.tenant.clone()));
+        }
         let policy = match claims.get(&self.claims.rooms) {
             None | Some(Value::Null) => JoinPolicy::default(),
             Some(Value::Array(items)) => {
@@ -206,10 +516,15 @@ impl Authenticator {
                 });
             }
         };
+        let expires_at = claims
+            .get("exp")
+            .and_then(Value::as_u64)
+            .ok_or_else(|| AuthError::MissingClaim("exp".into()))?;
         let identity = Identity {
             user_id,
             tenant_id,
             policy,
+            expires_at,
         };
         identity.auto_rooms()?;
         Ok(identity)
@@ -227,26 +542,6 @@ fn string_claim(claims: &Map<String, Value>, name: &str) -> Result<Option<String
             claim: name.to_owned(),
             reason: "must be a string".into(),
         }),
-    }
-}
-
-/// Reads `alg` from the token header without trusting anything else in it.
-fn header_alg(token: &str) -> Result<String, AuthError> {
-    let header = token
-        .split('.')
-        .next()
-        .filter(|h| !h.is_empty() && token.split('.').count() == 3)
-        .ok_or_else(|| {
-            AuthError::Malformed("not a JWT (expected three dot-separated parts)".into())
-        })?;
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(header.trim_end_matches('='))
-        .map_err(|_| AuthError::Malformed("header is not base64url".into()))?;
-    let header: Map<String, Value> = serde_json::from_slice(&bytes)
-        .map_err(|_| AuthError::Malformed("header is not a JSON object".into()))?;
-    match header.get("alg") {
-        Some(Value::String(alg)) => Ok(alg.clone()),
-        _ => Err(AuthError::Malformed("header has no alg".into())),
     }
 }
 
@@ -283,35 +578,11 @@ impl TokenSources<'_> {
         {
             return Some(token.to_owned());
         }
-        self.query?
-            .split('&')
-            .filter_map(|pair| pair.split_once('='))
-            .find(|(k, _)| *k == "token")
-            .map(|(_, v)| percent_decode(v))
+        form_urlencoded::parse(self.query?.as_bytes())
+            .find(|(k, _)| k == "token")
+            .map(|(_, v)| v.into_owned())
             .filter(|t| !t.is_empty())
     }
-}
-
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = s
-            .get(i + 1..i + 3)
-            .and_then(|h| u8::from_str_radix(h, 16).ok());
-        match (bytes[i], hex) {
-            (b'%', Some(b)) => {
-                out.push(b);
-                i += 3;
-                continue;
-            }
-            (b'+', _) => out.push(b' '),
-            (b, _) => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Signs an HS256 token with `claims` (used for the development token and by tests).
@@ -334,12 +605,13 @@ pub fn unix_now() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use base64::Engine as _;
     use serde_json::json;
 
-    const SECRET: &str = "test-secret";
+    const SECRET: &str = "test-secret-test-secret-test-secret";
 
     fn auth() -> Authenticator {
-        Authenticator::new(&JwtKey::Secret(SECRET.into()), ClaimNames::default()).unwrap()
+        Authenticator::hs256(SECRET).unwrap()
     }
 
     fn token(claims: Value) -> String {
@@ -350,17 +622,22 @@ mod tests {
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
     }
 
-    #[test]
-    fn accepts_a_good_token() {
+    #[tokio::test]
+    async fn accepts_a_good_token() {
         let exp = unix_now() + 60;
         let id = auth()
             .verify(&token(
                 json!({"sub": "ann", "tenant_id": "acme", "rooms": ["doc:Task:*"], "exp": exp}),
             ))
+            .await
             .unwrap();
         assert_eq!(id.user_id, "ann");
-        assert_eq!(id.tenant_id.as_deref(), Some("acme"));
-        assert!(id.policy.allows(&Room::doc("Task", "1").unwrap()));
+        assert_eq!(id.tenant_id.as_ref().map(TenantId::as_str), Some("acme"));
+        assert_eq!(id.expires_at, exp);
+        let doc = Room::doc("Task", "1").unwrap();
+        assert_eq!(id.may_join(&doc).unwrap().as_str(), "@acme/doc:Task:1");
+        assert!(id.may_join(&Room::tenant("globex").unwrap()).is_err());
+        assert!(id.may_join(&Room::doc("Note", "1").unwrap()).is_err());
         let rooms: Vec<String> = id
             .auto_rooms()
             .unwrap()
@@ -370,8 +647,8 @@ mod tests {
         assert_eq!(rooms, vec!["user:ann", "tenant:acme"]);
     }
 
-    #[test]
-    fn refusals_say_why() {
+    #[tokio::test]
+    async fn refusals_say_why() {
         let exp = unix_now() + 60;
         let a = auth();
         let cases: Vec<(String, AuthError)> = vec![
@@ -397,17 +674,6 @@ mod tests {
             ),
             (
                 format!(
-                    "{}.{}.",
-                    b64(&json!({"alg": "none", "typ": "JWT"})),
-                    b64(&json!({"sub": "a", "exp": exp}))
-                ),
-                AuthError::AlgorithmNotAllowed {
-                    found: "none".into(),
-                    expected: "HS256".into(),
-                },
-            ),
-            (
-                format!(
                     "{}.{}.c2ln",
                     b64(&json!({"alg": "RS256"})),
                     b64(&json!({"sub": "a", "exp": exp}))
@@ -416,10 +682,6 @@ mod tests {
                     found: "RS256".into(),
                     expected: "HS256".into(),
                 },
-            ),
-            (
-                "garbage".into(),
-                AuthError::Malformed("not a JWT (expected three dot-separated parts)".into()),
             ),
             (
                 token(json!({"sub": "a", "exp": exp, "rooms": "doc:*"})),
@@ -437,25 +699,126 @@ mod tests {
             ),
         ];
         for (token, expected) in cases {
-            assert_eq!(a.verify(&token).unwrap_err(), expected, "{token}");
+            assert_eq!(a.verify(&token).await.unwrap_err(), expected, "{token}");
+        }
+        // `alg: none` and garbage never verify.
+        let none = format!(
+            "{}.{}.",
+            b64(&json!({"alg": "none", "typ": "JWT"})),
+            b64(&json!({"sub": "a", "exp": exp}))
+        );
+        for bad in [none.as_str(), "garbage", "a.b.c"] {
+            assert!(
+                matches!(a.verify(bad).await, Err(AuthError::Malformed(_))),
+                "{bad}"
+            );
         }
     }
 
-    #[test]
-    fn custom_claim_names() {
+    #[tokio::test]
+    async fn audience_and_issuer_checked_when_set_ignored_when_not() {
+        let exp = unix_now() + 60;
+        let with = token(json!({"sub": "a", "exp": exp, "aud": "roomcast", "iss": "https://idp"}));
+        let without = token(json!({"sub": "a", "exp": exp}));
+        let other = token(json!({"sub": "a", "exp": exp, "aud": ["x", "y"], "iss": "https://evil"}));
+        // Unset: every token passes, whatever aud/iss it carries.
+        for t in [&with, &without, &other] {
+            auth().verify(t).await.unwrap();
+        }
+        let rules = TokenRules {
+            audience: vec!["roomcast".into()],
+            issuer: vec!["https://idp".into()],
+            ..TokenRules::default()
+        };
+        let strict = Authenticator::new(
+            &[JwtKey::Secret(SECRET.into())],
+            rules,
+            ClaimNames::default(),
+        )
+        .unwrap();
+        strict.verify(&with).await.unwrap();
+        assert_eq!(
+            strict.verify(&without).await.unwrap_err(),
+            AuthError::WrongAudience
+        );
+        assert_eq!(
+            strict.verify(&other).await.unwrap_err(),
+            AuthError::WrongAudience
+        );
+        let wrong_iss = token(json!({"sub": "a", "exp": exp, "aud": "roomcast", "iss": "x"}));
+        assert_eq!(
+            strict.verify(&wrong_iss).await.unwrap_err(),
+            AuthError::WrongIssuer
+        );
+    }
+
+    #[tokio::test]
+    async fn several_secrets_for_rotation() {
+        let keys = [
+            JwtKey::Secret("new-secret-new-secret-new-secret-1".into()),
+            JwtKey::Secret(SECRET.into()),
+        ];
+        let a = Authenticator::new(&keys, TokenRules::default(), ClaimNames::default()).unwrap();
+        let exp = unix_now() + 60;
+        a.verify(&token(json!({"sub": "old", "exp": exp})))
+            .await
+            .unwrap();
+        let new = sign_hs256(
+            "new-secret-new-secret-new-secret-1",
+            &json!({"sub": "new", "exp": exp}),
+        )
+        .unwrap();
+        assert_eq!(a.verify(&new).await.unwrap().user_id, "new");
+    }
+
+    #[tokio::test]
+    async fn tenant_required() {
+        let rules = TokenRules {
+            require_tenant: true,
+            ..TokenRules::default()
+        };
+        let a = Authenticator::new(
+            &[JwtKey::Secret(SECRET.into())],
+            rules,
+            ClaimNames::default(),
+        )
+        .unwrap();
+        let exp = unix_now() + 60;
+        assert_eq!(
+            a.verify(&token(json!({"sub": "a", "exp": exp})))
+                .await
+                .unwrap_err(),
+            AuthError::MissingClaim("tenant_id".into())
+        );
+        a.verify(&token(json!({"sub": "a", "tenant_id": "t", "exp": exp})))
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn custom_claim_names() {
         let names = ClaimNames {
             user: "uid".into(),
             tenant: "site".into(),
             rooms: "allow".into(),
         };
-        let a = Authenticator::new(&JwtKey::Secret(SECRET.into()), names).unwrap();
+        let a = Authenticator::new(
+            &[JwtKey::Secret(SECRET.into())],
+            TokenRules::default(),
+            names,
+        )
+        .unwrap();
         let id = a
             .verify(&token(
                 json!({"uid": 7, "site": "s1", "allow": ["*"], "exp": unix_now() + 60}),
             ))
+            .await
             .unwrap();
         assert_eq!(
-            (id.user_id.as_str(), id.tenant_id.as_deref()),
+            (
+                id.user_id.as_str(),
+                id.tenant_id.as_ref().map(TenantId::as_str)
+            ),
             ("7", Some("s1"))
         );
     }

@@ -1,31 +1,34 @@
-//! The node's view of the cluster: room membership and bus interest, publishing, and the
-//! dispatcher that delivers what other nodes publish.
+//! The node's view of the cluster: delivery of what this node and others publish, on
+//! top of [`Membership`] (who is in which room) and the registry (which nodes are alive).
+//!
+//! Dependencies run one way: the socket handlers and the adapter use the cluster; the
+//! cluster uses membership, the registry and the bus; membership and the registry use
+//! only the bus.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
 
-use bus::{Bus, BusFuture, Inbox, Message, Outbox, SendError, SubscribeError};
+use bus::{Bus, Inbox, Message, Outbox, SendError, SubscribeError};
 use bytes::Bytes;
 use std::time::Duration;
 
-use envelope::{Envelope, LegacyMessage, Limits, NodeInfo};
-use futures_util::future::Shared;
-use futures_util::{FutureExt, StreamExt};
-use rooms::{ChannelKind, Channels, Interest, Room, Target, legacy_target};
+use envelope::{Envelope, LegacyMessage, Limits};
+use futures_util::StreamExt;
+use rooms::{Audience, ChannelKind, Channels, Room, ScopedRoom, Target, legacy_target};
 use serde::ser::{Serialize, SerializeTuple, Serializer};
 use serde_json::Value;
 use socketioxide::SocketIo;
 use socketioxide::extract::SocketRef;
 use socketioxide::operators::BroadcastOperators;
-use socketioxide::socket::Sid;
 
 use crate::adapter::BusAdapter;
+use crate::membership::{JoinRefused, Membership, SocketKey};
+use crate::registry::Registry;
 
-pub(crate) type Confirmation = Shared<BusFuture<Result<(), SubscribeError>>>;
-
-/// Shared state of one node: which rooms have local members, what the bus is subscribed
-/// to, and the handle used to deliver to local sockets.
+/// Shared state of one node: membership, the registry, and the handle used to deliver
+/// to local sockets.
 #[derive(Debug)]
 pub struct Cluster {
     node_id: String,
@@ -33,7 +36,9 @@ pub struct Cluster {
     limits: Limits,
     namespaces: Vec<String>,
     legacy_channel: Option<String>,
-    state: Mutex<State>,
+    require_tenant: bool,
+    membership: Membership,
+    registry: Registry,
     io: OnceLock<SocketIo<BusAdapter>>,
     /// The adapter of each namespace, to route adapter requests and responses.
     adapters: Mutex<HashMap<String, Weak<BusAdapter>>>,
@@ -50,21 +55,14 @@ pub struct Stats {
     pub published: AtomicU64,
     /// Messages received from the bus and delivered to local sockets.
     pub delivered: AtomicU64,
-    /// Messages from the bus that could not be decoded.
+    /// Messages from the bus that could not be decoded or routed.
     pub rejected: AtomicU64,
     /// Publishes to the bus that failed.
     pub publish_errors: AtomicU64,
-}
-
-#[derive(Debug, Default)]
-struct State {
-    /// Local members per room channel.
-    interest: Interest<String>,
-    /// The subscribe confirmation of each channel with members, shared by every join
-    /// that needs it, so a second joiner also waits for the first joiner's SUBSCRIBE.
-    confirmations: HashMap<String, Confirmation>,
-    /// Rooms each local socket joined through [`Cluster::join`], to undo on disconnect.
-    members: HashMap<(Arc<str>, Sid), HashSet<Room>>,
+    /// Sockets disconnected because their token expired.
+    pub expired: AtomicU64,
+    /// Joins refused (not allowed, invalid room, too many rooms).
+    pub joins_refused: AtomicU64,
 }
 
 /// Why a join did not complete cleanly.
@@ -78,23 +76,42 @@ pub enum JoinWarning {
     BusUnavailable(SubscribeError),
 }
 
+/// What a [`Cluster`] is built from, besides its node id and bus.
+#[derive(Debug, Clone)]
+pub struct ClusterSettings {
+    /// Decoding limits for what arrives from the bus.
+    pub limits: Limits,
+    /// The namespaces this node serves.
+    pub namespaces: Vec<String>,
+    /// The channel of the legacy JSON form, if enabled.
+    pub legacy_channel: Option<String>,
+    /// The most rooms one socket may be in (its automatic rooms included).
+    pub max_rooms_per_socket: usize,
+    /// Drop legacy messages that name no tenant.
+    pub require_tenant: bool,
+}
+
+/// The event a socket receives just before the node disconnects it, saying why.
+pub const DISCONNECT_REASON_EVENT: &str = "disconnect_reason";
+
 impl Cluster {
-    /// A cluster view for `node_id` over `outbox`, serving `namespaces`, listening for
-    /// the legacy JSON form on `legacy_channel`.
-    pub fn new(
-        node_id: String,
-        outbox: Outbox,
-        limits: Limits,
-        namespaces: Vec<String>,
-        legacy_channel: Option<String>,
-    ) -> Self {
+    /// A cluster view for `node_id` over `outbox`.
+    pub fn new(node_id: String, outbox: Outbox, settings: ClusterSettings) -> Self {
+        let membership = Membership::new(
+            outbox.bus().clone(),
+            outbox.channels().clone(),
+            settings.max_rooms_per_socket,
+        );
+        let registry = Registry::new(outbox.bus().clone(), outbox.channels(), &node_id);
         Self {
             node_id,
             outbox,
-            limits,
-            namespaces,
-            legacy_channel,
-            state: Mutex::default(),
+            limits: settings.limits,
+            namespaces: settings.namespaces,
+            legacy_channel: settings.legacy_channel,
+            require_tenant: settings.require_tenant,
+            membership,
+            registry,
             io: OnceLock::new(),
             adapters: Mutex::default(),
             stats: Stats::default(),
@@ -121,9 +138,19 @@ impl Cluster {
         self.limits
     }
 
+    /// Room membership on this node.
+    pub fn membership(&self) -> &Membership {
+        &self.membership
+    }
+
+    /// The cluster registry.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
     /// Number of rooms (across namespaces) with at least one local member.
     pub fn room_count(&self) -> usize {
-        self.lock().interest.len()
+        self.membership.room_count()
     }
 
     pub(crate) fn set_io(&self, io: SocketIo<BusAdapter>) {
@@ -145,109 +172,108 @@ impl Cluster {
         all
     }
 
-    fn lock(&self) -> MutexGuard<'_, State> {
-        // No critical section can panic half-way through an update.
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Records that socket `sid` of namespace `ns` is in `room`, subscribing the room's
-    /// channel if it is the first local member. Returns the subscription's confirmation,
-    /// shared by every member that joins before it is confirmed.
-    pub(crate) fn track_join(&self, ns: &str, sid: Sid, room: &Room) -> Confirmation {
-        let channel = self.channels().room(ns, room);
-        let mut st = self.lock();
-        let newly_joined = st
-            .members
-            .entry((Arc::from(ns), sid))
-            .or_default()
-            .insert(room.clone());
-        let first = newly_joined && st.interest.add(channel.clone()).is_some();
-        match st.confirmations.get(&channel) {
-            // A failed subscription is retried by the next joiner.
-            Some(c) if !first && !matches!(c.peek(), Some(Err(_))) => c.clone(),
-            _ => {
-                let c = self.bus().subscribe(vec![channel.clone()]).shared();
-                st.confirmations.insert(channel, c.clone());
-                c
+    /// Starts tracking a newly connected socket whose token expires at `expires_at`
+    /// (seconds since the epoch, 0: never), and installs its disconnect hook, which
+    /// forgets every room it joined. Call it once per socket, before any join; do not
+    /// install another `on_disconnect` afterwards.
+    pub fn attach(self: &Arc<Self>, socket: &SocketRef<BusAdapter>, expires_at: u64) {
+        self.membership.attach(key(socket), expires_at);
+        self.stats.connections.fetch_add(1, Ordering::Relaxed);
+        let cluster = Arc::downgrade(self);
+        socket.on_disconnect(move |s: SocketRef<BusAdapter>| {
+            // Synchronously, before socketioxide removes the socket from its rooms: a join
+            // racing this disconnect either finished before (and is undone here) or finds
+            // the socket detached and changes nothing.
+            if let Some(cluster) = cluster.upgrade() {
+                cluster.membership.detach(&key(&s));
+                cluster.stats.connections.fetch_sub(1, Ordering::Relaxed);
             }
-        }
+            async {}
+        });
     }
 
-    /// Records that socket `sid` left `room`; unsubscribes the channel after the last
-    /// local member.
-    pub(crate) fn track_leave(&self, ns: &str, sid: Sid, room: &Room) {
-        let unsubscribe = {
-            let mut st = self.lock();
-            let key = (Arc::from(ns), sid);
-            let was_member = st.members.get_mut(&key).is_some_and(|set| set.remove(room));
-            if st.members.get(&key).is_some_and(HashSet::is_empty) {
-                st.members.remove(&key);
-            }
-            was_member
-                .then(|| self.release(&mut st, self.channels().room(ns, room)))
-                .flatten()
-        };
-        self.unsubscribe(unsubscribe.into_iter().collect());
-    }
-
-    /// Adds `socket` to `room`. Returns once the bus confirmed the room's channel, so a
-    /// message published anywhere after this returns reaches the socket. If the bus is
-    /// down the socket still joins (local delivery works) and a warning is returned.
-    pub async fn join(
+    /// Adds `socket` to `room` now (local delivery starts at once) and returns a future
+    /// that resolves once the bus confirmed the room's channel, so a message published
+    /// anywhere after it resolves reaches the socket. If the bus is down the socket
+    /// stays joined (local delivery works) and the future yields a warning.
+    pub fn join(
         &self,
         socket: &SocketRef<BusAdapter>,
-        room: &Room,
-    ) -> Result<(), JoinWarning> {
-        let result = self.track_join(socket.ns(), socket.id, room).await;
-        if socket.connected() {
+        room: &ScopedRoom,
+    ) -> Result<impl Future<Output = Result<(), JoinWarning>> + Send + 'static + use<>, JoinRefused>
+    {
+        let confirmation = self.membership.join(&key(socket), room, || {
+            #[allow(clippy::disallowed_methods, reason = "the one sanctioned local join")]
             socket.join(room.as_str().to_owned());
-            // The socket may have disconnected while joining; its disconnect handler has
-            // then already run, so undo the local join ourselves.
-            if !socket.connected() {
-                socket.leave_all();
-            }
-        }
-        result.map_err(JoinWarning::BusUnavailable)
+        })?;
+        Ok(async move { confirmation.await.map_err(JoinWarning::BusUnavailable) })
     }
 
-    /// Removes `socket` from `room`; unsubscribes the channel when it was the last member.
-    pub fn leave(&self, socket: &SocketRef<BusAdapter>, room: &Room) {
-        socket.leave(room.as_str().to_owned());
-        self.track_leave(socket.ns(), socket.id, room);
-    }
-
-    /// Forgets every room of a disconnected socket.
-    pub fn leave_all(&self, ns: &str, sid: Sid) {
-        let unsubscribe: Vec<String> = {
-            let mut st = self.lock();
-            let rooms = st.members.remove(&(Arc::from(ns), sid)).unwrap_or_default();
-            rooms
-                .iter()
-                .filter_map(|room| self.release(&mut st, self.channels().room(ns, room)))
-                .collect()
-        };
-        self.unsubscribe(unsubscribe);
-    }
-
-    /// One member fewer for `channel`; the channel to unsubscribe if it was the last.
-    fn release(&self, st: &mut State, channel: String) -> Option<String> {
-        st.interest.remove(&channel).map(|_| {
-            st.confirmations.remove(&channel);
-            channel
+    /// Removes `socket` from `room`; unsubscribes the channel when it was the last
+    /// member. False if the socket was not in the room.
+    pub fn leave(&self, socket: &SocketRef<BusAdapter>, room: &ScopedRoom) -> bool {
+        self.membership.leave(&key(socket), room, || {
+            #[allow(clippy::disallowed_methods, reason = "the one sanctioned local leave")]
+            socket.leave(room.as_str().to_owned());
         })
     }
 
-    fn unsubscribe(&self, channels: Vec<String>) {
-        if channels.is_empty() {
-            return;
-        }
-        // Ordered now (see `Bus`); only the confirmation is awaited in the background.
-        let fut = self.bus().unsubscribe(channels);
-        tokio::spawn(async move {
-            if let Err(e) = fut.await {
-                tracing::warn!(error = %e, "unsubscribe failed; the bus will drop it on reconnect");
+    /// Adds local socket `sid` of namespace `ns` to `room` on another node's request,
+    /// through `local` (the adapter's own room change).
+    pub(crate) fn join_remote(
+        &self,
+        ns: &str,
+        sid: socketioxide::socket::Sid,
+        room: &ScopedRoom,
+        local: impl FnOnce(),
+    ) -> Option<crate::membership::Confirmation> {
+        self.membership.join(&(Arc::from(ns), sid), room, local).ok()
+    }
+
+    /// Removes local socket `sid` from `room` on another node's request.
+    pub(crate) fn leave_remote(
+        &self,
+        ns: &str,
+        sid: socketioxide::socket::Sid,
+        room: &ScopedRoom,
+        local: impl FnOnce(),
+    ) {
+        self.membership.leave(&(Arc::from(ns), sid), room, local);
+    }
+
+    /// Tells `socket` why (the [`DISCONNECT_REASON_EVENT`] event) and disconnects it.
+    pub fn disconnect_with_reason(socket: &SocketRef<BusAdapter>, reason: &str, message: &str) {
+        let reason = serde_json::json!({"reason": reason, "message": message});
+        socket.emit(DISCONNECT_REASON_EVENT, &reason).ok();
+        socket.clone().disconnect().ok();
+    }
+
+    /// Disconnects every socket whose token has expired, every second, forever.
+    pub(crate) async fn expire_tokens(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            for (ns, sid) in self.membership.expired(crate::auth::unix_now()) {
+                let socket = self
+                    .io
+                    .get()
+                    .and_then(|io| io.of(&*ns))
+                    .and_then(|op| op.get_socket(sid));
+                self.stats.expired.fetch_add(1, Ordering::Relaxed);
+                // Counted once, whatever the disconnect below does.
+                self.membership.set_expiry(&(ns.clone(), sid), 0);
+                match socket {
+                    Some(s) => Self::disconnect_with_reason(
+                        &s,
+                        "token_expired",
+                        "token expired: reconnect with a fresh token, or send `refresh` before it expires",
+                    ),
+                    // Already gone: make sure nothing of it is left.
+                    None => self.membership.detach(&(ns, sid)),
+                }
             }
-        });
+        }
     }
 
     /// Delivers `env` to this node's sockets, then publishes it to the cluster.
@@ -256,8 +282,7 @@ impl Cluster {
     /// sockets while Redis is away; the bus error is still returned so the caller knows
     /// other nodes did not get the message.
     pub async fn publish(&self, env: &Envelope) -> Result<(), SendError> {
-        let to = bus::parse_rooms(&env.to)?;
-        bus::parse_rooms(&env.except)?;
+        let (to, _) = bus::targets(env)?;
         self.deliver_local(env).await;
         if env.flags.local {
             return Ok(());
@@ -265,9 +290,9 @@ impl Cluster {
         self.send_to_bus(env, &to).await
     }
 
-    /// Publishes an envelope whose rooms are already validated (`to`: its target rooms),
+    /// Publishes an envelope whose targets are already resolved (`to`: its audience),
     /// counting the outcome.
-    pub(crate) async fn send_to_bus(&self, env: &Envelope, to: &[Room]) -> Result<(), SendError> {
+    pub(crate) async fn send_to_bus(&self, env: &Envelope, to: &Audience) -> Result<(), SendError> {
         match self.outbox.send_to(env, to).await {
             Ok(_) => {
                 self.stats.published.fetch_add(1, Ordering::Relaxed);
@@ -282,7 +307,15 @@ impl Cluster {
 
     /// Delivers `env` to the local sockets it targets.
     pub async fn deliver_local(&self, env: &Envelope) {
-        let Some(op) = self.operator(env) else { return };
+        let op = match self.operator(env) {
+            Ok(Some(op)) => op,
+            Ok(None) => return,
+            Err(e) => {
+                self.stats.rejected.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(id = %env.id, error = %e, "dropped a message with invalid targets");
+                return;
+            }
+        };
         let args = Args {
             args: env.arguments(),
             attachments: &env.attachments,
@@ -300,9 +333,7 @@ impl Cluster {
         env: &Envelope,
         timeout: Duration,
     ) -> Result<Vec<AckReply>, SendError> {
-        bus::parse_rooms(&env.to)?;
-        bus::parse_rooms(&env.except)?;
-        let Some(op) = self.operator(env) else {
+        let Some(op) = self.operator(env)? else {
             return Ok(Vec::new());
         };
         let op = if env.flags.local { op.local() } else { op };
@@ -330,25 +361,28 @@ impl Cluster {
         .await)
     }
 
-    /// The broadcast operator for `env`'s namespace, rooms and flags; `None` (logged)
-    /// when this node does not serve the namespace.
-    fn operator(&self, env: &Envelope) -> Option<BroadcastOperators<BusAdapter>> {
-        let io = self.io.get()?;
+    /// The broadcast operator for `env`'s namespace, tenant, rooms and flags; `None`
+    /// (logged) when this node does not serve the namespace.
+    fn operator(&self, env: &Envelope) -> Result<Option<BroadcastOperators<BusAdapter>>, SendError> {
+        let (to, except) = bus::targets(env)?;
+        let Some(io) = self.io.get() else {
+            return Ok(None);
+        };
         let Some(op) = io.of(&env.ns) else {
             tracing::debug!(ns = %env.ns, id = %env.id, "message for a namespace this node does not serve");
-            return None;
+            return Ok(None);
         };
         let mut op = op.broadcast();
-        if !env.to.is_empty() {
-            op = op.to(env.to.clone());
+        if let Audience::Rooms(rooms) = to {
+            op = op.to(rooms.into_iter().map(ScopedRoom::into_string).collect::<Vec<_>>());
         }
-        if !env.except.is_empty() {
-            op = op.except(env.except.clone());
+        if !except.is_empty() {
+            op = op.except(except.into_iter().map(ScopedRoom::into_string).collect::<Vec<_>>());
         }
         if env.flags.volatile {
             op = op.volatile();
         }
-        Some(op)
+        Ok(Some(op))
     }
 
     /// Handles one message from the bus.
@@ -387,13 +421,9 @@ impl Cluster {
         self.deliver_local(&env).await;
     }
 
-    fn registry_prefix(&self) -> String {
-        format!("{}:nodes:", self.channels().prefix())
-    }
-
     /// This node's registry record now.
-    pub fn node_info(&self, address: &str, started_ms: u64) -> NodeInfo {
-        NodeInfo {
+    pub fn node_info(&self, address: &str, started_ms: u64) -> envelope::NodeInfo {
+        envelope::NodeInfo {
             node_id: self.node_id.clone(),
             address: address.to_owned(),
             connections: self.stats.connections.load(Ordering::Relaxed),
@@ -407,37 +437,9 @@ impl Cluster {
     /// Announces this node every third of `ttl`, forever.
     pub async fn heartbeat(&self, address: String, ttl: Duration) {
         let started_ms = envelope::now_ms();
-        let key = format!("{}{}", self.registry_prefix(), self.node_id);
-        let mut tick = tokio::time::interval(ttl / 3);
-        loop {
-            tick.tick().await;
-            let info = self.node_info(&address, started_ms);
-            let Ok(json) = serde_json::to_vec(&info) else {
-                continue;
-            };
-            if let Err(e) = self.bus().register(&key, json.into(), ttl).await {
-                tracing::debug!(error = %e, "heartbeat not recorded");
-            }
-        }
-    }
-
-    /// Leaves the registry (on graceful shutdown).
-    pub async fn deregister(&self) {
-        let key = format!("{}{}", self.registry_prefix(), self.node_id);
-        if let Err(e) = self.bus().unregister(&key).await {
-            tracing::debug!(error = %e, "could not leave the registry");
-        }
-    }
-
-    /// The live nodes of the cluster, by node id.
-    pub async fn nodes(&self) -> Result<Vec<NodeInfo>, bus::PublishError> {
-        let values = self.bus().registered(&self.registry_prefix()).await?;
-        let mut nodes: Vec<NodeInfo> = values
-            .iter()
-            .filter_map(|v| serde_json::from_slice(v).ok())
-            .collect();
-        nodes.sort_by(|a, b| a.node_id.cmp(&b.node_id));
-        Ok(nodes)
+        self.registry
+            .heartbeat(ttl, || self.node_info(&address, started_ms))
+            .await;
     }
 
     pub(crate) fn register_adapter(&self, ns: &str, adapter: &Arc<BusAdapter>) {
@@ -484,6 +486,12 @@ impl Cluster {
         if let Some(ns) = legacy.namespace {
             env.ns = ns;
         }
+        env.tenant = legacy.tenant;
+        if self.require_tenant && env.tenant.is_none() {
+            self.stats.rejected.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(channel = %msg.channel, "dropped a legacy message that names no tenant (REQUIRE_TENANT)");
+            return;
+        }
         self.stats.delivered.fetch_add(1, Ordering::Relaxed);
         self.deliver_local(&env).await;
     }
@@ -495,6 +503,11 @@ impl Cluster {
         }
         tracing::debug!("bus inbox closed; dispatcher stopped");
     }
+}
+
+/// How membership names a socket.
+fn key(socket: &SocketRef<BusAdapter>) -> SocketKey {
+    (Arc::from(socket.ns()), socket.id)
 }
 
 /// Event arguments serialized as a tuple, which Socket.IO's parser expands into

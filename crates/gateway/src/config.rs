@@ -35,9 +35,9 @@ impl Mode {
     about = "Roomcast gateway: one Socket.IO server across many nodes"
 )]
 pub struct Args {
-    /// Address to listen on [default: 0.0.0.0]
-    #[arg(long, env = "HOST", default_value = "0.0.0.0")]
-    pub host: IpAddr,
+    /// Address to listen on [default: 127.0.0.1 in development, 0.0.0.0 in production]
+    #[arg(long, env = "HOST")]
+    pub host: Option<IpAddr>,
     /// Port to listen on; 0 picks a free port [default: 3000]
     #[arg(long, env = "PORT", default_value_t = 3000)]
     pub port: u16,
@@ -47,12 +47,30 @@ pub struct Args {
     /// `development` generates missing secrets; `production` requires them [default: development]
     #[arg(long, env = "GATEWAY_MODE", value_enum, default_value_t = Mode::Development)]
     pub mode: Mode,
-    /// HS256 secret that client tokens are signed with [default: generated in development]
+    /// HS256 secret that client tokens are signed with; at least 32 bytes in production [default: generated in development]
     #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
-    /// PEM public key (RSA or EC) to verify RS256/ES256 tokens, instead of JWT_SECRET
-    #[arg(long, env = "JWT_PUBLIC_KEY_FILE")]
-    pub jwt_public_key_file: Option<PathBuf>,
+    /// Comma-separated secrets still accepted while clients move to JWT_SECRET (rotation) [default: none]
+    #[arg(long, env = "JWT_PREVIOUS_SECRETS", hide_env_values = true, value_delimiter = ',')]
+    pub jwt_previous_secrets: Vec<String>,
+    /// Comma-separated PEM public key files (RSA, EC or Ed25519) to verify RS*/PS*/ES*/EdDSA tokens [default: none]
+    #[arg(long, env = "JWT_PUBLIC_KEY_FILE", value_delimiter = ',')]
+    pub jwt_public_key_file: Vec<PathBuf>,
+    /// URL of a JWKS (the identity provider's keys, selected by `kid`, refetched on rotation) [default: none]
+    #[arg(long, env = "JWT_JWKS_URL")]
+    pub jwt_jwks_url: Option<String>,
+    /// Seconds a fetched JWKS is used before it is fetched again [default: 300]
+    #[arg(long, env = "JWT_JWKS_REFRESH_SECS", default_value_t = 300)]
+    pub jwt_jwks_refresh_secs: u64,
+    /// Comma-separated accepted `aud` values; when set a token must carry one [default: not checked]
+    #[arg(long, env = "JWT_AUDIENCE", value_delimiter = ',')]
+    pub jwt_audience: Vec<String>,
+    /// Comma-separated accepted `iss` values; when set a token must carry one [default: not checked]
+    #[arg(long, env = "JWT_ISSUER", value_delimiter = ',')]
+    pub jwt_issuer: Vec<String>,
+    /// Refuse tokens without a tenant claim and publishes that name no tenant [default: false]
+    #[arg(long, env = "REQUIRE_TENANT", default_value_t = false, action = clap::ArgAction::Set)]
+    pub require_tenant: bool,
     /// Claim holding the user id [default: sub]
     #[arg(long, env = "JWT_USER_CLAIM", default_value = "sub")]
     pub jwt_user_claim: String,
@@ -119,6 +137,9 @@ pub struct Args {
     /// WebSocket read buffer per connection, in bytes; larger frames are read in several chunks [default: 1024]
     #[arg(long, env = "WS_READ_BUFFER_BYTES", default_value_t = 1024)]
     pub ws_read_buffer_bytes: usize,
+    /// Rooms one socket may be in, its automatic rooms included; joins past it are refused [default: 128]
+    #[arg(long, env = "MAX_ROOMS_PER_SOCKET", default_value_t = 128)]
+    pub max_rooms_per_socket: usize,
     /// Packets queued per socket before emits to it fail [default: 128]
     #[arg(long, env = "SOCKET_BUFFER_PACKETS", default_value_t = 128)]
     pub socket_buffer_packets: usize,
@@ -127,14 +148,44 @@ pub struct Args {
     pub log_format: String,
 }
 
-/// Where client tokens are verified from.
+/// One key client tokens are verified with.
 #[derive(Clone)]
 pub enum JwtKey {
     /// HS256 shared secret.
     Secret(String),
-    /// PEM public key contents (RSA → RS256, EC → ES256).
+    /// PEM public key contents (RSA → RS*/PS*, EC → ES*, Ed25519 → EdDSA).
     PublicKeyPem(Vec<u8>),
 }
+
+/// What a token must satisfy besides its signature.
+#[derive(Debug, Clone)]
+pub struct TokenRules {
+    /// Accepted `aud` values; empty: `aud` is not checked. Default empty.
+    pub audience: Vec<String>,
+    /// Accepted `iss` values; empty: `iss` is not checked. Default empty.
+    pub issuer: Vec<String>,
+    /// A JWKS to fetch verification keys from. Default none.
+    pub jwks_url: Option<String>,
+    /// How long a fetched JWKS is used before it is fetched again. Default 300 s.
+    pub jwks_refresh: Duration,
+    /// Refuse tokens that name no tenant. Default false.
+    pub require_tenant: bool,
+}
+
+impl Default for TokenRules {
+    fn default() -> Self {
+        Self {
+            audience: Vec::new(),
+            issuer: Vec::new(),
+            jwks_url: None,
+            jwks_refresh: Duration::from_secs(300),
+            require_tenant: false,
+        }
+    }
+}
+
+/// The shortest HS secret and publish key production accepts, in bytes.
+pub const MIN_SECRET_BYTES: usize = 32;
 
 impl fmt::Debug for JwtKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -183,8 +234,10 @@ pub struct Config {
     pub node_id: String,
     /// Mode.
     pub mode: Mode,
-    /// Token verification key.
-    pub jwt_key: JwtKey,
+    /// Token verification keys (besides the JWKS in `token_rules`).
+    pub jwt_keys: Vec<JwtKey>,
+    /// Audience, issuer, JWKS and tenant rules for tokens.
+    pub token_rules: TokenRules,
     /// Claim names.
     pub claims: ClaimNames,
     /// Key for HTTP publish; `None` disables it.
@@ -223,6 +276,8 @@ pub struct Config {
     pub ws_read_buffer: usize,
     /// Packets queued per socket.
     pub socket_buffer: usize,
+    /// Rooms one socket may be in.
+    pub max_rooms_per_socket: usize,
 }
 
 impl fmt::Debug for Config {
@@ -232,7 +287,8 @@ impl fmt::Debug for Config {
             .field("port", &self.port)
             .field("node_id", &self.node_id)
             .field("mode", &self.mode)
-            .field("jwt_key", &self.jwt_key)
+            .field("jwt_keys", &self.jwt_keys)
+            .field("token_rules", &self.token_rules)
             .field("claims", &self.claims)
             .field(
                 "publish_api_key",
@@ -276,17 +332,26 @@ impl Default for ClaimNames {
 pub enum ConfigError {
     /// Production mode without a way to verify tokens.
     #[error(
-        "GATEWAY_MODE=production needs JWT_SECRET or JWT_PUBLIC_KEY_FILE to verify client tokens"
+        "GATEWAY_MODE=production needs JWT_SECRET, JWT_PUBLIC_KEY_FILE or JWT_JWKS_URL to verify client tokens"
     )]
     MissingJwtKey,
+    /// Production mode with a secret short enough to brute-force.
+    #[error(
+        "GATEWAY_MODE=production needs {name} of at least {min} bytes (got {len}); generate one with `openssl rand -hex 32`"
+    )]
+    WeakSecret {
+        /// The setting.
+        name: &'static str,
+        /// Its length.
+        len: usize,
+        /// The minimum.
+        min: usize,
+    },
     /// Production mode without Redis.
     #[error(
         "GATEWAY_MODE=production needs Redis: set REDIS_URL (or REDIS_SOCKETIO_URL, or REDIS_HOST/REDIS_PORT/REDIS_PASSWORD)"
     )]
     MissingRedis,
-    /// Both a secret and a key file.
-    #[error("set either JWT_SECRET or JWT_PUBLIC_KEY_FILE, not both")]
-    ConflictingJwtKeys,
     /// The key file cannot be read.
     #[error("cannot read JWT_PUBLIC_KEY_FILE {path}: {source}")]
     KeyFile {
@@ -310,6 +375,14 @@ fn invalid(name: &'static str, reason: impl Into<String>) -> ConfigError {
         name,
         reason: reason.into(),
     }
+}
+
+fn non_empty(values: Vec<String>) -> Vec<String> {
+    values
+        .into_iter()
+        .map(|v| v.trim().to_owned())
+        .filter(|v| !v.is_empty())
+        .collect()
 }
 
 /// Percent-encodes a password for the userinfo part of a URL.
@@ -337,34 +410,79 @@ impl Config {
     /// allowed.
     pub fn from_args(args: Args) -> Result<Self, ConfigError> {
         let mut dev = None;
-        let jwt_key = match (args.jwt_secret, args.jwt_public_key_file) {
-            (Some(_), Some(_)) => return Err(ConfigError::ConflictingJwtKeys),
-            (Some(secret), None) if secret.is_empty() => {
-                return Err(invalid("JWT_SECRET", "must not be empty"));
+        let production = args.mode == Mode::Production;
+        let strong = |name: &'static str, value: &str| {
+            if production && value.len() < MIN_SECRET_BYTES {
+                return Err(ConfigError::WeakSecret {
+                    name,
+                    len: value.len(),
+                    min: MIN_SECRET_BYTES,
+                });
             }
-            (Some(secret), None) => JwtKey::Secret(secret),
-            (None, Some(path)) => {
-                let pem =
-                    std::fs::read(&path).map_err(|source| ConfigError::KeyFile { path, source })?;
-                JwtKey::PublicKeyPem(pem)
+            Ok(())
+        };
+        let mut jwt_keys = Vec::new();
+        for (name, secret) in args
+            .jwt_secret
+            .iter()
+            .map(|s| ("JWT_SECRET", s))
+            .chain(args.jwt_previous_secrets.iter().map(|s| ("JWT_PREVIOUS_SECRETS", s)))
+        {
+            if secret.is_empty() {
+                return Err(invalid(name, "must not be empty"));
             }
-            (None, None) if args.mode == Mode::Production => {
+            strong(name, secret)?;
+            jwt_keys.push(JwtKey::Secret(secret.clone()));
+        }
+        for path in args.jwt_public_key_file {
+            let pem = std::fs::read(&path).map_err(|source| ConfigError::KeyFile {
+                path: path.clone(),
+                source,
+            })?;
+            // Checked now, so a bad key stops start-up with one line.
+            crate::auth::Authenticator::new(
+                &[JwtKey::PublicKeyPem(pem.clone())],
+                TokenRules::default(),
+                ClaimNames::default(),
+            )
+            .map_err(|e| invalid("JWT_PUBLIC_KEY_FILE", format!("{}: {e}", path.display())))?;
+            jwt_keys.push(JwtKey::PublicKeyPem(pem));
+        }
+        let jwks_url = args.jwt_jwks_url.filter(|u| !u.trim().is_empty());
+        if let Some(url) = &jwks_url
+            && !(url.starts_with("https://") || (!production && url.starts_with("http://")))
+        {
+            return Err(invalid(
+                "JWT_JWKS_URL",
+                "must be an https:// URL (http:// only in development)",
+            ));
+        }
+        if jwt_keys.is_empty() && jwks_url.is_none() {
+            if production {
                 return Err(ConfigError::MissingJwtKey);
             }
-            (None, None) => {
-                let secret = random_hex(32);
-                dev = Some(DevCredentials {
-                    jwt_secret: secret.clone(),
-                    generated_publish_key: false,
-                });
-                JwtKey::Secret(secret)
-            }
+            let secret = random_hex(32);
+            dev = Some(DevCredentials {
+                jwt_secret: secret.clone(),
+                generated_publish_key: false,
+            });
+            jwt_keys.push(JwtKey::Secret(secret));
+        }
+        let token_rules = TokenRules {
+            audience: non_empty(args.jwt_audience),
+            issuer: non_empty(args.jwt_issuer),
+            jwks_url,
+            jwks_refresh: Duration::from_secs(args.jwt_jwks_refresh_secs.max(10)),
+            require_tenant: args.require_tenant,
         };
         let publish_api_key = match args.publish_api_key {
             Some(key) if key.is_empty() => {
                 return Err(invalid("PUBLISH_API_KEY", "must not be empty"));
             }
-            Some(key) => Some(key),
+            Some(key) => {
+                strong("PUBLISH_API_KEY", &key)?;
+                Some(key)
+            }
             None if args.mode == Mode::Development => {
                 if let Some(dev) = dev.as_mut() {
                     dev.generated_publish_key = true;
@@ -406,6 +524,12 @@ impl Config {
             return Err(invalid(
                 "WS_READ_BUFFER_BYTES/SOCKET_BUFFER_PACKETS",
                 "need at least 256 bytes and 1 packet",
+            ));
+        }
+        if args.max_rooms_per_socket < 2 {
+            return Err(invalid(
+                "MAX_ROOMS_PER_SOCKET",
+                "must be at least 2 (a socket's user and tenant rooms)",
             ));
         }
         if args.node_ttl_secs < 3 {
@@ -451,6 +575,12 @@ impl Config {
             _ => None,
         };
         if let Some(url) = &redis_url {
+            if production && url.contains("#insecure") {
+                return Err(invalid(
+                    "REDIS_URL",
+                    "#insecure (no TLS certificate check) is for development only",
+                ));
+            }
             if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
                 return Err(invalid(
                     "REDIS_URL",
@@ -484,12 +614,19 @@ impl Config {
             (_, Mode::Development) => vec!["*".to_owned()],
             (_, Mode::Production) => Vec::new(),
         };
+        let host = args.host.unwrap_or(match args.mode {
+            // A development node hands out credentials on its demo page: loopback only
+            // unless HOST says otherwise.
+            Mode::Development => IpAddr::from([127, 0, 0, 1]),
+            Mode::Production => IpAddr::from([0, 0, 0, 0]),
+        });
         Ok(Self {
-            host: args.host,
+            host,
             port: args.port,
             node_id,
             mode: args.mode,
-            jwt_key,
+            jwt_keys,
+            token_rules,
             claims: ClaimNames {
                 user: args.jwt_user_claim,
                 tenant: args.jwt_tenant_claim,
@@ -513,6 +650,7 @@ impl Config {
             advertised_url: args.advertised_url,
             ws_read_buffer: args.ws_read_buffer_bytes,
             socket_buffer: args.socket_buffer_packets,
+            max_rooms_per_socket: args.max_rooms_per_socket,
         })
     }
 
@@ -558,6 +696,8 @@ mod tests {
         assert!(!format!("{c:?}").contains(c.publish_api_key.as_deref().unwrap()));
     }
 
+    const STRONG: &str = "0123456789abcdef0123456789abcdef";
+
     #[test]
     fn production_requires_a_key_and_redis() {
         assert!(matches!(
@@ -565,14 +705,14 @@ mod tests {
             Err(ConfigError::MissingJwtKey)
         ));
         assert!(matches!(
-            parse(&["--mode", "production", "--jwt-secret", "s"]),
+            parse(&["--mode", "production", "--jwt-secret", STRONG]),
             Err(ConfigError::MissingRedis)
         ));
         let c = parse(&[
             "--mode",
             "production",
             "--jwt-secret",
-            "s",
+            STRONG,
             "--redis-url",
             "redis://r:6379",
         ])
@@ -580,6 +720,90 @@ mod tests {
         assert!(c.dev.is_none());
         assert_eq!(c.publish_api_key, None);
         assert!(c.cors_allowed_origins.is_empty());
+        assert_eq!(c.host, IpAddr::from([0, 0, 0, 0]));
+    }
+
+    #[test]
+    fn production_refuses_weak_secrets_and_insecure_tls() {
+        let prod = |extra: &[&str]| {
+            let mut args = vec!["--mode", "production", "--redis-url", "redis://r:1"];
+            args.extend_from_slice(extra);
+            parse(&args)
+        };
+        for (args, name) in [
+            (&["--jwt-secret", "x"][..], "JWT_SECRET"),
+            (
+                &["--jwt-secret", STRONG, "--jwt-previous-secrets", "short"],
+                "JWT_PREVIOUS_SECRETS",
+            ),
+            (
+                &["--jwt-secret", STRONG, "--publish-api-key", "k"],
+                "PUBLISH_API_KEY",
+            ),
+        ] {
+            let err = prod(args).unwrap_err();
+            assert!(
+                matches!(err, ConfigError::WeakSecret { name: n, len: _, min: MIN_SECRET_BYTES } if n == name),
+                "{args:?}: {err}"
+            );
+            assert!(err.to_string().contains("at least 32 bytes"), "{err}");
+        }
+        let err = parse(&[
+            "--mode",
+            "production",
+            "--jwt-secret",
+            STRONG,
+            "--redis-url",
+            "rediss://r:1/#insecure",
+        ])
+        .unwrap_err();
+        assert!(err.to_string().contains("development only"), "{err}");
+        // Development accepts short secrets and #insecure.
+        parse(&["--jwt-secret", "x", "--redis-url", "rediss://r:1/#insecure"]).unwrap();
+    }
+
+    #[test]
+    fn development_binds_loopback_unless_told() {
+        assert_eq!(parse(&[]).unwrap().host, IpAddr::from([127, 0, 0, 1]));
+        assert_eq!(
+            parse(&["--host", "0.0.0.0"]).unwrap().host,
+            IpAddr::from([0, 0, 0, 0])
+        );
+    }
+
+    #[test]
+    fn token_rules() {
+        let c = parse(&[
+            "--jwt-audience",
+            "roomcast, other",
+            "--jwt-issuer",
+            "https://idp",
+            "--jwt-jwks-url",
+            "http://127.0.0.1:9/jwks.json",
+            "--require-tenant",
+            "true",
+        ])
+        .unwrap();
+        assert_eq!(c.token_rules.audience, vec!["roomcast", "other"]);
+        assert_eq!(c.token_rules.issuer, vec!["https://idp"]);
+        assert!(c.token_rules.require_tenant);
+        // A JWKS alone is a key source: no development secret is generated.
+        assert!(c.dev.is_none());
+        assert!(c.jwt_keys.is_empty());
+        assert!(matches!(
+            parse(&[
+                "--mode",
+                "production",
+                "--redis-url",
+                "redis://r:1",
+                "--jwt-jwks-url",
+                "http://idp/jwks"
+            ]),
+            Err(ConfigError::Invalid {
+                name: "JWT_JWKS_URL",
+                ..
+            })
+        ));
     }
 
     #[test]
@@ -597,10 +821,6 @@ mod tests {
                 "{args:?}"
             );
         }
-        assert!(matches!(
-            parse(&["--jwt-secret", "a", "--jwt-public-key-file", "/x"]),
-            Err(ConfigError::ConflictingJwtKeys)
-        ));
         assert!(matches!(
             parse(&["--jwt-public-key-file", "/nonexistent/key.pem"]),
             Err(ConfigError::KeyFile { .. })

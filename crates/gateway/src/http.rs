@@ -23,6 +23,7 @@ pub(crate) struct HttpCtx {
     pub(crate) cluster: Arc<Cluster>,
     pub(crate) publish_api_key: Option<String>,
     pub(crate) mode: Mode,
+    pub(crate) require_tenant: bool,
 }
 
 /// The one error type of the HTTP edge: a safe message for the caller, the status chosen
@@ -199,6 +200,7 @@ async fn cluster_view(
     check_key(&ctx, &headers)?;
     let nodes = ctx
         .cluster
+        .registry()
         .nodes()
         .await
         .map_err(|e| ApiError::BusUnavailableRead(e.to_string()))?;
@@ -229,6 +231,18 @@ async fn publish(
     check_key(&ctx, &headers)?;
     let cluster = &ctx.cluster;
     let draft = Draft::decode_json(&body, cluster.limits())?;
+    if draft.to.is_empty() {
+        return Err(ApiError::BadRoom(
+            "name the target rooms in \"to\"; [\"*\"] is the whole namespace (of the tenant, when one is named)".into(),
+        ));
+    }
+    let names_tenant = draft.tenant.is_some()
+        || draft.to.iter().all(|room| room.starts_with("tenant:"));
+    if ctx.require_tenant && !names_tenant {
+        return Err(ApiError::BadRoom(
+            "this gateway requires a \"tenant\" on every publish (REQUIRE_TENANT)".into(),
+        ));
+    }
     // A second parse only for the rare request that asks for acks; the common publish
     // reads its body once.
     let options: PublishOptions = if contains(&body, b"\"ack_timeout_ms\"") {
@@ -242,7 +256,7 @@ async fn publish(
     let mut env = draft.finish(cluster.node_id());
     env.origin = cluster.node_id().to_owned();
     let bus_error = |e: bus::SendError| match e {
-        bus::SendError::InvalidRoom { .. } => ApiError::BadRoom(e.to_string()),
+        bus::SendError::InvalidTarget(_) => ApiError::BadRoom(e.to_string()),
         bus::SendError::Publish(e) => ApiError::BusUnavailable {
             id: env.id.clone(),
             detail: e.to_string(),

@@ -24,6 +24,8 @@ mod cluster;
 mod config;
 mod demo;
 mod http;
+mod membership;
+mod registry;
 mod sio;
 
 use std::future::Future;
@@ -39,8 +41,15 @@ use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 
 pub use adapter::{BusAdapter, ClusterError, InitRes};
 pub use auth::{AuthError, Authenticator, Identity, TokenSources, sign_hs256, unix_now};
-pub use cluster::{AckReply, Cluster, JoinWarning, Stats};
-pub use config::{Args, ClaimNames, Config, ConfigError, DevCredentials, JwtKey, Mode};
+pub use cluster::{
+    AckReply, Cluster, ClusterSettings, DISCONNECT_REASON_EVENT, JoinWarning, Stats,
+};
+pub use config::{
+    Args, ClaimNames, Config, ConfigError, DevCredentials, JwtKey, MIN_SECRET_BYTES, Mode,
+    TokenRules,
+};
+pub use membership::{JoinRefused, Membership};
+pub use registry::{Registry, RegistryError};
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +61,9 @@ pub enum StartError {
     /// The bus refused the node's base subscriptions.
     #[error("cannot subscribe to the bus: {0}")]
     Bus(#[from] bus::SubscribeError),
+    /// Another live node holds this node's id.
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
     /// Serving failed.
     #[error("server error: {0}")]
     Io(#[from] std::io::Error),
@@ -68,6 +80,21 @@ pub struct Node {
     pub io: SocketIo<BusAdapter>,
     node_ttl: std::time::Duration,
     advertised_url: Option<String>,
+    /// The node's background tasks (bus dispatcher, token expiry); stopped when the
+    /// node is dropped, so a stopped node leaves nothing running.
+    tasks: Tasks,
+}
+
+/// Background tasks aborted on drop.
+#[derive(Debug, Default)]
+struct Tasks(Vec<tokio::task::JoinHandle<()>>);
+
+impl Drop for Tasks {
+    fn drop(&mut self) {
+        for task in &self.0 {
+            task.abort();
+        }
+    }
 }
 
 impl Node {
@@ -78,8 +105,12 @@ impl Node {
         bus: Arc<dyn Bus>,
         inbox: Inbox,
     ) -> Result<Self, StartError> {
-        let auth =
-            Authenticator::new(&config.jwt_key, config.claims.clone()).map_err(StartError::Key)?;
+        let auth = Authenticator::new(
+            &config.jwt_keys,
+            config.token_rules.clone(),
+            config.claims.clone(),
+        )
+        .map_err(StartError::Key)?;
         Self::build_with(config, bus, inbox, move |io, cluster| {
             let ctx = Arc::new(sio::SocketCtx { auth, cluster });
             config
@@ -109,10 +140,15 @@ impl Node {
         let cluster = Arc::new(Cluster::new(
             config.node_id.clone(),
             outbox,
-            limits,
-            config.namespaces.clone(),
-            config.legacy_channel.clone(),
+            ClusterSettings {
+                limits,
+                namespaces: config.namespaces.clone(),
+                legacy_channel: config.legacy_channel.clone(),
+                max_rooms_per_socket: config.max_rooms_per_socket,
+                require_tenant: config.token_rules.require_tenant,
+            },
         ));
+        cluster.registry().check_unique(config.node_ttl).await?;
         // A bus that is down at start is not fatal: the subscription is remembered and
         // made when the bus connects; meanwhile the node serves local sockets.
         if let Err(e) = cluster.bus().subscribe(cluster.base_channels()).await {
@@ -136,12 +172,16 @@ impl Node {
         for ready in namespaces(&io, cluster.clone()) {
             ready.await;
         }
-        tokio::spawn(cluster.clone().dispatch(inbox));
+        let tasks = Tasks(vec![
+            tokio::spawn(cluster.clone().dispatch(inbox)),
+            tokio::spawn(cluster.clone().expire_tokens()),
+        ]);
 
         let http_ctx = Arc::new(http::HttpCtx {
             cluster: cluster.clone(),
             publish_api_key: config.publish_api_key.clone(),
             mode: config.mode,
+            require_tenant: config.token_rules.require_tenant,
         });
         let mut router = http::router(http_ctx, config.max_payload);
         if config.mode == Mode::Development {
@@ -169,6 +209,7 @@ impl Node {
             io,
             node_ttl: config.node_ttl,
             advertised_url: config.advertised_url.clone(),
+            tasks,
         })
     }
 
@@ -229,7 +270,8 @@ impl Node {
             () = abandon => Ok(()),
             () = self.cluster.heartbeat(address, self.node_ttl) => Ok(()),
         };
-        self.cluster.deregister().await;
+        self.cluster.registry().deregister().await;
+        drop(self.tasks);
         result?;
         Ok(())
     }

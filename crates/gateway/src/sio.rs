@@ -1,8 +1,14 @@
-//! Socket.IO namespaces: authentication, automatic rooms, and the `join` / `leave` events.
+//! Socket.IO namespaces: authentication, automatic rooms, and the `join` / `leave` /
+//! `refresh` events.
+//!
+//! Membership changes happen in the synchronous part of each handler — Socket.IO calls a
+//! socket's handlers in the order its packets arrive — so a socket's joins and leaves
+//! take effect in the order it sent them; only the bus confirmation and the ack are
+//! awaited afterwards.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
+use futures_util::future::join_all;
 use rooms::Room;
 use serde_json::{Value, json};
 use socketioxide::SocketIo;
@@ -12,6 +18,7 @@ use socketioxide::handler::ConnectHandler;
 use crate::adapter::BusAdapter;
 use crate::auth::{AuthError, Authenticator, Identity, TokenSources};
 use crate::cluster::Cluster;
+use crate::membership::JoinRefused;
 
 /// What the namespace handlers share.
 #[derive(Debug)]
@@ -30,7 +37,7 @@ pub(crate) fn register(
     let auth_ctx = ctx.clone();
     let authenticate = move |s: SocketRef<BusAdapter>, TryData(auth): TryData<Value>| {
         let ctx = auth_ctx.clone();
-        async move { authenticate(&ctx, &s, auth.ok()) }
+        async move { authenticate(&ctx, &s, auth.ok()).await }
     };
     let on_connect = move |s: SocketRef<BusAdapter>| {
         let ctx = ctx.clone();
@@ -39,58 +46,61 @@ pub(crate) fn register(
     io.ns(ns.to_owned(), on_connect.with(authenticate))
 }
 
-fn authenticate(
+async fn authenticate(
     ctx: &SocketCtx,
     s: &SocketRef<BusAdapter>,
     auth: Option<Value>,
 ) -> Result<(), AuthError> {
-    let parts = s.req_parts();
-    let sources = TokenSources {
-        auth: auth.as_ref(),
-        authorization: parts
-            .headers
-            .get(http_header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok()),
-        query: parts.uri.query(),
+    let token = {
+        let parts = s.req_parts();
+        TokenSources {
+            auth: auth.as_ref(),
+            authorization: parts
+                .headers
+                .get(axum::http::header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok()),
+            query: parts.uri.query(),
+        }
+        .find()
+        .ok_or(AuthError::Missing)?
     };
-    let token = sources.find().ok_or(AuthError::Missing)?;
-    let identity = ctx.auth.verify(&token).inspect_err(|e| {
+    let identity = ctx.auth.verify(&token).await.inspect_err(|e| {
         tracing::debug!(sid = %s.id, ns = %s.ns(), error = %e, "refused a connection");
     })?;
     s.extensions.insert(Arc::new(identity));
     Ok(())
 }
 
-mod http_header {
-    pub(super) use axum::http::header::AUTHORIZATION;
+/// The socket's current identity (replaced by `refresh`).
+fn identity(s: &SocketRef<BusAdapter>) -> Option<Arc<Identity>> {
+    s.extensions.get::<Arc<Identity>>()
 }
 
 async fn on_connect(ctx: Arc<SocketCtx>, s: SocketRef<BusAdapter>) {
-    let Some(identity) = s.extensions.get::<Arc<Identity>>() else {
+    let Some(identity) = identity(&s) else {
         // The middleware always inserts the identity before the handler runs.
         s.disconnect().ok();
         return;
     };
     let cluster = ctx.cluster.clone();
-    cluster.stats.connections.fetch_add(1, Ordering::Relaxed);
+    cluster.attach(&s, identity.expires_at);
     {
         let cluster = cluster.clone();
-        s.on_disconnect(move |s: SocketRef<BusAdapter>| {
-            cluster.leave_all(s.ns(), s.id);
-            cluster.stats.connections.fetch_sub(1, Ordering::Relaxed);
-            async {}
-        });
-    }
-    {
-        let (cluster, identity) = (cluster.clone(), identity.clone());
         s.on(
             "join",
             move |s: SocketRef<BusAdapter>,
                   TryData(room): TryData<Value>,
                   ack: AckSender<BusAdapter>| {
-                let (cluster, identity) = (cluster.clone(), identity.clone());
+                // Synchronous: the membership change happens in packet order.
+                let pending = join(&cluster, &s, room.ok());
                 async move {
-                    let reply = join(&cluster, &identity, &s, room.ok()).await;
+                    let reply = match pending {
+                        Ok((room, confirmation)) => match confirmation.await {
+                            Ok(()) => json!({"ok": true, "room": room}),
+                            Err(w) => json!({"ok": true, "room": room, "warning": w.to_string()}),
+                        },
+                        Err(error) => json!({"ok": false, "error": error}),
+                    };
                     ack.send(&reply).ok();
                 }
             },
@@ -103,13 +113,27 @@ async fn on_connect(ctx: Arc<SocketCtx>, s: SocketRef<BusAdapter>) {
             move |s: SocketRef<BusAdapter>,
                   TryData(room): TryData<Value>,
                   ack: AckSender<BusAdapter>| {
-                let cluster = cluster.clone();
+                let reply = match leave(&cluster, &s, room.ok()) {
+                    Ok(room) => json!({"ok": true, "room": room}),
+                    Err(error) => json!({"ok": false, "error": error}),
+                };
                 async move {
-                    let reply = match room_arg(room.ok()) {
-                        Ok(room) => {
-                            cluster.leave(&s, &room);
-                            json!({"ok": true, "room": room.as_str()})
-                        }
+                    ack.send(&reply).ok();
+                }
+            },
+        );
+    }
+    {
+        let ctx = ctx.clone();
+        s.on(
+            "refresh",
+            move |s: SocketRef<BusAdapter>,
+                  TryData(arg): TryData<Value>,
+                  ack: AckSender<BusAdapter>| {
+                let ctx = ctx.clone();
+                async move {
+                    let reply = match refresh(&ctx, &s, arg.ok()).await {
+                        Ok(reply) => reply,
                         Err(error) => json!({"ok": false, "error": error}),
                     };
                     ack.send(&reply).ok();
@@ -127,17 +151,32 @@ async fn on_connect(ctx: Arc<SocketCtx>, s: SocketRef<BusAdapter>) {
             return;
         }
     };
+    let mut confirmations = Vec::with_capacity(rooms.len());
     for room in &rooms {
-        if let Err(w) = cluster.join(&s, room).await {
-            tracing::warn!(sid = %s.id, room = %room, "{w}");
+        let joined = identity
+            .scope(room)
+            .map_err(|e| e.to_string())
+            .and_then(|scoped| cluster.join(&s, &scoped).map_err(|e| e.to_string()));
+        match joined {
+            Ok(confirmation) => confirmations.push(confirmation),
+            Err(e) => {
+                tracing::debug!(sid = %s.id, room = %room, error = %e, "automatic room not joined");
+                return;
+            }
+        }
+    }
+    for result in join_all(confirmations).await {
+        if let Err(w) = result {
+            tracing::warn!(sid = %s.id, "{w}");
         }
     }
     let connected = json!({
         "message": "connected",
         "user_id": identity.user_id,
-        "tenant_id": identity.tenant_id,
+        "tenant_id": identity.tenant_id.as_ref().map(rooms::TenantId::as_str),
         "node_id": cluster.node_id(),
         "rooms": rooms.iter().map(Room::as_str).collect::<Vec<_>>(),
+        "expires_at": identity.expires_at,
     });
     s.emit("connected", &connected).ok();
 }
@@ -155,24 +194,76 @@ fn room_arg(arg: Option<Value>) -> Result<Room, String> {
     Room::parse(name).map_err(|e| e.to_string())
 }
 
-async fn join(
+type JoinConfirmation = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<(), crate::cluster::JoinWarning>> + Send>,
+>;
+
+/// Validates and applies a join now; returns the room and its bus confirmation, or the
+/// error for the ack.
+fn join(
     cluster: &Cluster,
-    identity: &Identity,
     s: &SocketRef<BusAdapter>,
     arg: Option<Value>,
-) -> Value {
-    let room = match room_arg(arg) {
-        Ok(room) => room,
-        Err(error) => return json!({"ok": false, "error": error}),
+) -> Result<(String, JoinConfirmation), String> {
+    let refused = |e: String| {
+        cluster
+            .stats
+            .joins_refused
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        e
     };
-    let own = identity.auto_rooms().is_ok_and(|own| own.contains(&room));
-    if !own && !identity.policy.allows(&room) {
-        return json!({"ok": false, "error": format!("not allowed to join {room}")});
+    let room = room_arg(arg).map_err(refused)?;
+    let identity = identity(s).ok_or_else(|| refused("not authenticated".into()))?;
+    let scoped = identity.may_join(&room).map_err(refused)?;
+    match cluster.join(s, &scoped) {
+        Ok(confirmation) => Ok((room.into_string(), Box::pin(confirmation))),
+        Err(e @ JoinRefused::TooManyRooms { .. }) => Err(refused(e.to_string())),
+        Err(e) => Err(e.to_string()),
     }
-    match cluster.join(s, &room).await {
-        Ok(()) => json!({"ok": true, "room": room.as_str()}),
-        Err(warning) => json!({"ok": true, "room": room.as_str(), "warning": warning.to_string()}),
+}
+
+/// Validates and applies a leave now.
+fn leave(cluster: &Cluster, s: &SocketRef<BusAdapter>, arg: Option<Value>) -> Result<String, String> {
+    let room = room_arg(arg)?;
+    let identity = identity(s).ok_or("not authenticated")?;
+    let scoped = identity.scope(&room).map_err(|e| e.to_string())?;
+    cluster.leave(s, &scoped);
+    Ok(room.into_string())
+}
+
+/// `refresh`: a fresh token (a string or `{token}`) for the same user and tenant moves
+/// the socket's expiry; rooms the new token no longer allows are left.
+async fn refresh(ctx: &SocketCtx, s: &SocketRef<BusAdapter>, arg: Option<Value>) -> Result<Value, String> {
+    let token = match &arg {
+        Some(Value::String(t)) => t.as_str(),
+        Some(Value::Object(map)) => map.get("token").and_then(Value::as_str).unwrap_or(""),
+        _ => "",
+    };
+    if token.is_empty() {
+        return Err("expected a token string or {\"token\": \"...\"}".into());
     }
+    let fresh = ctx.auth.verify(token).await.map_err(|e| e.to_string())?;
+    let current = identity(s).ok_or("not authenticated")?;
+    if fresh.user_id != current.user_id || fresh.tenant_id != current.tenant_id {
+        return Err("the new token is for another user or tenant".into());
+    }
+    let key = (Arc::<str>::from(s.ns()), s.id);
+    let cluster = &ctx.cluster;
+    if !cluster.membership().set_expiry(&key, fresh.expires_at) {
+        return Err("the socket is disconnected".into());
+    }
+    let fresh = Arc::new(fresh);
+    s.extensions.insert(fresh.clone());
+    let mut left = Vec::new();
+    for scoped in cluster.membership().rooms_of(&key) {
+        let allowed = Room::parse(scoped.room()).is_ok_and(|room| fresh.may_join(&room).is_ok());
+        if !allowed {
+            cluster.leave(s, &scoped);
+            left.push(scoped.room().to_owned());
+        }
+    }
+    left.sort();
+    Ok(json!({"ok": true, "expires_at": fresh.expires_at, "left": left}))
 }
 
 #[cfg(test)]

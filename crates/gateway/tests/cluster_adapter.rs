@@ -135,7 +135,7 @@ async fn remote_join_subscribes_the_remote_node_and_remote_leave_releases_it() {
     let channel = nodes[1]
         .cluster
         .channels()
-        .room("/", &rooms::Room::parse("room:extra").unwrap());
+        .room("/", &rooms::ScopedRoom::parse("room:extra").unwrap());
     while redis.pubsub_channels(&channel).unwrap().contains(&channel) {
         assert!(
             tokio::time::Instant::now() < deadline,

@@ -46,6 +46,9 @@ pub enum PublishError {
     /// The Redis URL is unusable.
     #[error("{0}")]
     Connect(String),
+    /// The tenant id is invalid, or a `tenant:` target belongs to another tenant.
+    #[error("invalid tenant: {0}")]
+    InvalidTenant(#[from] rooms::TenantError),
 }
 
 /// Publishes events onto the bus as one origin (a service name).
@@ -54,6 +57,7 @@ pub struct Publisher {
     outbox: Outbox,
     origin: Arc<str>,
     ns: Arc<str>,
+    tenant: Option<Arc<str>>,
 }
 
 impl Publisher {
@@ -64,6 +68,7 @@ impl Publisher {
             outbox: Outbox::new(bus, channels),
             origin: Arc::from(origin),
             ns: Arc::from("/"),
+            tenant: None,
         }
     }
 
@@ -108,6 +113,23 @@ impl Publisher {
         }
     }
 
+    /// The same publisher, addressing the rooms of tenant `tenant`: `to_user("admin")`
+    /// then reaches tenant `tenant`'s `admin` only, and `broadcast()` every socket of the
+    /// tenant. Without a tenant, rooms are in the shared scope (sockets whose token names
+    /// no tenant).
+    ///
+    /// ```
+    /// # async fn demo(p: publisher::Publisher) -> Result<(), publisher::PublishError> {
+    /// p.in_tenant("acme").to_doc("Task", "TASK-1").emit("doc_update", &1).await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn in_tenant(&self, tenant: &str) -> Self {
+        Self {
+            tenant: Some(Arc::from(tenant)),
+            ..self.clone()
+        }
+    }
+
     /// Every socket of user `id` (`user:{id}`).
     pub fn to_user(&self, id: &str) -> Emit<'_> {
         self.target(Room::user(id))
@@ -133,7 +155,8 @@ impl Publisher {
         self.target(Room::parse(room))
     }
 
-    /// Every socket in the namespace.
+    /// Every socket in the namespace: of the tenant when [`Publisher::in_tenant`] named
+    /// one, of every tenant otherwise.
     pub fn broadcast(&self) -> Emit<'_> {
         Emit {
             publisher: self,
@@ -213,7 +236,14 @@ impl Emit<'_> {
             return Err(PublishError::InvalidNamespace(p.ns.to_string()));
         }
         let mut env = Envelope::new(&*p.origin, event, data).in_ns(&*p.ns);
+        if let Some(tenant) = &p.tenant {
+            rooms::TenantId::parse(tenant)?;
+            env.tenant = Some(tenant.to_string());
+        }
         env.to = self.to?.into_iter().map(Room::into_string).collect();
+        if env.to.is_empty() {
+            env.to = vec![rooms::BROADCAST.to_owned()];
+        }
         env.except = self.except?.into_iter().map(Room::into_string).collect();
         env.flags = self.flags;
         p.outbox.send(&env).await?;
@@ -251,7 +281,8 @@ mod tests {
             (p.to_room("company:42"), "company:42"),
         ];
         for (emit, room) in cases {
-            let ch = channels.room("/", &Room::parse(room).unwrap());
+            let scoped = rooms::ScopedRoom::new(None, &Room::parse(room).unwrap()).unwrap();
+            let ch = channels.room("/", &scoped);
             node.subscribe(vec![ch.clone()]).await.unwrap();
             let id = emit
                 .emit("ev", &serde_json::json!({"r": room}))
@@ -296,8 +327,38 @@ mod tests {
         );
         let env =
             Envelope::decode(&inbox.recv().await.unwrap().payload, Limits::default()).unwrap();
-        assert!(env.to.is_empty());
+        assert_eq!(env.to, vec!["*"]);
         assert_eq!(env.event, "y");
+    }
+
+    #[tokio::test]
+    async fn a_tenant_scopes_every_target() {
+        let (p, mut inbox, channels, node) = setup().await;
+        let acme = rooms::TenantId::parse("acme").unwrap();
+        let scoped = |room: &str| {
+            let room = Room::parse(room).unwrap();
+            channels.room("/", &rooms::ScopedRoom::new(Some(&acme), &room).unwrap())
+        };
+        node.subscribe(vec![scoped("user:admin"), scoped("tenant:acme")])
+            .await
+            .unwrap();
+        let acme_p = p.in_tenant("acme");
+        acme_p.to_user("admin").emit("a", &1).await.unwrap();
+        acme_p.broadcast().emit("b", &2).await.unwrap();
+        for (channel, event) in [(scoped("user:admin"), "a"), (scoped("tenant:acme"), "b")] {
+            let msg = inbox.recv().await.unwrap();
+            assert_eq!(&*msg.channel, channel);
+            let env = Envelope::decode(&msg.payload, Limits::default()).unwrap();
+            assert_eq!((env.tenant.as_deref(), env.event.as_str()), (Some("acme"), event));
+        }
+        assert!(matches!(
+            acme_p.to_tenant("globex").emit("e", &1).await,
+            Err(PublishError::Send(_))
+        ));
+        assert!(matches!(
+            p.in_tenant("").to_user("a").emit("e", &1).await,
+            Err(PublishError::InvalidTenant(_))
+        ));
     }
 
     #[tokio::test]

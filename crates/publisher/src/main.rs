@@ -19,9 +19,12 @@ struct Cli {
     /// Channel prefix, as configured on the gateways [default: roomcast]
     #[arg(long, env = "REDIS_CHANNEL_PREFIX", default_value = "roomcast")]
     prefix: String,
-    /// Target room (repeat for several); none = the whole namespace
-    #[arg(long)]
+    /// Target room (repeat for several); `*` = the whole namespace (of the tenant, with --tenant)
+    #[arg(long, required = true)]
     to: Vec<String>,
+    /// Tenant whose rooms are targeted [default: none, the shared scope]
+    #[arg(long, env = "ROOMCAST_TENANT")]
+    tenant: Option<String>,
     /// Room whose members must not receive the event (repeatable)
     #[arg(long)]
     except: Vec<String>,
@@ -52,7 +55,15 @@ async fn main() -> anyhow::Result<()> {
             .with_channel_prefix(&cli.prefix)
             .with_origin(&cli.origin)
             .in_namespace(&cli.ns);
-    let mut targets = cli.to.iter();
+    let publisher = match &cli.tenant {
+        Some(tenant) => publisher.in_tenant(tenant),
+        None => publisher,
+    };
+    let broadcast = cli.to.iter().any(|t| t == rooms::BROADCAST);
+    if broadcast && cli.to.len() > 1 {
+        anyhow::bail!("--to '*' (the whole namespace) cannot be combined with rooms");
+    }
+    let mut targets = cli.to.iter().filter(|_| !broadcast);
     let mut emit = match targets.next() {
         Some(first) => publisher.to_room(first),
         None => publisher.broadcast(),

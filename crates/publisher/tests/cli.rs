@@ -26,7 +26,9 @@ fn cli(args: &[&str]) -> std::process::Output {
 async fn publishes_one_envelope_on_the_room_channel() {
     let redis = RedisServer::start().unwrap();
     let (listener, mut inbox) = RedisBus::connect(RedisConfig::new(redis.url())).unwrap();
-    let channel = Channels::new("cli").room("/", &Room::parse("user:42").unwrap());
+    let acme = rooms::TenantId::parse("acme").unwrap();
+    let room = rooms::ScopedRoom::new(Some(&acme), &Room::parse("user:42").unwrap()).unwrap();
+    let channel = Channels::new("cli").room("/", &room);
     listener.subscribe(vec![channel.clone()]).await.unwrap();
 
     let out = cli(&[
@@ -36,6 +38,8 @@ async fn publishes_one_envelope_on_the_room_channel() {
         "cli",
         "--to",
         "user:42",
+        "--tenant",
+        "acme",
         "--event",
         "invoice.paid",
         "--data",
@@ -60,13 +64,21 @@ async fn publishes_one_envelope_on_the_room_channel() {
         (id.as_str(), "invoice.paid", "publisher-cli")
     );
     assert_eq!(env.data, Some(serde_json::json!({"id": 7})));
+    assert_eq!(env.tenant.as_deref(), Some("acme"));
 }
 
 #[test]
 fn bad_input_fails_with_a_clear_message() {
+    // A publish must name its targets.
+    let out = cli(&["--redis-url", "redis://127.0.0.1:1", "--event", "e"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--to"));
+
     let out = cli(&[
         "--redis-url",
         "redis://127.0.0.1:1",
+        "--to",
+        "*",
         "--event",
         "e",
         "--data",

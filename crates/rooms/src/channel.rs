@@ -1,6 +1,6 @@
 //! Room → bus channel naming.
 
-use crate::Room;
+use crate::{Audience, ScopedRoom};
 
 /// What a channel carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,15 +42,19 @@ impl Channels {
         &self.prefix
     }
 
-    /// The channel carrying messages for `room` in namespace `ns`.
+    /// The channel carrying messages for `room` in namespace `ns`: one channel per
+    /// (namespace, tenant, room), so interest routing stays per tenant.
     ///
     /// ```
+    /// use rooms::{Room, ScopedRoom, TenantId};
     /// let ch = rooms::Channels::new("app");
-    /// let room = rooms::Room::user("42")?;
-    /// assert_eq!(ch.room("/", &room), "app:room:/#user:42");
-    /// # Ok::<(), rooms::RoomError>(())
+    /// let room = Room::user("42")?;
+    /// assert_eq!(ch.room("/", &ScopedRoom::new(None, &room)?), "app:room:/#user:42");
+    /// let acme = TenantId::parse("acme")?;
+    /// assert_eq!(ch.room("/", &ScopedRoom::new(Some(&acme), &room)?), "app:room:/#@acme/user:42");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
-    pub fn room(&self, ns: &str, room: &Room) -> String {
+    pub fn room(&self, ns: &str, room: &ScopedRoom) -> String {
         format!("{}:room:{ns}#{room}", self.prefix)
     }
 
@@ -107,13 +111,13 @@ impl Channels {
         }
     }
 
-    /// The single channel a message for `rooms` in `ns` is published on: the room's own
-    /// channel for one room, else the namespace channel. A multi-room message is sent once
-    /// on the namespace channel so each node receives it once and de-duplicates sockets
-    /// locally, instead of receiving one copy per room.
-    pub fn for_target(&self, ns: &str, rooms: &[Room]) -> String {
-        match rooms {
-            [room] => self.room(ns, room),
+    /// The single channel a message for `audience` in `ns` is published on: the room's
+    /// own channel for one room, else the namespace channel. A multi-room message is sent
+    /// once on the namespace channel so each node receives it once and de-duplicates
+    /// sockets locally, instead of receiving one copy per room.
+    pub fn for_target(&self, ns: &str, audience: &Audience) -> String {
+        match audience {
+            Audience::Rooms(rooms) if rooms.len() == 1 => self.room(ns, &rooms[0]),
             _ => self.namespace(ns),
         }
     }
@@ -122,12 +126,13 @@ impl Channels {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Room;
 
     #[test]
     fn names() {
         let ch = Channels::new("p");
-        let u = Room::user("1").unwrap();
-        let t = Room::tenant("t").unwrap();
+        let u = ScopedRoom::new(None, &Room::user("1").unwrap()).unwrap();
+        let t = ScopedRoom::new(None, &Room::tenant("t").unwrap()).unwrap();
         assert_eq!(ch.room("/chat", &u), "p:room:/chat#user:1");
         assert_eq!(ch.namespace("/"), "p:ns:/");
         assert_eq!(ch.requests("/"), "p:req:/");
@@ -135,11 +140,15 @@ mod tests {
         assert_eq!(ch.responses_for("/a", "u"), "p:res:/a#u");
         assert_eq!(ch.classify("q:req:/"), ChannelKind::Other);
         assert_eq!(
-            ch.for_target("/", std::slice::from_ref(&u)),
+            ch.for_target("/", &Audience::Rooms(vec![u.clone()])),
             "p:room:/#user:1"
         );
-        assert_eq!(ch.for_target("/", &[u.clone(), t]), "p:ns:/");
-        assert_eq!(ch.for_target("/", &[]), "p:ns:/");
+        assert_eq!(
+            ch.for_target("/", &Audience::Rooms(vec![t.clone()])),
+            "p:room:/#@t/tenant:t"
+        );
+        assert_eq!(ch.for_target("/", &Audience::Rooms(vec![u, t])), "p:ns:/");
+        assert_eq!(ch.for_target("/", &Audience::Everyone), "p:ns:/");
         assert_eq!(ch.classify("p:room:/#user:1"), ChannelKind::Event);
         assert_eq!(ch.classify("p:ns:/"), ChannelKind::Event);
         assert_eq!(ch.classify("q:room:/#user:1"), ChannelKind::Other);

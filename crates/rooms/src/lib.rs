@@ -15,7 +15,10 @@
 //! Socket.IO's per-socket rooms (bare socket ids), so no client can join another socket's
 //! private room.
 //!
-//! Channels: a room `r` in namespace `ns` maps to `{prefix}:room:{ns}#{r}`; a namespace
+//! Tenants: every room lives in a scope, a tenant's or the shared one (see
+//! [`ScopedRoom`]); `doc:Task:1` of tenant `acme` is the scoped room `@acme/doc:Task:1`.
+//!
+//! Channels: a scoped room `r` in namespace `ns` maps to `{prefix}:room:{ns}#{r}`; a namespace
 //! broadcast to `{prefix}:ns:{ns}`; socketioxide adapter requests to `{prefix}:req:{ns}`
 //! (all nodes) or `{prefix}:req:{ns}#{uid}` (one server), their responses to
 //! `{prefix}:res:{ns}#{uid}`.
@@ -24,8 +27,13 @@ mod channel;
 mod interest;
 mod name;
 mod policy;
+mod tenant;
 
 pub use channel::{ChannelKind, Channels};
 pub use interest::{Delta, Interest};
 pub use name::{Kind, MAX_KIND_LEN, MAX_ROOM_LEN, Room, RoomError, Target, legacy_target};
 pub use policy::{JoinPolicy, Pattern, PatternError};
+pub use tenant::{
+    Audience, BROADCAST, MAX_TENANT_LEN, ScopedRoom, TargetError, TenantError, TenantId,
+    resolve_targets,
+};

@@ -8,17 +8,13 @@
 use std::sync::Arc;
 
 use gateway::{Args, BusAdapter, Cluster, Config, Node};
-use rooms::Room;
+use rooms::{Room, ScopedRoom};
 use serde_json::Value;
 use socketioxide::SocketIo;
 use socketioxide::extract::{Data, SocketRef, TryData};
 
 async fn on_connect(cluster: Arc<Cluster>, s: SocketRef<BusAdapter>, auth: Option<Value>) {
-    let leave = cluster.clone();
-    s.on_disconnect(move |s: SocketRef<BusAdapter>| {
-        leave.leave_all(s.ns(), s.id);
-        async {}
-    });
+    cluster.attach(&s, 0);
     s.on(
         "publish",
         async |io: SocketIo<BusAdapter>, Data(p): Data<Value>| {
@@ -30,9 +26,12 @@ async fn on_connect(cluster: Arc<Cluster>, s: SocketRef<BusAdapter>, auth: Optio
     let room = auth
         .as_ref()
         .and_then(|a| a["room"].as_str())
-        .and_then(|r| Room::parse(r).ok());
-    if let Some(room) = room {
-        let _ = cluster.join(&s, &room).await;
+        .and_then(|r| Room::parse(r).ok())
+        .and_then(|r| ScopedRoom::new(None, &r).ok());
+    if let Some(room) = room
+        && let Ok(joined) = cluster.join(&s, &room)
+    {
+        let _ = joined.await;
     }
 }
 

@@ -1,0 +1,334 @@
+//! Room membership: which local socket is in which scoped room, which bus channels that
+//! makes this node subscribe, and when each subscription is confirmed.
+//!
+//! Membership is the one owner of "who is where" on a node. Every change happens
+//! synchronously under one lock, in the order callers make them; Socket.IO calls a
+//! socket's event handlers in the order its packets arrive, and the gateway changes
+//! membership in the synchronous part of each handler, so a socket's joins and leaves
+//! take effect in the order the client sent them. Only the *confirmation* that the bus
+//! subscribed a channel is awaited afterwards.
+//!
+//! A socket exists for membership between [`Membership::attach`] and
+//! [`Membership::detach`]; a join for a socket that is not attached (it disconnected
+//! while its request was in flight) changes nothing, so nothing is ever left behind for
+//! a socket that is gone. The local Socket.IO room is changed inside the same critical
+//! section (the `local` callbacks), so the two views cannot drift apart.
+//!
+//! Membership knows nothing about Socket.IO servers: it is given the bus and the channel
+//! naming, nothing else.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use bus::{Bus, BusFuture, SubscribeError};
+use futures_util::FutureExt;
+use futures_util::future::Shared;
+use rooms::{Channels, Interest, ScopedRoom};
+use socketioxide::socket::Sid;
+
+/// The bus's confirmation that a room channel is subscribed, shared by every member that
+/// joined before it arrived.
+pub(crate) type Confirmation = Shared<BusFuture<Result<(), SubscribeError>>>;
+
+/// A socket, as membership knows it: its namespace and id.
+pub(crate) type SocketKey = (Arc<str>, Sid);
+
+/// Why a join changed nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum JoinRefused {
+    /// The socket disconnected before its join was handled.
+    #[error("the socket is disconnected")]
+    Gone,
+    /// The socket is already in as many rooms as the node allows.
+    #[error("too many rooms: a socket may be in at most {max}")]
+    TooManyRooms {
+        /// The limit.
+        max: usize,
+    },
+}
+
+/// One attached socket.
+#[derive(Debug, Default)]
+struct Member {
+    rooms: HashSet<ScopedRoom>,
+    /// When its token expires (seconds since the epoch); 0 for never.
+    expires_at: u64,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// Local members per room channel.
+    interest: Interest<String>,
+    /// The subscribe confirmation of each channel with members.
+    confirmations: HashMap<String, Confirmation>,
+    /// Every attached socket and its rooms.
+    members: HashMap<SocketKey, Member>,
+    /// Attached sockets by token expiry, soonest first.
+    expiries: BTreeSet<(u64, SocketKey)>,
+}
+
+/// The node's room membership and the bus interest it implies.
+#[derive(Debug)]
+pub struct Membership {
+    bus: Arc<dyn Bus>,
+    channels: Channels,
+    max_rooms_per_socket: usize,
+    state: Mutex<State>,
+}
+
+impl Membership {
+    /// Membership over `bus`, naming channels with `channels`; a socket may be in at
+    /// most `max_rooms_per_socket` rooms (its automatic rooms included).
+    pub(crate) fn new(bus: Arc<dyn Bus>, channels: Channels, max_rooms_per_socket: usize) -> Self {
+        Self {
+            bus,
+            channels,
+            max_rooms_per_socket,
+            state: Mutex::default(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // No critical section can panic half-way through an update.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Number of rooms (across namespaces) with at least one local member.
+    pub fn room_count(&self) -> usize {
+        self.lock().interest.len()
+    }
+
+    /// Number of attached sockets.
+    pub fn socket_count(&self) -> usize {
+        self.lock().members.len()
+    }
+
+    /// The scoped rooms `socket` is in.
+    pub(crate) fn rooms_of(&self, socket: &SocketKey) -> Vec<ScopedRoom> {
+        self.lock()
+            .members
+            .get(socket)
+            .map(|m| m.rooms.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Starts tracking `socket`, whose token expires at `expires_at` (0: never).
+    pub(crate) fn attach(&self, socket: SocketKey, expires_at: u64) {
+        let mut st = self.lock();
+        if expires_at > 0 {
+            st.expiries.insert((expires_at, socket.clone()));
+        }
+        st.members.insert(
+            socket,
+            Member {
+                rooms: HashSet::new(),
+                expires_at,
+            },
+        );
+    }
+
+    /// Moves `socket`'s expiry to `expires_at` (a refreshed token). False if it is gone.
+    pub(crate) fn set_expiry(&self, socket: &SocketKey, expires_at: u64) -> bool {
+        let mut st = self.lock();
+        let Some(member) = st.members.get_mut(socket) else {
+            return false;
+        };
+        let old = std::mem::replace(&mut member.expires_at, expires_at);
+        st.expiries.remove(&(old, socket.clone()));
+        if expires_at > 0 {
+            st.expiries.insert((expires_at, socket.clone()));
+        }
+        true
+    }
+
+    /// The attached sockets whose token expired at or before `now`.
+    pub(crate) fn expired(&self, now: u64) -> Vec<SocketKey> {
+        let st = self.lock();
+        st.expiries
+            .iter()
+            .take_while(|(at, _)| *at <= now)
+            .map(|(_, key)| key.clone())
+            .collect()
+    }
+
+    /// Adds `socket` to `room`, subscribing the room's channel if it is the first local
+    /// member, and runs `local` (the Socket.IO room change) inside the same critical
+    /// section. Returns the subscription's confirmation.
+    pub(crate) fn join(
+        &self,
+        socket: &SocketKey,
+        room: &ScopedRoom,
+        local: impl FnOnce(),
+    ) -> Result<Confirmation, JoinRefused> {
+        let channel = self.channels.room(&socket.0, room);
+        let mut st = self.lock();
+        let max = self.max_rooms_per_socket;
+        let member = st.members.get_mut(socket).ok_or(JoinRefused::Gone)?;
+        let newly_joined = if member.rooms.contains(room) {
+            false
+        } else if member.rooms.len() >= max {
+            return Err(JoinRefused::TooManyRooms { max });
+        } else {
+            member.rooms.insert(room.clone())
+        };
+        local();
+        let first = newly_joined && st.interest.add(channel.clone()).is_some();
+        Ok(match st.confirmations.get(&channel) {
+            // A failed subscription is retried by the next joiner.
+            Some(c) if !first && !matches!(c.peek(), Some(Err(_))) => c.clone(),
+            _ => {
+                let c = self.bus.subscribe(vec![channel.clone()]).shared();
+                st.confirmations.insert(channel, c.clone());
+                c
+            }
+        })
+    }
+
+    /// Removes `socket` from `room` (running `local` inside the critical section);
+    /// unsubscribes the channel after the last local member. False if it was not in it.
+    pub(crate) fn leave(&self, socket: &SocketKey, room: &ScopedRoom, local: impl FnOnce()) -> bool {
+        let (was_member, unsubscribe) = {
+            let mut st = self.lock();
+            let was_member = st
+                .members
+                .get_mut(socket)
+                .is_some_and(|m| m.rooms.remove(room));
+            local();
+            let channel = self.channels.room(&socket.0, room);
+            let unsubscribe = was_member.then(|| release(&mut st, channel)).flatten();
+            (was_member, unsubscribe)
+        };
+        self.unsubscribe(unsubscribe.into_iter().collect());
+        was_member
+    }
+
+    /// Forgets `socket` and every room it was in; later joins for it change nothing.
+    pub(crate) fn detach(&self, socket: &SocketKey) {
+        let unsubscribe: Vec<String> = {
+            let mut st = self.lock();
+            let Some(member) = st.members.remove(socket) else {
+                return;
+            };
+            st.expiries.remove(&(member.expires_at, socket.clone()));
+            member
+                .rooms
+                .iter()
+                .filter_map(|room| release(&mut st, self.channels.room(&socket.0, room)))
+                .collect()
+        };
+        self.unsubscribe(unsubscribe);
+    }
+
+    fn unsubscribe(&self, channels: Vec<String>) {
+        if channels.is_empty() {
+            return;
+        }
+        // Ordered now (see `Bus`); only the confirmation is awaited in the background.
+        let fut = self.bus.unsubscribe(channels);
+        tokio::spawn(async move {
+            if let Err(e) = fut.await {
+                tracing::warn!(error = %e, "unsubscribe failed; the bus will drop it on reconnect");
+            }
+        });
+    }
+}
+
+/// One member fewer for `channel`; the channel to unsubscribe if it was the last.
+fn release(st: &mut State, channel: String) -> Option<String> {
+    st.interest.remove(&channel).map(|_| {
+        st.confirmations.remove(&channel);
+        channel
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bus::MemoryHub;
+    use rooms::{Room, TenantId};
+
+    fn scoped(tenant: Option<&str>, room: &str) -> ScopedRoom {
+        let tenant = tenant.map(|t| TenantId::parse(t).unwrap());
+        ScopedRoom::new(tenant.as_ref(), &Room::parse(room).unwrap()).unwrap()
+    }
+
+    fn membership(max: usize) -> Membership {
+        let (bus, _inbox) = MemoryHub::new().connect();
+        Membership::new(Arc::new(bus), Channels::new("t"), max)
+    }
+
+    fn key(n: u8) -> SocketKey {
+        (Arc::from("/"), Sid::from_str(&format!("{n:016}")).unwrap())
+    }
+
+    use std::str::FromStr;
+
+    #[tokio::test]
+    async fn a_detached_socket_joins_nothing() {
+        let m = membership(10);
+        let room = scoped(None, "room:a");
+        assert_eq!(
+            m.join(&key(1), &room, || panic!("no local join")).err(),
+            Some(JoinRefused::Gone)
+        );
+        m.attach(key(1), 0);
+        m.join(&key(1), &room, || {}).unwrap().await.unwrap();
+        assert_eq!(m.room_count(), 1);
+        m.detach(&key(1));
+        assert_eq!(m.room_count(), 0);
+        assert!(m.join(&key(1), &room, || {}).is_err());
+        assert_eq!((m.room_count(), m.socket_count()), (0, 0));
+    }
+
+    #[tokio::test]
+    async fn same_room_in_two_tenants_is_two_rooms() {
+        let m = membership(10);
+        m.attach(key(1), 0);
+        m.attach(key(2), 0);
+        for (k, tenant) in [(key(1), "a"), (key(2), "b")] {
+            m.join(&k, &scoped(Some(tenant), "user:admin"), || {})
+                .unwrap()
+                .await
+                .unwrap();
+        }
+        assert_eq!(m.room_count(), 2);
+        assert!(m.leave(&key(1), &scoped(Some("a"), "user:admin"), || {}));
+        assert!(!m.leave(&key(1), &scoped(Some("b"), "user:admin"), || {}));
+        assert_eq!(m.room_count(), 1);
+    }
+
+    #[tokio::test]
+    async fn room_cap_counts_distinct_rooms() {
+        let m = membership(2);
+        m.attach(key(1), 0);
+        for room in ["room:a", "room:b", "room:a"] {
+            m.join(&key(1), &scoped(None, room), || {})
+                .unwrap()
+                .await
+                .unwrap();
+        }
+        assert_eq!(
+            m.join(&key(1), &scoped(None, "room:c"), || {}).err(),
+            Some(JoinRefused::TooManyRooms { max: 2 })
+        );
+        m.leave(&key(1), &scoped(None, "room:a"), || {});
+        let joined = m.join(&key(1), &scoped(None, "room:c"), || {});
+        joined.unwrap().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn expiries_in_order_and_moved_by_refresh() {
+        let m = membership(2);
+        m.attach(key(1), 100);
+        m.attach(key(2), 50);
+        m.attach(key(3), 0);
+        assert_eq!(m.expired(49), vec![]);
+        assert_eq!(m.expired(100), vec![key(2), key(1)]);
+        assert!(m.set_expiry(&key(2), 200));
+        assert_eq!(m.expired(150), vec![key(1)]);
+        m.detach(&key(1));
+        assert_eq!(m.expired(1000), vec![key(2)]);
+        assert!(!m.set_expiry(&key(1), 5));
+    }
+}
