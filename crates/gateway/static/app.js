@@ -82,6 +82,8 @@ function connect(token, ns) {
     socket.io.engine.once("upgrade", (t) => { $("transport").textContent = t.name; });
   });
   socket.on("connected", (info) => {
+    // Publishes from this page address the connected user's tenant.
+    tenant = info.tenant_id ?? null;
     $("node-id").textContent = info.node_id ?? "–";
     $("user-id").textContent = info.user_id ?? "–";
     for (const room of info.rooms ?? []) rooms.add(room);
@@ -134,6 +136,9 @@ async function leaveRoom(room) {
   }
 }
 
+/** The tenant of the connected user, named in every publish. */
+let tenant = null;
+
 async function publish(form) {
   let data;
   try {
@@ -144,6 +149,7 @@ async function publish(form) {
   }
   const ns = $("namespace").value;
   const body = { event: form.event.value, to: [form.room.value], data, ns };
+  if (tenant) body.tenant = tenant;
   try {
     const res = await fetch("v1/publish", {
       method: "POST",

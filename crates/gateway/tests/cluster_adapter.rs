@@ -15,6 +15,15 @@ use futures_util::StreamExt;
 use serde_json::{Value, json};
 use testkit::{RedisServer, SioClient, TEST_KEY, TestNode, publish, spawn_redis_cluster, token};
 
+/// The Socket.IO room that `room` of tenant `acme` is on every node: gateway code
+/// addressing sockets directly uses scoped names.
+fn acme(room: &str) -> String {
+    let tenant = rooms::TenantId::parse("acme").unwrap();
+    rooms::ScopedRoom::new(Some(&tenant), &rooms::Room::parse(room).unwrap())
+        .unwrap()
+        .into_string()
+}
+
 async fn connect(node: &TestNode, user: &str) -> SioClient {
     let auth = json!({"token": token(json!({"sub": user, "tenant_id": "acme", "rooms": ["*"]}))});
     let mut c = SioClient::connect(&node.url(), "/", Some(auth))
@@ -48,7 +57,7 @@ async fn fetch_sockets_and_rooms_see_every_node() {
 
     let in_doc = nodes[1]
         .io
-        .within("doc:Task:T-7")
+        .within(acme("doc:Task:T-7"))
         .fetch_sockets()
         .await
         .unwrap();
@@ -70,7 +79,7 @@ async fn fetch_sockets_and_rooms_see_every_node() {
         "tenant:acme",
         "doc:Task:T-7",
     ] {
-        assert!(rooms.contains(room), "{room} missing from {rooms:?}");
+        assert!(rooms.contains(&acme(room)), "{room} missing from {rooms:?}");
     }
 }
 
@@ -119,23 +128,33 @@ async fn remote_join_subscribes_the_remote_node_and_remote_leave_releases_it() {
     let redis = RedisServer::start().unwrap();
     let (nodes, mut clients) = three_nodes(&redis).await;
     // Gateway code on node 0 adds u1 (on node 1) to a room; a publish on node 2 reaches it.
-    nodes[0].io.to("user:u1").join("room:extra").await.unwrap();
+    nodes[0]
+        .io
+        .to(acme("user:u1"))
+        .join(acme("room:extra"))
+        .await
+        .unwrap();
     let (status, _) = publish(
         &nodes[2].url(),
         TEST_KEY,
-        &json!({"event": "extra", "to": ["room:extra"], "data": 1}).to_string(),
+        &json!({"tenant": "acme", "event": "extra", "to": ["room:extra"], "data": 1}).to_string(),
     )
     .await
     .unwrap();
     assert_eq!(status, 202);
     assert_eq!(clients[1].expect_arg("extra").await.unwrap(), json!(1));
 
-    nodes[0].io.to("user:u1").leave("room:extra").await.unwrap();
+    nodes[0]
+        .io
+        .to(acme("user:u1"))
+        .leave(acme("room:extra"))
+        .await
+        .unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     let channel = nodes[1]
         .cluster
         .channels()
-        .room("/", &rooms::ScopedRoom::parse("room:extra").unwrap());
+        .room("/", &rooms::ScopedRoom::parse(&acme("room:extra")).unwrap());
     while redis.pubsub_channels(&channel).unwrap().contains(&channel) {
         assert!(
             tokio::time::Instant::now() < deadline,
@@ -163,13 +182,13 @@ async fn emit_to_one_remote_socket_and_disconnect_it() {
         json!("just you")
     );
 
-    nodes[0].io.to("user:u2").disconnect().await.unwrap();
+    nodes[0].io.to(acme("user:u2")).disconnect().await.unwrap();
     clients[2].expect_disconnect().await.unwrap();
     // The others are untouched.
     let (status, _) = publish(
         &nodes[0].url(),
         TEST_KEY,
-        &json!({"event": "still", "to": ["tenant:acme"]}).to_string(),
+        &json!({"tenant": "acme", "event": "still", "to": ["tenant:acme"]}).to_string(),
     )
     .await
     .unwrap();
@@ -184,8 +203,8 @@ async fn gateway_code_broadcasts_reach_other_nodes_except_excluded_rooms() {
     let (nodes, mut clients) = three_nodes(&redis).await;
     nodes[0]
         .io
-        .to("tenant:acme")
-        .except("user:u1")
+        .to(acme("tenant:acme"))
+        .except(acme("user:u1"))
         .emit("from_code", &json!({"k": 1}))
         .await
         .unwrap();

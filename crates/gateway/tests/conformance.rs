@@ -151,7 +151,7 @@ async fn bystander(node: &TestNode) -> SioClient {
 }
 
 async fn still_served(node: &TestNode, bystander: &mut SioClient, n: u64) {
-    node.publish_accepted(json!({"event": "still-here", "to": ["user:bob"], "data": n}))
+    node.publish_accepted(json!({"tenant": "acme", "event": "still-here", "to": ["user:bob"], "data": n}))
         .await
         .unwrap();
     assert_eq!(bystander.expect_arg("still-here").await.unwrap(), n);
@@ -300,6 +300,7 @@ async fn every_socket_io_packet_type() {
     assert!(answer.contains(r#""ok":false"#), "{answer}");
     // Server EVENT to a joined room, and the server's binary EVENT: text then binary.
     node.publish_accepted(json!({
+        "tenant": "acme",
         "event": "blob", "to": ["room:a"],
         "data": {"bytes": {"_placeholder": true, "num": 0}}, "attachments": ["AAEC"],
     }))

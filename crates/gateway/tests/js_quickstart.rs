@@ -184,7 +184,7 @@ async fn demo_page_is_served_with_working_dev_credentials() {
         "dev"
     );
     let key = config["publish_key"].as_str().expect("the generated key");
-    let body = r#"{"event":"demo","to":["user:dev"],"data":"hi"}"#;
+    let body = r#"{"tenant":"dev","event":"demo","to":["user:dev"],"data":"hi"}"#;
     let (status, _) = testkit::publish(&printed.url, key, body).await.unwrap();
     assert_eq!(status, 202);
     assert_eq!(socket.expect_arg("demo").await.unwrap(), "hi");

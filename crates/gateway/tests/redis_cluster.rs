@@ -59,29 +59,29 @@ async fn cross_node_delivery_targeting_multi_room_and_except() {
     // Published on node 0, received on nodes 1 and 2.
     accepted(
         &nodes[0],
-        json!({"event": "doc", "to": ["doc:Task:T-1"], "data": 1}),
+        json!({"tenant": "acme", "event": "doc", "to": ["doc:Task:T-1"], "data": 1}),
     )
     .await;
     // Only ann's two sockets (nodes 0 and 2).
     accepted(
         &nodes[1],
-        json!({"event": "for_ann", "to": ["user:ann"], "data": 2}),
+        json!({"tenant": "acme", "event": "for_ann", "to": ["user:ann"], "data": 2}),
     )
     .await;
     // Three rooms ann is in on node 2: once per socket.
     accepted(
         &nodes[1],
-        json!({"event": "multi", "to": ["user:ann", "tenant:acme", "doc:Task:T-1"]}),
+        json!({"tenant": "acme", "event": "multi", "to": ["user:ann", "tenant:acme", "doc:Task:T-1"]}),
     )
     .await;
     // The tenant minus ann.
     accepted(
         &nodes[2],
-        json!({"event": "not_ann", "to": ["tenant:acme"], "except": ["user:ann"]}),
+        json!({"tenant": "acme", "event": "not_ann", "to": ["tenant:acme"], "except": ["user:ann"]}),
     )
     .await;
     // Marker to everyone, last.
-    accepted(&nodes[0], json!({"event": "marker"})).await;
+    accepted(&nodes[0], json!({"tenant": "acme", "event": "marker", "to": ["*"]})).await;
 
     for (client, expected) in [
         (&mut ann0, vec!["doc", "for_ann", "multi"]),
@@ -106,7 +106,7 @@ async fn http_publish_with_ack_collects_answers_from_every_node() {
     let mut bob = connect(&nodes[0], "bob").await;
     let url = nodes[2].url();
     let request = tokio::spawn(async move {
-        let body = json!({"event": "confirm", "to": ["user:ann"], "data": {"q": 1}, "ack_timeout_ms": 1500});
+        let body = json!({"tenant": "acme", "event": "confirm", "to": ["user:ann"], "data": {"q": 1}, "ack_timeout_ms": 1500});
         publish(&url, TEST_KEY, &body.to_string()).await.unwrap()
     });
     for (client, answer) in [(&mut ann0, "zero"), (&mut ann1, "one")] {
@@ -132,12 +132,12 @@ async fn http_publish_with_ack_collects_answers_from_every_node() {
     assert_eq!(failed.len(), 1, "the silent socket times out: {body}");
     assert_eq!(failed[0]["sid"], silent.sid.as_str());
     // Only the target user's sockets were asked.
-    accepted(&nodes[2], json!({"event": "marker", "to": ["user:bob"]})).await;
+    accepted(&nodes[2], json!({"tenant": "acme", "event": "marker", "to": ["user:bob"]})).await;
     let (_, before) = bob.expect("marker").await.unwrap();
     assert!(before.iter().all(|e| e.name != "confirm"), "{before:?}");
 
     // A bad timeout is refused before anything is sent.
-    let body = json!({"event": "confirm", "to": ["user:ann"], "ack_timeout_ms": 0});
+    let body = json!({"tenant": "acme", "event": "confirm", "to": ["user:ann"], "ack_timeout_ms": 0});
     let (status, res) = publish(&nodes[0].url(), TEST_KEY, &body.to_string())
         .await
         .unwrap();
@@ -156,7 +156,7 @@ async fn a_join_ack_is_never_followed_by_a_missed_publish() {
         let room = format!("room:race-{i}");
         assert_eq!(client.join(&room).await.unwrap()["ok"], true);
         // Immediately after the ack, publish on the *other* node.
-        accepted(&nodes[1], json!({"event": "race", "to": [room], "data": i})).await;
+        accepted(&nodes[1], json!({"tenant": "acme", "event": "race", "to": [room], "data": i})).await;
         let got = client.expect_arg("race").await;
         assert_eq!(
             got.as_ref().ok(),
@@ -179,9 +179,9 @@ async fn legacy_json_published_with_redis_cli_is_delivered() {
     bob.join("doc:Task:TASK-1").await.unwrap();
 
     let legacy = [
-        json!({"event": "notification", "message": {"n": 1}, "user": "ann@example.com", "room": null}),
-        json!({"event": "doc_update", "message": "changed", "doctype": "Task", "docname": "TASK-1"}),
-        json!({"event": "everyone", "message": null}),
+        json!({"site": "acme", "event": "notification", "message": {"n": 1}, "user": "ann@example.com", "room": null}),
+        json!({"site": "acme", "event": "doc_update", "message": "changed", "doctype": "Task", "docname": "TASK-1"}),
+        json!({"site": "acme", "event": "everyone", "message": null}),
     ];
     for payload in &legacy {
         let receivers = redis
@@ -221,7 +221,8 @@ async fn publisher_sdk_delivers_across_nodes_in_order() {
     let sdk = publisher::Publisher::connect(&redis.url(), Duration::from_secs(2))
         .unwrap()
         .with_channel_prefix(&prefix)
-        .with_origin("billing");
+        .with_origin("billing")
+        .in_tenant("acme");
     for i in 0..20 {
         sdk.to_user("u42").emit("seq", &i).await.unwrap();
     }
@@ -260,7 +261,7 @@ async fn redis_restart_degrades_then_heals_without_restarting_nodes() {
     let (status, res) = publish(
         &nodes[0].url(),
         TEST_KEY,
-        &json!({"event": "local", "to": ["user:ann"]}).to_string(),
+        &json!({"tenant": "acme", "event": "local", "to": ["user:ann"]}).to_string(),
     )
     .await
     .unwrap();
@@ -279,7 +280,7 @@ async fn redis_restart_degrades_then_heals_without_restarting_nodes() {
 
     accepted(
         &nodes[0],
-        json!({"event": "after", "to": ["user:ann"], "data": "back"}),
+        json!({"tenant": "acme", "event": "after", "to": ["user:ann"], "data": "back"}),
     )
     .await;
     let (e, before) = on1.expect("after").await.unwrap();

@@ -99,7 +99,7 @@ async fn bad_tokens_are_refused_with_the_reason_and_others_keep_working() {
     // The node still serves the client that was already connected.
     accepted(
         &node,
-        json!({"event": "still-here", "to": ["user:ann"], "data": 1}),
+        json!({"tenant": "acme", "event": "still-here", "to": ["user:ann"], "data": 1}),
     )
     .await;
     assert_eq!(good.expect_arg("still-here").await.unwrap(), json!(1));
@@ -158,21 +158,21 @@ async fn publish_reaches_exactly_the_room_members_once() {
     // Document room: ann and bob, not eve.
     accepted(
         &node,
-        json!({"event": "doc_update", "to": ["doc:Task:T-1"], "data": {"n": 1}}),
+        json!({"tenant": "acme", "event": "doc_update", "to": ["doc:Task:T-1"], "data": {"n": 1}}),
     )
     .await;
     // User room: only bob.
     accepted(
         &node,
-        json!({"event": "note", "to": ["user:bob"], "data": "for bob"}),
+        json!({"tenant": "acme", "event": "note", "to": ["user:bob"], "data": "for bob"}),
     )
     .await;
     // Several rooms, ann is in all of them: delivered to her once.
-    accepted(&node, json!({"event": "multi", "to": ["user:ann", "tenant:acme", "doc:Task:T-1"], "args": ["a", 2]})).await;
+    accepted(&node, json!({"tenant": "acme", "event": "multi", "to": ["user:ann", "tenant:acme", "doc:Task:T-1"], "args": ["a", 2]})).await;
     // Tenant minus bob's user room.
-    accepted(&node, json!({"event": "tenant_news", "to": ["tenant:acme"], "except": ["user:bob"], "data": null})).await;
+    accepted(&node, json!({"tenant": "acme", "event": "tenant_news", "to": ["tenant:acme"], "except": ["user:bob"], "data": null})).await;
     // Whole namespace: a marker everyone receives last.
-    accepted(&node, json!({"event": "marker"})).await;
+    accepted(&node, json!({"tenant": "acme", "event": "marker", "to": ["*"]})).await;
 
     let (_, before) = ann.expect("marker").await.unwrap();
     let names: Vec<&str> = before.iter().map(|e| e.name.as_str()).collect();
@@ -205,10 +205,10 @@ async fn leave_stops_delivery_and_disconnect_releases_every_room() {
     );
     accepted(
         node,
-        json!({"event": "after_leave", "to": ["doc:Task:T-1"]}),
+        json!({"tenant": "acme", "event": "after_leave", "to": ["doc:Task:T-1"]}),
     )
     .await;
-    accepted(node, json!({"event": "marker", "to": ["user:ann"]})).await;
+    accepted(node, json!({"tenant": "acme", "event": "marker", "to": ["user:ann"]})).await;
     let (_, before) = c.expect("marker").await.unwrap();
     assert!(before.is_empty(), "{before:?}");
     assert_eq!(node.cluster.room_count(), 2);
@@ -230,11 +230,11 @@ async fn publish_errors_are_clear_and_typed() {
     let node = one_node().await;
     let mut c = connect(&node, ann()).await;
     let url = node.url();
-    let big = json!({"event": "e", "data": "x".repeat(1024 * 1024)}).to_string();
+    let big = json!({"tenant": "acme", "event": "e", "data": "x".repeat(1024 * 1024)}).to_string();
     let cases: Vec<(&str, String, u16, &str)> = vec![
         (
             "wrong-key",
-            json!({"event": "e"}).to_string(),
+            json!({"tenant": "acme", "event": "e"}).to_string(),
             401,
             "missing or wrong publish key",
         ),
@@ -253,15 +253,39 @@ async fn publish_errors_are_clear_and_typed() {
         ),
         (
             TEST_KEY,
-            json!({"event": "e", "to": ["nokind"]}).to_string(),
+            json!({"tenant": "acme", "event": "e", "to": ["nokind"]}).to_string(),
             400,
             "invalid room \"nokind\"",
         ),
         (
             TEST_KEY,
-            json!({"event": "e", "except": [""]}).to_string(),
+            json!({"tenant": "acme", "event": "e", "to": ["*"], "except": [""]}).to_string(),
             400,
             "room name is empty",
+        ),
+        (
+            TEST_KEY,
+            json!({"event": "e"}).to_string(),
+            400,
+            "name the target rooms in \"to\"",
+        ),
+        (
+            TEST_KEY,
+            json!({"tenant": "acme", "event": "e", "to": ["*", "user:ann"]}).to_string(),
+            400,
+            "cannot be combined with rooms",
+        ),
+        (
+            TEST_KEY,
+            json!({"tenant": "acme", "event": "e", "to": ["tenant:globex"]}).to_string(),
+            400,
+            "belongs to another tenant",
+        ),
+        (
+            TEST_KEY,
+            json!({"tenant": "", "event": "e", "to": ["user:ann"]}).to_string(),
+            400,
+            "tenant id is empty",
         ),
         (TEST_KEY, big, 400, "exceeds the limit of 1048576 bytes"),
     ];
@@ -275,7 +299,7 @@ async fn publish_errors_are_clear_and_typed() {
         );
     }
     // Nothing above was delivered, and the node still delivers.
-    accepted(&node, json!({"event": "ok", "to": ["user:ann"]})).await;
+    accepted(&node, json!({"tenant": "acme", "event": "ok", "to": ["user:ann"]})).await;
     let (_, before) = c.expect("ok").await.unwrap();
     assert!(before.is_empty(), "{before:?}");
 }
@@ -358,11 +382,11 @@ async fn two_nodes_on_one_bus_act_as_one() {
     // Published on node 0: the socket on node 1 receives it, the one on node 0 is not in the room.
     accepted(
         &nodes[0],
-        json!({"event": "doc", "to": ["doc:Task:T-9"], "data": 9}),
+        json!({"tenant": "acme", "event": "doc", "to": ["doc:Task:T-9"], "data": 9}),
     )
     .await;
     assert_eq!(on_b.expect_arg("doc").await.unwrap(), json!(9));
-    accepted(&nodes[1], json!({"event": "both", "to": ["user:ann"]})).await;
+    accepted(&nodes[1], json!({"tenant": "acme", "event": "both", "to": ["user:ann"]})).await;
     let (_, before) = on_a.expect("both").await.unwrap();
     assert!(before.is_empty(), "{before:?}");
     on_b.expect("both").await.unwrap();
@@ -381,7 +405,7 @@ async fn additional_namespaces_are_served() {
     c.expect("connected").await.unwrap();
     accepted(
         &nodes[0],
-        json!({"event": "n", "ns": "/notifications", "to": ["user:ann"], "data": "x"}),
+        json!({"tenant": "acme", "event": "n", "ns": "/notifications", "to": ["user:ann"], "data": "x"}),
     )
     .await;
     assert_eq!(c.expect_arg("n").await.unwrap(), json!("x"));
