@@ -388,8 +388,18 @@ impl Authenticator {
 
     /// Verifies `token` and extracts the identity.
     pub async fn verify(&self, token: &str) -> Result<Identity, AuthError> {
-        let header = jsonwebtoken::decode_header(token)
-            .map_err(|e| AuthError::Malformed(format!("unreadable header ({e})")))?;
+        let header = jsonwebtoken::decode_header(token).map_err(|e| {
+            let detail = e.to_string();
+            // An algorithm jsonwebtoken does not know (`none`, `HS1`...) is named in its
+            // message as "unknown variant `none`".
+            match detail.split("unknown variant `").nth(1).and_then(|r| r.split('`').next()) {
+                Some(alg) => AuthError::AlgorithmNotAllowed {
+                    found: alg.chars().take(16).collect(),
+                    expected: self.expected(),
+                },
+                None => AuthError::Malformed("not a JWT with a readable header".into()),
+            }
+        })?;
         let family = Family::of(header.alg).ok_or_else(|| AuthError::AlgorithmNotAllowed {
             found: format!("{:?}", header.alg),
             expected: self.expected(),
@@ -701,13 +711,19 @@ mod tests {
         for (token, expected) in cases {
             assert_eq!(a.verify(&token).await.unwrap_err(), expected, "{token}");
         }
-        // `alg: none` and garbage never verify.
         let none = format!(
             "{}.{}.",
             b64(&json!({"alg": "none", "typ": "JWT"})),
             b64(&json!({"sub": "a", "exp": exp}))
         );
-        for bad in [none.as_str(), "garbage", "a.b.c"] {
+        assert_eq!(
+            a.verify(&none).await.unwrap_err(),
+            AuthError::AlgorithmNotAllowed {
+                found: "none".into(),
+                expected: "HS256".into()
+            }
+        );
+        for bad in ["garbage", "a.b.c"] {
             assert!(
                 matches!(a.verify(bad).await, Err(AuthError::Malformed(_))),
                 "{bad}"
@@ -737,10 +753,17 @@ mod tests {
         )
         .unwrap();
         strict.verify(&with).await.unwrap();
+        let no_aud = token(json!({"sub": "a", "exp": exp, "iss": "https://idp"}));
         assert_eq!(
-            strict.verify(&without).await.unwrap_err(),
+            strict.verify(&no_aud).await.unwrap_err(),
             AuthError::WrongAudience
         );
+        let no_iss = token(json!({"sub": "a", "exp": exp, "aud": "roomcast"}));
+        assert_eq!(
+            strict.verify(&no_iss).await.unwrap_err(),
+            AuthError::WrongIssuer
+        );
+        assert!(strict.verify(&without).await.is_err());
         assert_eq!(
             strict.verify(&other).await.unwrap_err(),
             AuthError::WrongAudience

@@ -171,8 +171,9 @@ async fn publish_reaches_exactly_the_room_members_once() {
     accepted(&node, json!({"tenant": "acme", "event": "multi", "to": ["user:ann", "tenant:acme", "doc:Task:T-1"], "args": ["a", 2]})).await;
     // Tenant minus bob's user room.
     accepted(&node, json!({"tenant": "acme", "event": "tenant_news", "to": ["tenant:acme"], "except": ["user:bob"], "data": null})).await;
-    // Whole namespace: a marker everyone receives last.
+    // The whole tenant: a marker every acme socket receives last; eve's tenant gets its own.
     accepted(&node, json!({"tenant": "acme", "event": "marker", "to": ["*"]})).await;
+    accepted(&node, json!({"tenant": "other", "event": "marker", "to": ["*"]})).await;
 
     let (_, before) = ann.expect("marker").await.unwrap();
     let names: Vec<&str> = before.iter().map(|e| e.name.as_str()).collect();
@@ -424,7 +425,8 @@ async fn publisher_sdk_reaches_sockets_through_the_bus() {
         std::sync::Arc::new(bus),
         rooms::Channels::default(),
         "billing",
-    );
+    )
+    .in_tenant("acme");
     sdk.to_user("ann")
         .emit("invoice.paid", &json!({"invoice": "INV-1"}))
         .await
