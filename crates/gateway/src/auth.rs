@@ -5,7 +5,7 @@
 //! an RSA key only RS*/PS*, an EC key only ES256/384 — so a token cannot choose how it is
 //! verified (no algorithm confusion, no `none`). A token's `kid` picks the key when it
 //! names one; a `kid` that no cached JWKS key has makes the authenticator fetch the JWKS
-//! again (at most once per [`JWKS_MIN_REFETCH`]), which is how key rotation is followed.
+//! again (at most once per [`TokenRules::jwks_min_refetch`]), which is how key rotation is followed.
 
 use std::sync::RwLock;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -17,9 +17,6 @@ use serde_json::{Map, Value};
 
 use crate::config::{ClaimNames, JwtKey, TokenRules};
 
-/// The shortest interval between two JWKS fetches caused by unknown `kid`s, so a client
-/// sending random key ids cannot make the node hammer the identity provider.
-pub(crate) const JWKS_MIN_REFETCH: Duration = Duration::from_secs(10);
 
 /// Who a connected socket is, from its token.
 #[derive(Debug, Clone)]
@@ -224,6 +221,7 @@ impl Key {
 struct Jwks {
     url: String,
     refresh: Duration,
+    min_refetch: Duration,
     client: reqwest::Client,
     cache: RwLock<JwksCache>,
     /// One fetch at a time; concurrent verifications wait for it.
@@ -243,7 +241,7 @@ impl Jwks {
         cache.fetched.is_some_and(|t| t.elapsed() < self.refresh)
     }
 
-    /// Fetches the JWKS unless another fetch happened within [`JWKS_MIN_REFETCH`];
+    /// Fetches the JWKS unless another fetch happened within `min_refetch`;
     /// true when this call fetched (successfully or not).
     async fn refetch(&self) -> bool {
         let _one = self.fetching.lock().await;
@@ -251,7 +249,7 @@ impl Jwks {
             let cache = self.cache.read().unwrap_or_else(|e| e.into_inner());
             if cache
                 .attempted
-                .is_some_and(|t| t.elapsed() < JWKS_MIN_REFETCH)
+                .is_some_and(|t| t.elapsed() < self.min_refetch)
             {
                 return false;
             }
@@ -329,6 +327,7 @@ impl Authenticator {
             Some(url) => Some(Jwks {
                 url: url.clone(),
                 refresh: rules.jwks_refresh,
+                min_refetch: rules.jwks_min_refetch,
                 client: reqwest::Client::builder()
                     .timeout(Duration::from_secs(5))
                     .build()

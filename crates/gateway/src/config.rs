@@ -170,6 +170,10 @@ pub struct TokenRules {
     pub jwks_refresh: Duration,
     /// Refuse tokens that name no tenant. Default false.
     pub require_tenant: bool,
+    /// The shortest interval between two JWKS fetches caused by unknown `kid`s, so a
+    /// client sending random key ids cannot make the node hammer the identity provider.
+    /// Default 10 s.
+    pub jwks_min_refetch: Duration,
 }
 
 impl Default for TokenRules {
@@ -180,6 +184,7 @@ impl Default for TokenRules {
             jwks_url: None,
             jwks_refresh: Duration::from_secs(300),
             require_tenant: false,
+            jwks_min_refetch: Duration::from_secs(10),
         }
     }
 }
@@ -474,6 +479,7 @@ impl Config {
             jwks_url,
             jwks_refresh: Duration::from_secs(args.jwt_jwks_refresh_secs.max(10)),
             require_tenant: args.require_tenant,
+            ..TokenRules::default()
         };
         let publish_api_key = match args.publish_api_key {
             Some(key) if key.is_empty() => {

@@ -243,15 +243,44 @@ impl SioClient {
         self.next_ack += 1;
         let frame = self.frame(Some(id), event, args);
         self.send_text(frame).await?;
+        self.wait_ack(id)
+            .await
+            .with_context(|| format!("waiting for the ack of {event}"))
+    }
+
+    /// Sends every `(event, args)` in one write (the frames reach the server back to
+    /// back, as a fast client's would), each asking for an ack; returns the ack ids.
+    pub async fn emit_batch(&mut self, events: &[(&str, Vec<Value>)]) -> anyhow::Result<Vec<u64>> {
+        let mut ids = Vec::with_capacity(events.len());
+        for (event, args) in events {
+            let id = self.next_ack;
+            self.next_ack += 1;
+            ids.push(id);
+            let frame = self.frame(Some(id), event, args);
+            self.ws
+                .feed(Message::Text(frame.into()))
+                .await
+                .context("websocket send")?;
+        }
+        self.ws.flush().await.context("websocket flush")?;
+        Ok(ids)
+    }
+
+    /// Waits for the acknowledgement `id` of an earlier emit.
+    pub async fn wait_ack(&mut self, id: u64) -> anyhow::Result<Vec<Value>> {
         let deadline = Instant::now() + DEFAULT_WAIT;
         loop {
             if let Some(pos) = self.acks.iter().position(|(i, _)| *i == id) {
                 return Ok(self.acks.remove(pos).map(|(_, v)| v).unwrap_or_default());
             }
-            self.pump(deadline)
-                .await
-                .with_context(|| format!("waiting for the ack of {event}"))?;
+            self.pump(deadline).await?;
         }
+    }
+
+    /// Drops the connection without a goodbye, as a crashed client or a lost network
+    /// would.
+    pub fn abort(self) {
+        drop(self);
     }
 
     /// Answers the server's acknowledgement request `id` with `args`.

@@ -6,10 +6,12 @@
 //! crosses the wire, and so nothing here depends on another Socket.IO implementation.
 
 mod client;
+mod keys;
 mod node;
 mod redis;
 
 pub use client::{ConnectError, DEFAULT_WAIT, Event, SioClient};
+pub use keys::{KeyKind, KeyPair, keypair};
 pub use node::{
     TEST_KEY, TEST_SECRET, TestNode, publish, spawn_memory_cluster, spawn_node,
     spawn_redis_cluster, token,
