@@ -374,6 +374,42 @@ pub fn connect_bus(config: &Config) -> Result<(Arc<dyn Bus>, Inbox), StartError>
     }
 }
 
+/// Libraries that log what crosses the wire — frames, CONNECT payloads, request heads,
+/// hence tokens and keys — at debug and trace level. They are held at `info` whatever
+/// `RUST_LOG` says, so no credential reaches a log at any level.
+const WIRE_LOGGERS: [&str; 6] = [
+    "tungstenite",
+    "tokio_tungstenite",
+    "engineioxide",
+    "socketioxide",
+    "hyper",
+    "h2",
+];
+
+/// Installs the process's log subscriber: `RUST_LOG` (default `info`) to stderr, as text
+/// or JSON, with the wire-level loggers capped at `info` (see `docs/security.md`).
+pub fn init_logging(json: bool) {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let floor = tracing_subscriber::filter::filter_fn(|meta| {
+        *meta.level() <= tracing::Level::INFO
+            || !WIRE_LOGGERS.iter().any(|t| {
+                meta.target()
+                    .strip_prefix(t)
+                    .is_some_and(|rest| rest.is_empty() || rest.starts_with("::"))
+            })
+    });
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let registry = tracing_subscriber::registry().with(filter).with(floor);
+    if json {
+        registry.with(fmt.json()).init();
+    } else {
+        registry.with(fmt).init();
+    }
+}
+
 /// How the banner and logs describe the bus, with any password masked.
 pub fn bus_description(config: &Config) -> String {
     match &config.redis_url {
