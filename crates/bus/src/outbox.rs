@@ -107,7 +107,10 @@ mod tests {
         // The same room name in a tenant is another channel.
         let env = env.in_tenant("acme");
         assert_eq!(outbox.send(&env).await.unwrap(), 1);
-        assert_eq!(&*inbox.recv().await.unwrap().channel, "t:room:/#@acme/user:1");
+        assert_eq!(
+            &*inbox.recv().await.unwrap().channel,
+            "t:room:/#@acme/user:1"
+        );
 
         let bad = Envelope::new("svc", "x", serde_json::Value::Null).to_rooms(["nokind"]);
         assert!(matches!(

@@ -57,7 +57,9 @@ async fn connect(node: &Node, user: &str) -> anyhow::Result<SioClient> {
     Ok(c)
 }
 
-async fn accepted(node: &Node, body: Value) -> anyhow::Result<()> {
+/// Publishes `body` in the tenant of every e2e user; fails unless it is accepted.
+async fn accepted(node: &Node, mut body: Value) -> anyhow::Result<()> {
+    body["tenant"] = json!("e2e");
     let (status, res) = publish(&node.url, TEST_KEY, &body.to_string()).await?;
     ensure!(
         status == 202,
@@ -130,7 +132,7 @@ async fn cross_node(env: &mut Env) -> anyhow::Result<Outcome> {
     sdk.to_user("x").emit("via_sdk", &json!("s")).await?;
     let client = redis::Client::open(env.redis_url())?;
     let mut conn = client.get_multiplexed_async_connection().await?;
-    let legacy = json!({"event": "via_legacy", "message": "l", "user": "x"}).to_string();
+    let legacy = json!({"event": "via_legacy", "message": "l", "user": "x", "site": "e2e"}).to_string();
     let receivers: i64 = redis::cmd("PUBLISH")
         .arg("realtime")
         .arg(legacy)
@@ -164,7 +166,7 @@ async fn user_targeting(env: &mut Env) -> anyhow::Result<Outcome> {
         json!({"event": "private", "to": ["user:target"], "data": 1}),
     )
     .await?;
-    accepted(&env.nodes[2], json!({"event": "marker"})).await?;
+    accepted(&env.nodes[2], json!({"event": "marker", "to": ["*"]})).await?;
     for c in [&mut x1, &mut x2] {
         ensure!(
             before_marker(c, "marker").await? == ["private"],
@@ -196,7 +198,7 @@ async fn document(env: &mut Env) -> anyhow::Result<Outcome> {
         )
         .await?;
     }
-    accepted(&env.nodes[2], json!({"event": "marker"})).await?;
+    accepted(&env.nodes[2], json!({"event": "marker", "to": ["*"]})).await?;
     for s in [&mut a, &mut b] {
         let (_, before) = s.expect("marker").await?;
         let seq: Vec<i64> = before

@@ -96,7 +96,11 @@ mod tests {
         assert_eq!(m.user, None);
         assert_eq!(m.message, Value::Null);
 
-        let m = LegacyMessage::decode(br#"{"event":"e","user":42,"site":"s1.local"}"#, Limits::default()).unwrap();
+        let m = LegacyMessage::decode(
+            br#"{"event":"e","user":42,"site":"s1.local"}"#,
+            Limits::default(),
+        )
+        .unwrap();
         assert_eq!(m.tenant.as_deref(), Some("s1.local"));
         assert_eq!(m.user.as_deref(), Some("42"));
         assert_eq!(m.message, Value::Null);

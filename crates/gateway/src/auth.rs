@@ -17,7 +17,6 @@ use serde_json::{Map, Value};
 
 use crate::config::{ClaimNames, JwtKey, TokenRules};
 
-
 /// Who a connected socket is, from its token.
 #[derive(Debug, Clone)]
 pub struct Identity {
@@ -187,8 +186,10 @@ impl Key {
                         key,
                     })
                 } else {
-                    Err("JWT_PUBLIC_KEY_FILE is not an RSA, EC or Ed25519 public key in PEM form"
-                        .into())
+                    Err(
+                        "JWT_PUBLIC_KEY_FILE is not an RSA, EC or Ed25519 public key in PEM form"
+                            .into(),
+                    )
                 }
             }
         }
@@ -391,7 +392,11 @@ impl Authenticator {
             let detail = e.to_string();
             // An algorithm jsonwebtoken does not know (`none`, `HS1`...) is named in its
             // message as "unknown variant `none`".
-            match detail.split("unknown variant `").nth(1).and_then(|r| r.split('`').next()) {
+            match detail
+                .split("unknown variant `")
+                .nth(1)
+                .and_then(|r| r.split('`').next())
+            {
                 Some(alg) => AuthError::AlgorithmNotAllowed {
                     found: alg.chars().take(16).collect(),
                     expected: self.expected(),

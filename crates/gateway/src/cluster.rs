@@ -180,6 +180,7 @@ impl Cluster {
         self.membership.attach(key(socket), expires_at);
         self.stats.connections.fetch_add(1, Ordering::Relaxed);
         let cluster = Arc::downgrade(self);
+        #[allow(clippy::disallowed_methods, reason = "the one disconnect hook")]
         socket.on_disconnect(move |s: SocketRef<BusAdapter>| {
             // Synchronously, before socketioxide removes the socket from its rooms: a join
             // racing this disconnect either finished before (and is undone here) or finds
@@ -227,7 +228,9 @@ impl Cluster {
         room: &ScopedRoom,
         local: impl FnOnce(),
     ) -> Option<crate::membership::Confirmation> {
-        self.membership.join(&(Arc::from(ns), sid), room, local).ok()
+        self.membership
+            .join(&(Arc::from(ns), sid), room, local)
+            .ok()
     }
 
     /// Removes local socket `sid` from `room` on another node's request.
@@ -363,7 +366,10 @@ impl Cluster {
 
     /// The broadcast operator for `env`'s namespace, tenant, rooms and flags; `None`
     /// (logged) when this node does not serve the namespace.
-    fn operator(&self, env: &Envelope) -> Result<Option<BroadcastOperators<BusAdapter>>, SendError> {
+    fn operator(
+        &self,
+        env: &Envelope,
+    ) -> Result<Option<BroadcastOperators<BusAdapter>>, SendError> {
         let (to, except) = bus::targets(env)?;
         let Some(io) = self.io.get() else {
             return Ok(None);
@@ -374,10 +380,18 @@ impl Cluster {
         };
         let mut op = op.broadcast();
         if let Audience::Rooms(rooms) = to {
-            op = op.to(rooms.into_iter().map(ScopedRoom::into_string).collect::<Vec<_>>());
+            op = op.to(rooms
+                .into_iter()
+                .map(ScopedRoom::into_string)
+                .collect::<Vec<_>>());
         }
         if !except.is_empty() {
-            op = op.except(except.into_iter().map(ScopedRoom::into_string).collect::<Vec<_>>());
+            op = op.except(
+                except
+                    .into_iter()
+                    .map(ScopedRoom::into_string)
+                    .collect::<Vec<_>>(),
+            );
         }
         if env.flags.volatile {
             op = op.volatile();

@@ -51,7 +51,12 @@ pub struct Args {
     #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
     /// Comma-separated secrets still accepted while clients move to JWT_SECRET (rotation) [default: none]
-    #[arg(long, env = "JWT_PREVIOUS_SECRETS", hide_env_values = true, value_delimiter = ',')]
+    #[arg(
+        long,
+        env = "JWT_PREVIOUS_SECRETS",
+        hide_env_values = true,
+        value_delimiter = ','
+    )]
     pub jwt_previous_secrets: Vec<String>,
     /// Comma-separated PEM public key files (RSA, EC or Ed25519) to verify RS*/PS*/ES*/EdDSA tokens [default: none]
     #[arg(long, env = "JWT_PUBLIC_KEY_FILE", value_delimiter = ',')]
@@ -212,11 +217,12 @@ pub struct DevCredentials {
 
 impl DevCredentials {
     /// A token for the development user: user `dev`, tenant `dev`, may join any room,
-    /// valid for 7 days. Printed in the banner and pre-filled on the demo page.
+    /// valid for 24 hours. Printed in the banner and pre-filled on the demo page when the
+    /// node listens on loopback.
     pub fn token(&self) -> Result<String, String> {
         let claims = serde_json::json!({
             "sub": "dev", "tenant_id": "dev", "rooms": ["*"],
-            "exp": crate::auth::unix_now() + 7 * 24 * 3600,
+            "exp": crate::auth::unix_now() + 24 * 3600,
         });
         crate::auth::sign_hs256(&self.jwt_secret, &claims).map_err(|e| e.to_string())
     }
@@ -427,12 +433,11 @@ impl Config {
             Ok(())
         };
         let mut jwt_keys = Vec::new();
-        for (name, secret) in args
-            .jwt_secret
-            .iter()
-            .map(|s| ("JWT_SECRET", s))
-            .chain(args.jwt_previous_secrets.iter().map(|s| ("JWT_PREVIOUS_SECRETS", s)))
-        {
+        for (name, secret) in args.jwt_secret.iter().map(|s| ("JWT_SECRET", s)).chain(
+            args.jwt_previous_secrets
+                .iter()
+                .map(|s| ("JWT_PREVIOUS_SECRETS", s)),
+        ) {
             if secret.is_empty() {
                 return Err(invalid(name, "must not be empty"));
             }

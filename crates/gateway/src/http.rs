@@ -236,8 +236,8 @@ async fn publish(
             "name the target rooms in \"to\"; [\"*\"] is the whole namespace (of the tenant, when one is named)".into(),
         ));
     }
-    let names_tenant = draft.tenant.is_some()
-        || draft.to.iter().all(|room| room.starts_with("tenant:"));
+    let names_tenant =
+        draft.tenant.is_some() || draft.to.iter().all(|room| room.starts_with("tenant:"));
     if ctx.require_tenant && !names_tenant {
         return Err(ApiError::BadRoom(
             "this gateway requires a \"tenant\" on every publish (REQUIRE_TENANT)".into(),

@@ -190,9 +190,14 @@ impl Node {
                 node_id: config.node_id.clone(),
                 socketio_path: config.socketio_path.clone(),
                 namespaces: config.namespaces.clone(),
-                dev_token: dev.and_then(|d| d.token().ok()),
+                // Pre-filled only on a loopback listener: on any other address the page
+                // would hand credentials to the whole network (pass them in the URL
+                // fragment instead).
+                dev_token: dev
+                    .filter(|_| config.host.is_loopback())
+                    .and_then(|d| d.token().ok()),
                 publish_key: dev
-                    .filter(|d| d.generated_publish_key)
+                    .filter(|d| d.generated_publish_key && config.host.is_loopback())
                     .and(config.publish_api_key.clone()),
             })));
         }
@@ -450,7 +455,7 @@ pub fn banner(config: &Config, addr: SocketAddr) -> String {
     let key = config.publish_api_key.as_deref().unwrap_or("");
     out.push_str(&format!(
         "\nDevelopment mode: a JWT secret was generated for this run.\n  \
-         Dev token (user dev, tenant dev, may join any room, valid 7 days):\n    {token}\n  \
+         Dev token (user dev, tenant dev, may join any room, valid 24 hours):\n    {token}\n  \
          Publish key: {key}\n  \
          Connect:  io(\"{base}\", {{ path: \"{path}\", auth: {{ token: \"<dev token>\" }} }})\n  \
          Publish to user dev:\n    \

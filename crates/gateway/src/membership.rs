@@ -187,7 +187,12 @@ impl Membership {
 
     /// Removes `socket` from `room` (running `local` inside the critical section);
     /// unsubscribes the channel after the last local member. False if it was not in it.
-    pub(crate) fn leave(&self, socket: &SocketKey, room: &ScopedRoom, local: impl FnOnce()) -> bool {
+    pub(crate) fn leave(
+        &self,
+        socket: &SocketKey,
+        room: &ScopedRoom,
+        local: impl FnOnce(),
+    ) -> bool {
         let (was_member, unsubscribe) = {
             let mut st = self.lock();
             let was_member = st

@@ -223,7 +223,11 @@ fn join(
 }
 
 /// Validates and applies a leave now.
-fn leave(cluster: &Cluster, s: &SocketRef<BusAdapter>, arg: Option<Value>) -> Result<String, String> {
+fn leave(
+    cluster: &Cluster,
+    s: &SocketRef<BusAdapter>,
+    arg: Option<Value>,
+) -> Result<String, String> {
     let room = room_arg(arg)?;
     let identity = identity(s).ok_or("not authenticated")?;
     let scoped = identity.scope(&room).map_err(|e| e.to_string())?;
@@ -233,7 +237,11 @@ fn leave(cluster: &Cluster, s: &SocketRef<BusAdapter>, arg: Option<Value>) -> Re
 
 /// `refresh`: a fresh token (a string or `{token}`) for the same user and tenant moves
 /// the socket's expiry; rooms the new token no longer allows are left.
-async fn refresh(ctx: &SocketCtx, s: &SocketRef<BusAdapter>, arg: Option<Value>) -> Result<Value, String> {
+async fn refresh(
+    ctx: &SocketCtx,
+    s: &SocketRef<BusAdapter>,
+    arg: Option<Value>,
+) -> Result<Value, String> {
     let token = match &arg {
         Some(Value::String(t)) => t.as_str(),
         Some(Value::Object(map)) => map.get("token").and_then(Value::as_str).unwrap_or(""),

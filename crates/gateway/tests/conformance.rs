@@ -151,9 +151,11 @@ async fn bystander(node: &TestNode) -> SioClient {
 }
 
 async fn still_served(node: &TestNode, bystander: &mut SioClient, n: u64) {
-    node.publish_accepted(json!({"tenant": "acme", "event": "still-here", "to": ["user:bob"], "data": n}))
-        .await
-        .unwrap();
+    node.publish_accepted(
+        json!({"tenant": "acme", "event": "still-here", "to": ["user:bob"], "data": n}),
+    )
+    .await
+    .unwrap();
     assert_eq!(bystander.expect_arg("still-here").await.unwrap(), n);
 }
 

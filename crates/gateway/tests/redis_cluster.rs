@@ -81,7 +81,11 @@ async fn cross_node_delivery_targeting_multi_room_and_except() {
     )
     .await;
     // Marker to everyone, last.
-    accepted(&nodes[0], json!({"tenant": "acme", "event": "marker", "to": ["*"]})).await;
+    accepted(
+        &nodes[0],
+        json!({"tenant": "acme", "event": "marker", "to": ["*"]}),
+    )
+    .await;
 
     for (client, expected) in [
         (&mut ann0, vec!["doc", "for_ann", "multi"]),
@@ -132,12 +136,17 @@ async fn http_publish_with_ack_collects_answers_from_every_node() {
     assert_eq!(failed.len(), 1, "the silent socket times out: {body}");
     assert_eq!(failed[0]["sid"], silent.sid.as_str());
     // Only the target user's sockets were asked.
-    accepted(&nodes[2], json!({"tenant": "acme", "event": "marker", "to": ["user:bob"]})).await;
+    accepted(
+        &nodes[2],
+        json!({"tenant": "acme", "event": "marker", "to": ["user:bob"]}),
+    )
+    .await;
     let (_, before) = bob.expect("marker").await.unwrap();
     assert!(before.iter().all(|e| e.name != "confirm"), "{before:?}");
 
     // A bad timeout is refused before anything is sent.
-    let body = json!({"tenant": "acme", "event": "confirm", "to": ["user:ann"], "ack_timeout_ms": 0});
+    let body =
+        json!({"tenant": "acme", "event": "confirm", "to": ["user:ann"], "ack_timeout_ms": 0});
     let (status, res) = publish(&nodes[0].url(), TEST_KEY, &body.to_string())
         .await
         .unwrap();
@@ -156,7 +165,11 @@ async fn a_join_ack_is_never_followed_by_a_missed_publish() {
         let room = format!("room:race-{i}");
         assert_eq!(client.join(&room).await.unwrap()["ok"], true);
         // Immediately after the ack, publish on the *other* node.
-        accepted(&nodes[1], json!({"tenant": "acme", "event": "race", "to": [room], "data": i})).await;
+        accepted(
+            &nodes[1],
+            json!({"tenant": "acme", "event": "race", "to": [room], "data": i}),
+        )
+        .await;
         let got = client.expect_arg("race").await;
         assert_eq!(
             got.as_ref().ok(),

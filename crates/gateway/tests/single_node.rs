@@ -172,8 +172,16 @@ async fn publish_reaches_exactly_the_room_members_once() {
     // Tenant minus bob's user room.
     accepted(&node, json!({"tenant": "acme", "event": "tenant_news", "to": ["tenant:acme"], "except": ["user:bob"], "data": null})).await;
     // The whole tenant: a marker every acme socket receives last; eve's tenant gets its own.
-    accepted(&node, json!({"tenant": "acme", "event": "marker", "to": ["*"]})).await;
-    accepted(&node, json!({"tenant": "other", "event": "marker", "to": ["*"]})).await;
+    accepted(
+        &node,
+        json!({"tenant": "acme", "event": "marker", "to": ["*"]}),
+    )
+    .await;
+    accepted(
+        &node,
+        json!({"tenant": "other", "event": "marker", "to": ["*"]}),
+    )
+    .await;
 
     let (_, before) = ann.expect("marker").await.unwrap();
     let names: Vec<&str> = before.iter().map(|e| e.name.as_str()).collect();
@@ -209,7 +217,11 @@ async fn leave_stops_delivery_and_disconnect_releases_every_room() {
         json!({"tenant": "acme", "event": "after_leave", "to": ["doc:Task:T-1"]}),
     )
     .await;
-    accepted(node, json!({"tenant": "acme", "event": "marker", "to": ["user:ann"]})).await;
+    accepted(
+        node,
+        json!({"tenant": "acme", "event": "marker", "to": ["user:ann"]}),
+    )
+    .await;
     let (_, before) = c.expect("marker").await.unwrap();
     assert!(before.is_empty(), "{before:?}");
     assert_eq!(node.cluster.room_count(), 2);
@@ -300,7 +312,11 @@ async fn publish_errors_are_clear_and_typed() {
         );
     }
     // Nothing above was delivered, and the node still delivers.
-    accepted(&node, json!({"tenant": "acme", "event": "ok", "to": ["user:ann"]})).await;
+    accepted(
+        &node,
+        json!({"tenant": "acme", "event": "ok", "to": ["user:ann"]}),
+    )
+    .await;
     let (_, before) = c.expect("ok").await.unwrap();
     assert!(before.is_empty(), "{before:?}");
 }
@@ -387,7 +403,11 @@ async fn two_nodes_on_one_bus_act_as_one() {
     )
     .await;
     assert_eq!(on_b.expect_arg("doc").await.unwrap(), json!(9));
-    accepted(&nodes[1], json!({"tenant": "acme", "event": "both", "to": ["user:ann"]})).await;
+    accepted(
+        &nodes[1],
+        json!({"tenant": "acme", "event": "both", "to": ["user:ann"]}),
+    )
+    .await;
     let (_, before) = on_a.expect("both").await.unwrap();
     assert!(before.is_empty(), "{before:?}");
     on_b.expect("both").await.unwrap();

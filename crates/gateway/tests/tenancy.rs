@@ -84,16 +84,26 @@ async fn the_same_user_id_in_two_tenants_is_two_users_on_every_path() {
     )
     .await;
     // A tenant's broadcast stays in the tenant.
-    sdk.in_tenant("t2").broadcast().emit("all_t2", &5).await.unwrap();
+    sdk.in_tenant("t2")
+        .broadcast()
+        .emit("all_t2", &5)
+        .await
+        .unwrap();
     markers(&nodes[1]).await;
 
     assert_eq!(
         before_marker(&mut a1).await,
-        [("http".into(), vec![json!(1)]), ("legacy".into(), vec![json!(3)])]
+        [
+            ("http".into(), vec![json!(1)]),
+            ("legacy".into(), vec![json!(3)])
+        ]
     );
     assert_eq!(
         before_marker(&mut a2).await,
-        [("sdk".into(), vec![json!(2)]), ("all_t2".into(), vec![json!(5)])]
+        [
+            ("sdk".into(), vec![json!(2)]),
+            ("all_t2".into(), vec![json!(5)])
+        ]
     );
     assert_eq!(
         before_marker(&mut shared).await,
@@ -155,7 +165,8 @@ async fn a_client_never_joins_another_tenants_rooms() {
     let nodes = spawn_redis_cluster(1, &redis.url(), |_, _| {})
         .await
         .unwrap();
-    let wildcard = json!({"token": token(json!({"sub": "mallory", "tenant_id": "t1", "rooms": ["*"]}))});
+    let wildcard =
+        json!({"token": token(json!({"sub": "mallory", "tenant_id": "t1", "rooms": ["*"]}))});
     let mut m = nodes[0].client(wildcard).await.unwrap();
     let refused = m.join("tenant:t2").await.unwrap();
     assert_eq!(refused["ok"], false);
@@ -270,7 +281,10 @@ async fn sockets_that_join_in_bursts_and_vanish_leave_nothing_behind() {
             let node = &nodes[i % nodes.len()];
             async move {
                 let tenant = format!("t{}", i % 3);
-                let mut c = node.client(auth(&format!("u{i}"), Some(&tenant))).await.unwrap();
+                let mut c = node
+                    .client(auth(&format!("u{i}"), Some(&tenant)))
+                    .await
+                    .unwrap();
                 // Mostly rooms other sockets share, some of its own.
                 let joins: Vec<(&str, Vec<Value>)> = (0..JOINS)
                     .map(|j| {
@@ -290,19 +304,23 @@ async fn sockets_that_join_in_bursts_and_vanish_leave_nothing_behind() {
         .await;
         peak = peak.max(nodes.iter().map(|n| n.cluster.room_count()).sum::<usize>());
     }
-    assert!(peak > 0, "no join was ever handled: the test proves nothing");
+    assert!(
+        peak > 0,
+        "no join was ever handled: the test proves nothing"
+    );
     let prefix = nodes[0].cluster.channels().prefix().to_owned();
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let members: usize = nodes.iter().map(|n| n.cluster.membership().socket_count()).sum();
+        let members: usize = nodes
+            .iter()
+            .map(|n| n.cluster.membership().socket_count())
+            .sum();
         let rooms: usize = nodes.iter().map(|n| n.cluster.room_count()).sum();
         let mut health = 0;
         for node in &nodes {
             health += health_rooms(node).await;
         }
-        let channels = redis
-            .pubsub_channels(&format!("{prefix}:room:*"))
-            .unwrap();
+        let channels = redis.pubsub_channels(&format!("{prefix}:room:*")).unwrap();
         if members == 0 && rooms == 0 && health == 0 && channels.is_empty() {
             break;
         }

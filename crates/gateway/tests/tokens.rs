@@ -114,7 +114,10 @@ fn jwk(key: &KeyPair, alg: Algorithm, kid: &str) -> Jwk {
 
 #[tokio::test]
 async fn jwks_keys_are_found_by_kid_and_rotation_is_followed() {
-    let (a, b) = (keypair(KeyKind::Rsa).unwrap(), keypair(KeyKind::EcP256).unwrap());
+    let (a, b) = (
+        keypair(KeyKind::Rsa).unwrap(),
+        keypair(KeyKind::EcP256).unwrap(),
+    );
     let set = Arc::new(Mutex::new(JwkSet {
         keys: vec![jwk(&a, Algorithm::RS256, "a")],
     }));
@@ -170,10 +173,14 @@ async fn audience_and_issuer_are_enforced_when_configured() {
         c.token_rules.issuer = vec!["https://idp.example".into()];
     })
     .await;
-    let good = token(json!({"sub": "a", "aud": ["other", "roomcast"], "iss": "https://idp.example"}));
+    let good =
+        token(json!({"sub": "a", "aud": ["other", "roomcast"], "iss": "https://idp.example"}));
     node.client(json!({ "token": good })).await.unwrap();
     let wrong = token(json!({"sub": "a", "aud": "other", "iss": "https://idp.example"}));
-    assert_eq!(refused(&node, &wrong).await, "token audience is not accepted");
+    assert_eq!(
+        refused(&node, &wrong).await,
+        "token audience is not accepted"
+    );
     // Unset, a token from an identity provider (with aud and iss) is accepted as is.
     let plain = node_with(|_| {}).await;
     plain.client(json!({ "token": wrong })).await.unwrap();
@@ -200,7 +207,10 @@ async fn an_expired_token_disconnects_with_a_reason_unless_refreshed() {
 
     // Someone else's token is not a refresh.
     let other = token(json!({"sub": "mallory", "tenant_id": "acme", "rooms": ["*"]}));
-    let ack = refreshing.emit_with_ack("refresh", &[json!(other)]).await.unwrap();
+    let ack = refreshing
+        .emit_with_ack("refresh", &[json!(other)])
+        .await
+        .unwrap();
     assert_eq!(ack[0]["ok"], false);
     assert!(ack[0]["error"].as_str().unwrap().contains("another user"));
 
@@ -213,7 +223,10 @@ async fn an_expired_token_disconnects_with_a_reason_unless_refreshed() {
     assert_eq!(ack[0]["left"], json!(["doc:Task:1"]));
 
     // The lapsing socket is told why, then disconnected.
-    let reason = lapsing.expect_arg(gateway::DISCONNECT_REASON_EVENT).await.unwrap();
+    let reason = lapsing
+        .expect_arg(gateway::DISCONNECT_REASON_EVENT)
+        .await
+        .unwrap();
     assert_eq!(reason["reason"], "token_expired");
     lapsing.expect_disconnect().await.unwrap();
 
@@ -229,7 +242,13 @@ async fn an_expired_token_disconnects_with_a_reason_unless_refreshed() {
     }
     let (_, before) = refreshing.expect("kept").await.unwrap();
     assert!(before.is_empty(), "{before:?}");
-    assert_eq!(node.cluster.stats.expired.load(std::sync::atomic::Ordering::Relaxed), 1);
+    assert_eq!(
+        node.cluster
+            .stats
+            .expired
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
 }
 
 #[tokio::test]
@@ -239,7 +258,14 @@ async fn a_second_node_with_a_live_node_id_is_refused() {
         .await
         .unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while nodes[0].cluster.registry().nodes().await.unwrap().is_empty() {
+    while nodes[0]
+        .cluster
+        .registry()
+        .nodes()
+        .await
+        .unwrap()
+        .is_empty()
+    {
         assert!(tokio::time::Instant::now() < deadline, "never registered");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -268,7 +294,10 @@ fn production_refuses_weak_secrets_with_one_line() {
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(err.lines().count(), 1, "{err}");
-    assert!(err.contains("JWT_SECRET of at least 32 bytes (got 6)"), "{err}");
+    assert!(
+        err.contains("JWT_SECRET of at least 32 bytes (got 6)"),
+        "{err}"
+    );
 }
 
 #[tokio::test]
@@ -317,7 +346,12 @@ async fn no_credential_in_the_logs_at_trace_level() {
     c.close().await;
     let _ = child.kill();
     let mut logs = String::new();
-    child.stderr.take().unwrap().read_to_string(&mut logs).unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut logs)
+        .unwrap();
     let _ = child.wait();
     assert!(logs.contains("TRACE"), "trace logging is on: {logs}");
     for secret in [
@@ -327,6 +361,9 @@ async fn no_credential_in_the_logs_at_trace_level() {
         "a-configured-publish-key-32bytes",
     ] {
         let leaks: Vec<&str> = logs.lines().filter(|l| l.contains(secret)).collect();
-        assert!(leaks.is_empty(), "{secret} leaked into the logs: {leaks:#?}");
+        assert!(
+            leaks.is_empty(),
+            "{secret} leaked into the logs: {leaks:#?}"
+        );
     }
 }

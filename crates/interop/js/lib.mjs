@@ -33,12 +33,12 @@ export function withTimeout(promise, what, ms = WAIT_MS) {
   return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
 }
 
-/** POST /v1/publish on node `i`; returns { status, body }. */
+/** POST /v1/publish on node `i`, in the suite users' tenant; returns { status, body }. */
 export async function publish(i, body) {
   const res = await fetch(`${cfg.nodes[i]}/v1/publish`, {
     method: "POST",
     headers: { "Content-Type": "application/json", Authorization: `Bearer ${cfg.key}` },
-    body: JSON.stringify(body),
+    body: JSON.stringify({ tenant: cfg.tenant, ...body }),
   });
   return { status: res.status, body: await res.json() };
 }

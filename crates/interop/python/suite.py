@@ -52,8 +52,9 @@ def http_json(url, body=None, headers=None):
 
 
 def publish(i, body):
+    """POST /v1/publish on node i, in the suite users' tenant."""
     headers = {"Content-Type": "application/json", "Authorization": f"Bearer {CFG['key']}"}
-    return http_json(f"{CFG['nodes'][i]}/v1/publish", body, headers)
+    return http_json(f"{CFG['nodes'][i]}/v1/publish", {"tenant": CFG["tenant"], **body}, headers)
 
 
 def accepted(i, body):

@@ -201,7 +201,7 @@ async fn dev_cluster() -> anyhow::Result<()> {
     )
     .await?;
     let claims = json!({
-        "sub": "dev", "tenant_id": "dev", "rooms": ["*"], "exp": gateway::unix_now() + 7 * 24 * 3600,
+        "sub": "dev", "tenant_id": "dev", "rooms": ["*"], "exp": gateway::unix_now() + 24 * 3600,
     });
     let token = gateway::sign_hs256(&secrets.jwt, &claims)?;
     let key = &secrets.publish_key;
@@ -214,10 +214,10 @@ async fn dev_cluster() -> anyhow::Result<()> {
     }
     let first = cluster.urls().into_iter().next().unwrap_or_default();
     println!(
-        "\nToken (user dev, tenant dev, any room, 7 days): {token}\nPublish key: {key}\n\
+        "\nToken (user dev, tenant dev, any room, 24 hours): {token}\nPublish key: {key}\n\
          Open two demo pages on different nodes, join the same room, publish from one.\n\
          From a shell:\n  curl -sS -X POST {first}/v1/publish -H 'Authorization: Bearer {key}' \
-         -H 'Content-Type: application/json' -d '{{\"event\":\"hello\",\"to\":[\"user:dev\"],\"data\":{{\"text\":\"hi\"}}}}'\n\
+         -H 'Content-Type: application/json' -d '{{\"tenant\":\"dev\",\"event\":\"hello\",\"to\":[\"user:dev\"],\"data\":{{\"text\":\"hi\"}}}}'\n\
          Node logs: {}\nCtrl-C stops everything.",
         logs.display()
     );

@@ -102,7 +102,9 @@ fn first_arg(payload: Payload) -> anyhow::Result<Value> {
     }
 }
 
-async fn publish(cfg: &Value, i: usize, body: Value) -> anyhow::Result<()> {
+/// Publishes on node `i`, in the suite users' tenant.
+async fn publish(cfg: &Value, i: usize, mut body: Value) -> anyhow::Result<()> {
+    body["tenant"] = cfg["tenant"].clone();
     let url = cfg["nodes"][i].as_str().unwrap_or_default();
     let key = cfg["key"].as_str().unwrap_or_default();
     let (status, answer) = testkit::publish(url, key, &body.to_string()).await?;

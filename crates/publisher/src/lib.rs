@@ -349,7 +349,10 @@ mod tests {
             let msg = inbox.recv().await.unwrap();
             assert_eq!(&*msg.channel, channel);
             let env = Envelope::decode(&msg.payload, Limits::default()).unwrap();
-            assert_eq!((env.tenant.as_deref(), env.event.as_str()), (Some("acme"), event));
+            assert_eq!(
+                (env.tenant.as_deref(), env.event.as_str()),
+                (Some("acme"), event)
+            );
         }
         assert!(matches!(
             acme_p.to_tenant("globex").emit("e", &1).await,

@@ -362,7 +362,14 @@ mod tests {
 
     #[test]
     fn invalid_scoped_names() {
-        for bad in ["@acme", "@/user:1", "@%zz/user:1", "@acme/nokind", "lobby", ""] {
+        for bad in [
+            "@acme",
+            "@/user:1",
+            "@%zz/user:1",
+            "@acme/nokind",
+            "lobby",
+            "",
+        ] {
             assert!(ScopedRoom::parse(bad).is_err(), "{bad:?}");
         }
     }

@@ -24,6 +24,11 @@ struct Publish {
 
 async fn on_connect<A: Adapter>(socket: SocketRef<A>, TryData(auth): TryData<Auth>) {
     if let Ok(auth) = auth {
+        // The reference stack: plain socketioxide, not Roomcast's membership.
+        #[allow(
+            clippy::disallowed_methods,
+            reason = "a reference stack, not the gateway"
+        )]
         socket.join(auth.room);
     }
     socket.on(
