@@ -132,7 +132,8 @@ async fn cross_node(env: &mut Env) -> anyhow::Result<Outcome> {
     sdk.to_user("x").emit("via_sdk", &json!("s")).await?;
     let client = redis::Client::open(env.redis_url())?;
     let mut conn = client.get_multiplexed_async_connection().await?;
-    let legacy = json!({"event": "via_legacy", "message": "l", "user": "x", "site": "e2e"}).to_string();
+    let legacy =
+        json!({"event": "via_legacy", "message": "l", "user": "x", "site": "e2e"}).to_string();
     let receivers: i64 = redis::cmd("PUBLISH")
         .arg("realtime")
         .arg(legacy)
