@@ -35,6 +35,9 @@ pub struct RedisConfig {
     /// How long to wait for a connection, a reply or a subscription confirmation.
     /// Default 3 s.
     pub command_timeout: Duration,
+    /// Publishes waiting for Redis at most; past it a publish fails at once instead of
+    /// queueing (a blackholed Redis must not grow memory or latency). Default 10 000.
+    pub publish_queue: usize,
 }
 
 impl std::fmt::Debug for RedisConfig {
@@ -60,7 +63,15 @@ impl RedisConfig {
             publish_retry_budget: Duration::ZERO,
             ping_interval: Duration::from_secs(5),
             command_timeout: Duration::from_secs(3),
+            publish_queue: 10_000,
         }
+    }
+
+    /// The longest a publish can take from call to answer: its retry budget plus one
+    /// attempt (connect and reply), whatever Redis does.
+    pub fn publish_deadline(&self) -> Duration {
+        self.publish_retry_budget
+            .saturating_add(self.command_timeout.saturating_mul(2))
     }
 
     /// Sets how long publishes retry while Redis is unreachable.
@@ -122,11 +133,13 @@ pub fn mask_url(url: &str) -> String {
 /// A [`Bus`] over Redis pub/sub.
 #[derive(Debug)]
 pub struct RedisBus {
-    publish_tx: mpsc::UnboundedSender<PublishRequest>,
+    publish_tx: mpsc::Sender<PublishRequest>,
     command_tx: mpsc::UnboundedSender<Command>,
     health: Arc<Mutex<Health>>,
     pool: Pool,
     masked_url: String,
+    command_timeout: Duration,
+    publish_deadline: Duration,
 }
 
 #[derive(Debug)]
@@ -134,6 +147,8 @@ struct PublishRequest {
     channel: String,
     payload: Bytes,
     reply: oneshot::Sender<Result<usize, PublishError>>,
+    /// Past this the caller has its answer (a timeout); the publish is not attempted.
+    deadline: Instant,
 }
 
 #[derive(Debug)]
@@ -150,6 +165,20 @@ impl Command {
 
 /// The most publishes sent in one pipeline.
 const MAX_PIPELINE: usize = 512;
+/// Channels per SUBSCRIBE when resubscribing after a reconnect.
+const RESUBSCRIBE_CHUNK: usize = 2_000;
+
+/// `fut`, failing as unavailable after `limit`.
+fn with_timeout<T: Send + 'static>(
+    limit: Duration,
+    fut: impl std::future::Future<Output = Result<T, PublishError>> + Send + 'static,
+) -> BusFuture<Result<T, PublishError>> {
+    Box::pin(async move {
+        timeout(limit, fut)
+            .await
+            .map_err(|_| PublishError::Unavailable("Redis did not answer in time".into()))?
+    })
+}
 
 impl RedisBus {
     /// Creates the bus and starts its connection tasks; returns at once. Redis need not
@@ -185,7 +214,7 @@ impl RedisBus {
             publisher: LinkState::Connecting,
             subscriber: LinkState::Connecting,
         }));
-        let (publish_tx, publish_rx) = mpsc::unbounded_channel();
+        let (publish_tx, publish_rx) = mpsc::channel(config.publish_queue.max(1));
         let (command_tx, command_rx) = mpsc::unbounded_channel();
         let (inbox_tx, inbox) = mpsc::unbounded_channel();
 
@@ -195,6 +224,8 @@ impl RedisBus {
             publish_rx,
             health.clone(),
         ));
+        let command_timeout = config.command_timeout;
+        let publish_deadline = config.publish_deadline();
         tokio::spawn(
             Subscriber {
                 client,
@@ -214,6 +245,8 @@ impl RedisBus {
                 health,
                 pool,
                 masked_url,
+                command_timeout,
+                publish_deadline,
             },
             inbox,
         ))
@@ -264,7 +297,7 @@ fn backoff(config: &RedisConfig, attempt: u32) -> Duration {
 async fn publisher_task(
     pool: Pool,
     config: RedisConfig,
-    mut rx: mpsc::UnboundedReceiver<PublishRequest>,
+    mut rx: mpsc::Receiver<PublishRequest>,
     health: Arc<Mutex<Health>>,
 ) {
     let mut batch = Vec::with_capacity(MAX_PIPELINE);
@@ -304,6 +337,22 @@ async fn publisher_task(
         let deadline = Instant::now() + config.publish_retry_budget;
         let mut attempt = 0;
         loop {
+            // Requests whose callers have given up are answered, not sent: a queue that
+            // built up behind a blackholed Redis drains at once when it answers again.
+            let now = Instant::now();
+            batch.retain_mut(|req| {
+                if req.deadline > now {
+                    return true;
+                }
+                let reply = std::mem::replace(&mut req.reply, oneshot::channel().0);
+                let _ = reply.send(Err(PublishError::Unavailable(
+                    "Redis did not answer in time".into(),
+                )));
+                false
+            });
+            if batch.is_empty() {
+                break;
+            }
             match publish_batch(&pool, &batch, config.command_timeout).await {
                 Ok(counts) => {
                     failures = 0;
@@ -437,11 +486,15 @@ impl Subscriber {
             .map_err(|e| format!("cannot connect to Redis: {e}"))?;
         let (mut sink, stream) = pubsub.split();
         if !self.desired.is_empty() {
+            // In chunks, each with its own timeout, so that a node with very many
+            // channels resubscribes them all instead of timing out on one giant command.
             let all: Vec<&String> = self.desired.iter().collect();
-            timeout(limit, sink.subscribe(all))
-                .await
-                .map_err(|_| "timed out resubscribing".to_owned())?
-                .map_err(|e| format!("resubscribe failed: {e}"))?;
+            for chunk in all.chunks(RESUBSCRIBE_CHUNK) {
+                timeout(limit, sink.subscribe(chunk))
+                    .await
+                    .map_err(|_| "timed out resubscribing".to_owned())?
+                    .map_err(|e| format!("resubscribe failed: {e}"))?;
+            }
             tracing::info!(
                 channels = self.desired.len(),
                 "resubscribed after connecting to Redis"
@@ -604,14 +657,29 @@ impl Subscriber {
 impl Bus for RedisBus {
     fn publish(&self, channel: &str, payload: Bytes) -> BusFuture<Result<usize, PublishError>> {
         let (reply, rx) = oneshot::channel();
-        let sent = self.publish_tx.send(PublishRequest {
+        let deadline = Instant::now() + self.publish_deadline;
+        let sent = self.publish_tx.try_send(PublishRequest {
             channel: channel.to_owned(),
             payload,
             reply,
+            deadline,
         });
         Box::pin(async move {
-            sent.map_err(|_| PublishError::Closed)?;
-            rx.await.map_err(|_| PublishError::Closed)?
+            match sent {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    return Err(PublishError::Unavailable(
+                        "publish queue full: Redis is not keeping up".into(),
+                    ));
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => return Err(PublishError::Closed),
+            }
+            match tokio::time::timeout_at(deadline, rx).await {
+                Ok(answer) => answer.map_err(|_| PublishError::Closed)?,
+                Err(_) => Err(PublishError::Unavailable(
+                    "Redis did not answer in time".into(),
+                )),
+            }
         })
     }
 
@@ -626,7 +694,7 @@ impl Bus for RedisBus {
     fn subscriber_count(&self, channel: &str) -> BusFuture<Result<usize, PublishError>> {
         let pool = self.pool.clone();
         let channel = channel.to_owned();
-        Box::pin(async move {
+        with_timeout(self.command_timeout, async move {
             let mut conn = pool
                 .get()
                 .await
@@ -662,7 +730,7 @@ impl Bus for RedisBus {
     fn registered(&self, prefix: &str) -> BusFuture<Result<Vec<Bytes>, PublishError>> {
         let pool = self.pool.clone();
         let pattern = format!("{}*", escape_glob(prefix));
-        Box::pin(async move {
+        with_timeout(self.command_timeout, async move {
             let mut conn = pool.get().await.map_err(unavailable)?;
             let mut keys: Vec<String> = Vec::new();
             let mut cursor: u64 = 0;
@@ -729,7 +797,7 @@ impl RedisBus {
     /// Runs one command on a pooled connection, ignoring its reply.
     fn run(&self, cmd: redis::Cmd) -> BusFuture<Result<(), PublishError>> {
         let pool = self.pool.clone();
-        Box::pin(async move {
+        with_timeout(self.command_timeout, async move {
             let mut conn = pool.get().await.map_err(unavailable)?;
             cmd.query_async::<redis::Value>(&mut conn)
                 .await

@@ -44,7 +44,8 @@ use crate::cluster::Cluster;
 /// How long a request waits for the other servers' answers (plus the ack timeout for
 /// acknowledged broadcasts).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
-/// Room in each response channel for acks arriving before they are consumed.
+/// Room in each response channel for acks arriving before they are consumed; more wait
+/// for room (see [`BusAdapter::recv_response`]).
 const ACK_BUFFER: usize = 255;
 
 /// Why a cluster-wide adapter operation failed.
@@ -441,10 +442,17 @@ impl BusAdapter {
             tracing::warn!(ns = %self.ns, "cluster response without a request id");
             return;
         };
-        if let Some(tx) = self.lock_responses().get(&req_id)
-            && let Err(e) = tx.try_send(payload)
-        {
-            tracing::warn!(%req_id, error = %e, "cluster response dropped");
+        let Some(tx) = self.lock_responses().get(&req_id).cloned() else {
+            return;
+        };
+        // A broadcast with acks may bring far more answers than the channel holds (one
+        // per remote socket): wait for room rather than drop one.
+        if let Err(mpsc::error::TrySendError::Full(payload)) = tx.try_send(payload) {
+            tokio::spawn(async move {
+                if tx.send(payload).await.is_err() {
+                    tracing::debug!(%req_id, "cluster response arrived after its request ended");
+                }
+            });
         }
     }
 

@@ -24,7 +24,9 @@ use socketioxide::extract::SocketRef;
 use socketioxide::operators::BroadcastOperators;
 
 use crate::adapter::BusAdapter;
-use crate::membership::{JoinRefused, Membership, SocketKey};
+use crate::membership::{
+    AttachRefused, ConnectionLimits, JoinRefused, Membership, SocketKey, UserKey,
+};
 use crate::registry::Registry;
 
 /// Shared state of one node: membership, the registry, and the handle used to deliver
@@ -63,6 +65,12 @@ pub struct Stats {
     pub expired: AtomicU64,
     /// Joins refused (not allowed, invalid room, too many rooms).
     pub joins_refused: AtomicU64,
+    /// Connections refused: bad token, or a connection cap.
+    pub connections_refused: AtomicU64,
+    /// Client events refused for going over a rate limit.
+    pub rate_limited: AtomicU64,
+    /// Sockets disconnected for sustained abuse of the rate limits.
+    pub rate_disconnects: AtomicU64,
 }
 
 /// Why a join did not complete cleanly.
@@ -85,8 +93,8 @@ pub struct ClusterSettings {
     pub namespaces: Vec<String>,
     /// The channel of the legacy JSON form, if enabled.
     pub legacy_channel: Option<String>,
-    /// The most rooms one socket may be in (its automatic rooms included).
-    pub max_rooms_per_socket: usize,
+    /// Connection and room caps.
+    pub connection_limits: ConnectionLimits,
     /// Drop legacy messages that name no tenant.
     pub require_tenant: bool,
 }
@@ -100,7 +108,7 @@ impl Cluster {
         let membership = Membership::new(
             outbox.bus().clone(),
             outbox.channels().clone(),
-            settings.max_rooms_per_socket,
+            settings.connection_limits,
         );
         let registry = Registry::new(outbox.bus().clone(), outbox.channels(), &node_id);
         Self {
@@ -172,12 +180,19 @@ impl Cluster {
         all
     }
 
-    /// Starts tracking a newly connected socket whose token expires at `expires_at`
-    /// (seconds since the epoch, 0: never), and installs its disconnect hook, which
-    /// forgets every room it joined. Call it once per socket, before any join; do not
-    /// install another `on_disconnect` afterwards.
-    pub fn attach(self: &Arc<Self>, socket: &SocketRef<BusAdapter>, expires_at: u64) {
-        self.membership.attach(key(socket), expires_at);
+    /// Starts tracking a newly connected socket of `user` (counted against the per-user
+    /// cap; `None`: not counted) whose token expires at `expires_at` (seconds since the
+    /// epoch, 0: never), and installs its disconnect hook, which forgets every room it
+    /// joined. Call it once per socket, before any join — in a connect middleware, so a
+    /// refusal reaches the client as its connect error; do not install another
+    /// `on_disconnect` afterwards.
+    pub fn attach(
+        self: &Arc<Self>,
+        socket: &SocketRef<BusAdapter>,
+        expires_at: u64,
+        user: Option<UserKey>,
+    ) -> Result<(), AttachRefused> {
+        self.membership.attach(key(socket), expires_at, user)?;
         self.stats.connections.fetch_add(1, Ordering::Relaxed);
         let cluster = Arc::downgrade(self);
         #[allow(clippy::disallowed_methods, reason = "the one disconnect hook")]
@@ -191,6 +206,7 @@ impl Cluster {
             }
             async {}
         });
+        Ok(())
     }
 
     /// Adds `socket` to `room` now (local delivery starts at once) and returns a future

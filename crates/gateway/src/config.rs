@@ -145,6 +145,30 @@ pub struct Args {
     /// Rooms one socket may be in, its automatic rooms included; joins past it are refused [default: 128]
     #[arg(long, env = "MAX_ROOMS_PER_SOCKET", default_value_t = 128)]
     pub max_rooms_per_socket: usize,
+    /// Sockets this node accepts; more are refused at connect [default: 50000]
+    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 50_000)]
+    pub max_connections: usize,
+    /// Sockets one user (tenant + user id) may hold on this node [default: 32]
+    #[arg(long, env = "MAX_CONNECTIONS_PER_USER", default_value_t = 32)]
+    pub max_connections_per_user: usize,
+    /// Client events per second per socket, sustained [default: 50]
+    #[arg(long, env = "EVENTS_PER_SEC", default_value_t = 50.0)]
+    pub events_per_sec: f64,
+    /// Client events per socket allowed in one burst [default: 100]
+    #[arg(long, env = "EVENT_BURST", default_value_t = 100.0)]
+    pub event_burst: f64,
+    /// Joins per second per socket, sustained [default: 20]
+    #[arg(long, env = "JOINS_PER_SEC", default_value_t = 20.0)]
+    pub joins_per_sec: f64,
+    /// Joins per socket allowed in one burst [default: 128]
+    #[arg(long, env = "JOIN_BURST", default_value_t = 128.0)]
+    pub join_burst: f64,
+    /// Refused events within 10 s after which a socket is disconnected [default: 200]
+    #[arg(long, env = "RATE_LIMIT_STRIKES", default_value_t = 200)]
+    pub rate_limit_strikes: u32,
+    /// How long a new session has to authenticate (send its Socket.IO CONNECT), in ms [default: 10000]
+    #[arg(long, env = "CONNECT_TIMEOUT_MS", default_value_t = 10_000)]
+    pub connect_timeout_ms: u64,
     /// Packets queued per socket before emits to it fail [default: 128]
     #[arg(long, env = "SOCKET_BUFFER_PACKETS", default_value_t = 128)]
     pub socket_buffer_packets: usize,
@@ -287,8 +311,12 @@ pub struct Config {
     pub ws_read_buffer: usize,
     /// Packets queued per socket.
     pub socket_buffer: usize,
-    /// Rooms one socket may be in.
-    pub max_rooms_per_socket: usize,
+    /// Connection and room caps.
+    pub connection_limits: crate::ConnectionLimits,
+    /// Per-socket event and join rates.
+    pub rate_limits: crate::RateLimits,
+    /// How long a new session has to authenticate.
+    pub connect_timeout: Duration,
 }
 
 impl fmt::Debug for Config {
@@ -543,6 +571,27 @@ impl Config {
                 "must be at least 2 (a socket's user and tenant rooms)",
             ));
         }
+        let rates = [
+            args.events_per_sec,
+            args.event_burst,
+            args.joins_per_sec,
+            args.join_burst,
+        ];
+        if rates.iter().any(|r| !r.is_finite() || *r < 1.0) {
+            return Err(invalid(
+                "EVENTS_PER_SEC/EVENT_BURST/JOINS_PER_SEC/JOIN_BURST",
+                "must be at least 1",
+            ));
+        }
+        if args.max_connections == 0 || args.max_connections_per_user == 0 {
+            return Err(invalid(
+                "MAX_CONNECTIONS/MAX_CONNECTIONS_PER_USER",
+                "must be at least 1",
+            ));
+        }
+        if args.connect_timeout_ms < 100 {
+            return Err(invalid("CONNECT_TIMEOUT_MS", "must be at least 100"));
+        }
         if args.node_ttl_secs < 3 {
             return Err(invalid("NODE_TTL_SECS", "must be at least 3"));
         }
@@ -661,7 +710,19 @@ impl Config {
             advertised_url: args.advertised_url,
             ws_read_buffer: args.ws_read_buffer_bytes,
             socket_buffer: args.socket_buffer_packets,
-            max_rooms_per_socket: args.max_rooms_per_socket,
+            connection_limits: crate::ConnectionLimits {
+                per_node: args.max_connections,
+                per_user: args.max_connections_per_user,
+                rooms_per_socket: args.max_rooms_per_socket,
+            },
+            rate_limits: crate::RateLimits {
+                events_per_sec: args.events_per_sec,
+                event_burst: args.event_burst,
+                joins_per_sec: args.joins_per_sec,
+                join_burst: args.join_burst,
+                max_strikes: args.rate_limit_strikes,
+            },
+            connect_timeout: Duration::from_millis(args.connect_timeout_ms),
         })
     }
 

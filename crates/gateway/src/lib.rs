@@ -24,6 +24,7 @@ mod cluster;
 mod config;
 mod demo;
 mod http;
+mod limits;
 mod membership;
 mod registry;
 mod sio;
@@ -48,7 +49,8 @@ pub use config::{
     Args, ClaimNames, Config, ConfigError, DevCredentials, JwtKey, MIN_SECRET_BYTES, Mode,
     TokenRules,
 };
-pub use membership::{JoinRefused, Membership};
+pub use limits::RateLimits;
+pub use membership::{AttachRefused, ConnectionLimits, JoinRefused, Membership};
 pub use registry::{Registry, RegistryError};
 
 /// Why a node could not start.
@@ -112,7 +114,11 @@ impl Node {
         )
         .map_err(StartError::Key)?;
         Self::build_with(config, bus, inbox, move |io, cluster| {
-            let ctx = Arc::new(sio::SocketCtx { auth, cluster });
+            let ctx = Arc::new(sio::SocketCtx {
+                auth,
+                cluster,
+                rate_limits: config.rate_limits,
+            });
             config
                 .namespaces
                 .iter()
@@ -144,7 +150,7 @@ impl Node {
                 limits,
                 namespaces: config.namespaces.clone(),
                 legacy_channel: config.legacy_channel.clone(),
-                max_rooms_per_socket: config.max_rooms_per_socket,
+                connection_limits: config.connection_limits,
                 require_tenant: config.token_rules.require_tenant,
             },
         ));
@@ -165,6 +171,9 @@ impl Node {
             .ws_max_frame_size(config.max_payload)
             .ws_read_buffer_size(config.ws_read_buffer)
             .max_buffer_size(config.socket_buffer)
+            // A session must authenticate this soon, or it is closed: an unauthenticated
+            // connection holds as little as possible for as short as possible.
+            .connect_timeout(config.connect_timeout)
             .with_adapter::<BusAdapter>(cluster.clone())
             .build_layer();
         cluster.set_io(io.clone());

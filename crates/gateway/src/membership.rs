@@ -33,6 +33,48 @@ pub(crate) type Confirmation = Shared<BusFuture<Result<(), SubscribeError>>>;
 /// A socket, as membership knows it: its namespace and id.
 pub(crate) type SocketKey = (Arc<str>, Sid);
 
+/// Who a socket belongs to, for the per-user connection cap: (tenant, user).
+pub(crate) type UserKey = (Option<Arc<str>>, Arc<str>);
+
+/// Why a socket may not connect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum AttachRefused {
+    /// The node holds as many sockets as it allows.
+    #[error("this node is full ({max} connections); try again or another node")]
+    NodeFull {
+        /// The limit.
+        max: usize,
+    },
+    /// The user has as many sockets as it may.
+    #[error("too many connections for this user (at most {max})")]
+    UserFull {
+        /// The limit.
+        max: usize,
+    },
+}
+
+/// How many sockets a node, and one user, may hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    /// Sockets per node (all namespaces). Default 50 000.
+    pub per_node: usize,
+    /// Sockets per user (per tenant and user id, all namespaces). Default 32.
+    pub per_user: usize,
+    /// Rooms one socket may be in, its automatic rooms included. Default 128.
+    pub rooms_per_socket: usize,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        Self {
+            per_node: 50_000,
+            per_user: 32,
+            rooms_per_socket: 128,
+        }
+    }
+}
+
 /// Why a join changed nothing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -54,6 +96,8 @@ struct Member {
     rooms: HashSet<ScopedRoom>,
     /// When its token expires (seconds since the epoch); 0 for never.
     expires_at: u64,
+    /// Its user, when counted against the per-user cap.
+    user: Option<UserKey>,
 }
 
 #[derive(Debug, Default)]
@@ -66,6 +110,8 @@ struct State {
     members: HashMap<SocketKey, Member>,
     /// Attached sockets by token expiry, soonest first.
     expiries: BTreeSet<(u64, SocketKey)>,
+    /// Attached sockets per user.
+    users: HashMap<UserKey, usize>,
 }
 
 /// The node's room membership and the bus interest it implies.
@@ -73,18 +119,17 @@ struct State {
 pub struct Membership {
     bus: Arc<dyn Bus>,
     channels: Channels,
-    max_rooms_per_socket: usize,
+    limits: ConnectionLimits,
     state: Mutex<State>,
 }
 
 impl Membership {
-    /// Membership over `bus`, naming channels with `channels`; a socket may be in at
-    /// most `max_rooms_per_socket` rooms (its automatic rooms included).
-    pub(crate) fn new(bus: Arc<dyn Bus>, channels: Channels, max_rooms_per_socket: usize) -> Self {
+    /// Membership over `bus`, naming channels with `channels`, within `limits`.
+    pub(crate) fn new(bus: Arc<dyn Bus>, channels: Channels, limits: ConnectionLimits) -> Self {
         Self {
             bus,
             channels,
-            max_rooms_per_socket,
+            limits,
             state: Mutex::default(),
         }
     }
@@ -113,9 +158,29 @@ impl Membership {
             .unwrap_or_default()
     }
 
-    /// Starts tracking `socket`, whose token expires at `expires_at` (0: never).
-    pub(crate) fn attach(&self, socket: SocketKey, expires_at: u64) {
+    /// Starts tracking `socket` of `user`, whose token expires at `expires_at` (0:
+    /// never), unless the node or the user is at its connection cap.
+    pub(crate) fn attach(
+        &self,
+        socket: SocketKey,
+        expires_at: u64,
+        user: Option<UserKey>,
+    ) -> Result<(), AttachRefused> {
         let mut st = self.lock();
+        if st.members.len() >= self.limits.per_node {
+            return Err(AttachRefused::NodeFull {
+                max: self.limits.per_node,
+            });
+        }
+        if let Some(user) = &user {
+            let count = st.users.entry(user.clone()).or_default();
+            if *count >= self.limits.per_user {
+                return Err(AttachRefused::UserFull {
+                    max: self.limits.per_user,
+                });
+            }
+            *count += 1;
+        }
         if expires_at > 0 {
             st.expiries.insert((expires_at, socket.clone()));
         }
@@ -124,8 +189,10 @@ impl Membership {
             Member {
                 rooms: HashSet::new(),
                 expires_at,
+                user,
             },
         );
+        Ok(())
     }
 
     /// Moves `socket`'s expiry to `expires_at` (a refreshed token). False if it is gone.
@@ -163,7 +230,7 @@ impl Membership {
     ) -> Result<Confirmation, JoinRefused> {
         let channel = self.channels.room(&socket.0, room);
         let mut st = self.lock();
-        let max = self.max_rooms_per_socket;
+        let max = self.limits.rooms_per_socket;
         let member = st.members.get_mut(socket).ok_or(JoinRefused::Gone)?;
         let newly_joined = if member.rooms.contains(room) {
             false
@@ -216,6 +283,14 @@ impl Membership {
                 return;
             };
             st.expiries.remove(&(member.expires_at, socket.clone()));
+            if let Some(user) = &member.user
+                && let Some(count) = st.users.get_mut(user)
+            {
+                *count -= 1;
+                if *count == 0 {
+                    st.users.remove(user);
+                }
+            }
             member
                 .rooms
                 .iter()
@@ -260,7 +335,34 @@ mod tests {
 
     fn membership(max: usize) -> Membership {
         let (bus, _inbox) = MemoryHub::new().connect();
-        Membership::new(Arc::new(bus), Channels::new("t"), max)
+        let limits = ConnectionLimits {
+            per_node: 3,
+            per_user: 2,
+            rooms_per_socket: max,
+        };
+        Membership::new(Arc::new(bus), Channels::new("t"), limits)
+    }
+
+    fn user(name: &str) -> Option<UserKey> {
+        Some((Some(Arc::from("t")), Arc::from(name)))
+    }
+
+    #[test]
+    fn connection_caps_per_node_and_per_user() {
+        let m = membership(10);
+        m.attach(key(1), 0, user("a")).unwrap();
+        m.attach(key(2), 0, user("a")).unwrap();
+        assert_eq!(
+            m.attach(key(3), 0, user("a")),
+            Err(AttachRefused::UserFull { max: 2 })
+        );
+        m.attach(key(3), 0, user("b")).unwrap();
+        assert_eq!(
+            m.attach(key(4), 0, None),
+            Err(AttachRefused::NodeFull { max: 3 })
+        );
+        m.detach(&key(1));
+        m.attach(key(4), 0, user("a")).unwrap();
     }
 
     fn key(n: u8) -> SocketKey {
@@ -277,7 +379,7 @@ mod tests {
             m.join(&key(1), &room, || panic!("no local join")).err(),
             Some(JoinRefused::Gone)
         );
-        m.attach(key(1), 0);
+        m.attach(key(1), 0, None).unwrap();
         m.join(&key(1), &room, || {}).unwrap().await.unwrap();
         assert_eq!(m.room_count(), 1);
         m.detach(&key(1));
@@ -289,8 +391,8 @@ mod tests {
     #[tokio::test]
     async fn same_room_in_two_tenants_is_two_rooms() {
         let m = membership(10);
-        m.attach(key(1), 0);
-        m.attach(key(2), 0);
+        m.attach(key(1), 0, None).unwrap();
+        m.attach(key(2), 0, None).unwrap();
         for (k, tenant) in [(key(1), "a"), (key(2), "b")] {
             m.join(&k, &scoped(Some(tenant), "user:admin"), || {})
                 .unwrap()
@@ -306,7 +408,7 @@ mod tests {
     #[tokio::test]
     async fn room_cap_counts_distinct_rooms() {
         let m = membership(2);
-        m.attach(key(1), 0);
+        m.attach(key(1), 0, None).unwrap();
         for room in ["room:a", "room:b", "room:a"] {
             m.join(&key(1), &scoped(None, room), || {})
                 .unwrap()
@@ -325,9 +427,9 @@ mod tests {
     #[tokio::test]
     async fn expiries_in_order_and_moved_by_refresh() {
         let m = membership(2);
-        m.attach(key(1), 100);
-        m.attach(key(2), 50);
-        m.attach(key(3), 0);
+        m.attach(key(1), 100, None).unwrap();
+        m.attach(key(2), 50, None).unwrap();
+        m.attach(key(3), 0, None).unwrap();
         assert_eq!(m.expired(49), vec![]);
         assert_eq!(m.expired(100), vec![key(2), key(1)]);
         assert!(m.set_expiry(&key(2), 200));

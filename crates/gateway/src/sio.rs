@@ -12,19 +12,30 @@ use futures_util::future::join_all;
 use rooms::Room;
 use serde_json::{Value, json};
 use socketioxide::SocketIo;
-use socketioxide::extract::{AckSender, SocketRef, TryData};
+use socketioxide::extract::{AckSender, Event, SocketRef, TryData};
 use socketioxide::handler::ConnectHandler;
 
 use crate::adapter::BusAdapter;
 use crate::auth::{AuthError, Authenticator, Identity, TokenSources};
 use crate::cluster::Cluster;
-use crate::membership::JoinRefused;
+use crate::limits::{RateLimits, SocketLimiter, Verdict};
+use crate::membership::{AttachRefused, JoinRefused};
 
 /// What the namespace handlers share.
 #[derive(Debug)]
 pub(crate) struct SocketCtx {
     pub(crate) auth: Authenticator,
     pub(crate) cluster: Arc<Cluster>,
+    pub(crate) rate_limits: RateLimits,
+}
+
+/// Why a connection was refused; the message is the client's connect error.
+#[derive(Debug, thiserror::Error)]
+enum ConnectRefused {
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    #[error(transparent)]
+    Limit(#[from] AttachRefused),
 }
 
 /// Registers the handlers of namespace `ns`; the returned future resolves when the
@@ -50,7 +61,36 @@ async fn authenticate(
     ctx: &SocketCtx,
     s: &SocketRef<BusAdapter>,
     auth: Option<Value>,
-) -> Result<(), AuthError> {
+) -> Result<(), ConnectRefused> {
+    let refused = |e: ConnectRefused| {
+        ctx.cluster
+            .stats
+            .connections_refused
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tracing::debug!(sid = %s.id, ns = %s.ns(), error = %e, "refused a connection");
+        e
+    };
+    let identity = verify(ctx, s, auth).await.map_err(|e| refused(e.into()))?;
+    let user = (
+        identity.tenant_id.as_ref().map(|t| Arc::from(t.as_str())),
+        Arc::from(identity.user_id.as_str()),
+    );
+    // Tracked from here: the last check of the handshake, so a refusal is the client's
+    // connect error and an accepted socket always has its disconnect hook.
+    ctx.cluster
+        .attach(s, identity.expires_at, Some(user))
+        .map_err(|e| refused(e.into()))?;
+    s.extensions.insert(Arc::new(identity));
+    s.extensions
+        .insert(Arc::new(SocketLimiter::new(&ctx.rate_limits)));
+    Ok(())
+}
+
+async fn verify(
+    ctx: &SocketCtx,
+    s: &SocketRef<BusAdapter>,
+    auth: Option<Value>,
+) -> Result<Identity, AuthError> {
     let token = {
         let parts = s.req_parts();
         TokenSources {
@@ -64,11 +104,7 @@ async fn authenticate(
         .find()
         .ok_or(AuthError::Missing)?
     };
-    let identity = ctx.auth.verify(&token).await.inspect_err(|e| {
-        tracing::debug!(sid = %s.id, ns = %s.ns(), error = %e, "refused a connection");
-    })?;
-    s.extensions.insert(Arc::new(identity));
-    Ok(())
+    ctx.auth.verify(&token).await
 }
 
 /// The socket's current identity (replaced by `refresh`).
@@ -83,7 +119,6 @@ async fn on_connect(ctx: Arc<SocketCtx>, s: SocketRef<BusAdapter>) {
         return;
     };
     let cluster = ctx.cluster.clone();
-    cluster.attach(&s, identity.expires_at);
     {
         let cluster = cluster.clone();
         s.on(
@@ -92,7 +127,8 @@ async fn on_connect(ctx: Arc<SocketCtx>, s: SocketRef<BusAdapter>) {
                   TryData(room): TryData<Value>,
                   ack: AckSender<BusAdapter>| {
                 // Synchronous: the membership change happens in packet order.
-                let pending = join(&cluster, &s, room.ok());
+                let pending =
+                    limit(&cluster, &s, true).and_then(|()| join(&cluster, &s, room.ok()));
                 async move {
                     let reply = match pending {
                         Ok((room, confirmation)) => match confirmation.await {
@@ -113,7 +149,9 @@ async fn on_connect(ctx: Arc<SocketCtx>, s: SocketRef<BusAdapter>) {
             move |s: SocketRef<BusAdapter>,
                   TryData(room): TryData<Value>,
                   ack: AckSender<BusAdapter>| {
-                let reply = match leave(&cluster, &s, room.ok()) {
+                let reply = match limit(&cluster, &s, false)
+                    .and_then(|()| leave(&cluster, &s, room.ok()))
+                {
                     Ok(room) => json!({"ok": true, "room": room}),
                     Err(error) => json!({"ok": false, "error": error}),
                 };
@@ -131,12 +169,35 @@ async fn on_connect(ctx: Arc<SocketCtx>, s: SocketRef<BusAdapter>) {
                   TryData(arg): TryData<Value>,
                   ack: AckSender<BusAdapter>| {
                 let ctx = ctx.clone();
+                let allowed = limit(&ctx.cluster, &s, false);
                 async move {
-                    let reply = match refresh(&ctx, &s, arg.ok()).await {
+                    let reply = match async {
+                        allowed?;
+                        refresh(&ctx, &s, arg.ok()).await
+                    }
+                    .await
+                    {
                         Ok(reply) => reply,
                         Err(error) => json!({"ok": false, "error": error}),
                     };
                     ack.send(&reply).ok();
+                }
+            },
+        );
+    }
+
+    {
+        let cluster = cluster.clone();
+        // Events the gateway has no handler for: counted against the rate, and refused
+        // with a reason when the client asked for an ack — never silently dropped.
+        s.on_fallback(
+            move |s: SocketRef<BusAdapter>, Event(event): Event, ack: AckSender<BusAdapter>| {
+                let error = match limit(&cluster, &s, false) {
+                    Ok(()) => format!("no handler for event {event:?} on this gateway"),
+                    Err(e) => e,
+                };
+                async move {
+                    ack.send(&json!({"ok": false, "error": error})).ok();
                 }
             },
         );
@@ -179,6 +240,36 @@ async fn on_connect(ctx: Arc<SocketCtx>, s: SocketRef<BusAdapter>) {
         "expires_at": identity.expires_at,
     });
     s.emit("connected", &connected).ok();
+}
+
+/// Applies the socket's rate limits to one client event (`join`: a join). Refusals are
+/// counted; sustained abuse disconnects the socket with the reason `rate_limited`.
+fn limit(cluster: &Cluster, s: &SocketRef<BusAdapter>, join: bool) -> Result<(), String> {
+    let Some(limiter) = s.extensions.get::<Arc<SocketLimiter>>() else {
+        return Ok(());
+    };
+    let verdict = limiter.check(join);
+    if verdict == Verdict::Allow {
+        return Ok(());
+    }
+    let stats = &cluster.stats;
+    stats
+        .rate_limited
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let what = if join { "joins" } else { "events" };
+    let message = format!("rate limited: too many {what} per second; slow down");
+    if verdict == Verdict::Disconnect {
+        stats
+            .rate_disconnects
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tracing::info!(sid = %s.id, "disconnected a socket that kept exceeding its rate limit");
+        Cluster::disconnect_with_reason(
+            s,
+            "rate_limited",
+            "too many events for too long: disconnected",
+        );
+    }
+    Err(message)
 }
 
 /// The room a `join`/`leave` names: a string, or `{ "room": "..." }`.

@@ -206,9 +206,13 @@ async fn a_client_never_joins_another_tenants_rooms() {
 #[tokio::test]
 async fn join_then_leave_in_one_write_never_leaves_the_socket_in_the_room() {
     let redis = RedisServer::start().unwrap();
-    let nodes = spawn_redis_cluster(2, &redis.url(), |_, _| {})
-        .await
-        .unwrap();
+    // An ordering test, not a rate-limit test: 2000 events as fast as acks come back.
+    let nodes = spawn_redis_cluster(2, &redis.url(), |_, config| {
+        config.rate_limits.events_per_sec = 1e6;
+        config.rate_limits.joins_per_sec = 1e6;
+    })
+    .await
+    .unwrap();
     let node = &nodes[0];
     let mut c = node.client(auth("ann", Some("t1"))).await.unwrap();
     let automatic = node.cluster.room_count();
@@ -271,7 +275,7 @@ async fn sockets_that_join_in_bursts_and_vanish_leave_nothing_behind() {
     const JOINS: usize = 200;
     let redis = RedisServer::start().unwrap();
     let nodes = spawn_redis_cluster(2, &redis.url(), |_, config| {
-        config.max_rooms_per_socket = JOINS + 2;
+        config.connection_limits.rooms_per_socket = JOINS + 2;
     })
     .await
     .unwrap();
