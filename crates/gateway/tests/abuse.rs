@@ -203,17 +203,22 @@ async fn a_blackholed_redis_gets_every_publish_an_answer_within_a_bound() {
     signal(pid, "-STOP");
     let started = Instant::now();
     let url = node.url();
-    let answers = join_all((0..200).map(|i| {
-        let url = url.clone();
-        async move {
-            let body = json!({"tenant": "acme", "event": "during", "to": ["user:ann"], "data": i});
-            let sent = Instant::now();
-            let (status, _) = publish(&url, TEST_KEY, &body.to_string()).await.unwrap();
-            (status, sent.elapsed())
-        }
-    }))
+    let answers = tokio::time::timeout(
+        Duration::from_secs(60),
+        join_all((0..200).map(|i| {
+            let url = url.clone();
+            async move {
+                let body =
+                    json!({"tenant": "acme", "event": "during", "to": ["user:ann"], "data": i});
+                let sent = Instant::now();
+                let (status, _) = publish(&url, TEST_KEY, &body.to_string()).await.unwrap();
+                (status, sent.elapsed())
+            }
+        })),
+    )
     .await;
     signal(pid, "-CONT");
+    let answers = answers.expect("every publish is answered while Redis is stopped");
     let slowest = answers.iter().map(|(_, t)| *t).max().unwrap();
     println!(
         "200 publishes with Redis stopped: answered in {:.1}s, slowest {:.1}s",
@@ -224,9 +229,10 @@ async fn a_blackholed_redis_gets_every_publish_an_answer_within_a_bound() {
         assert!(*status == 202 || *status == 503, "{status}");
     }
     assert!(answers.iter().any(|(s, _)| *s == 503), "Redis was stopped");
-    // The bound is the behaviour: a publish attempt plus its connect, never a queue.
+    // The bound is the behaviour: one attempt (connect + reply, 2 × 3 s), never a queue
+    // that grows with the load; generous for a loaded 2-core machine.
     assert!(
-        slowest < Duration::from_secs(10),
+        slowest < Duration::from_secs(20),
         "slowest answer {slowest:?}"
     );
     // Local delivery went on throughout.
