@@ -1,4 +1,4 @@
-//! `cargo xtask ci`: what CI runs, in the order that fails fastest: format, clippy,
+//! `cargo xtask ci`: what CI runs, in the order that fails fastest: prerequisites, format, clippy,
 //! docs, the test suite, the interop suite (other people's clients and a browser), the
 //! end-to-end matrix on containers, and a benchmark smoke run.
 
@@ -12,6 +12,9 @@ type Step<'a> = (&'a str, &'a [&'a str], &'a [(&'a str, &'a str)]);
 
 /// Runs every step; stops at the first failure.
 pub(crate) fn run() -> anyhow::Result<()> {
+    // Before compiling anything: a machine that lacks something fails in seconds (or, on
+    // Debian as root, gets it installed). The guard stops a Docker engine started here.
+    let _engine = crate::prereq::ensure()?;
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
     let steps: &[Step<'_>] = &[
         ("format", &["fmt", "--all", "--check"], &[]),

@@ -3,6 +3,7 @@
 mod bench;
 mod ci;
 mod e2e;
+mod prereq;
 
 use clap::{Parser, Subcommand};
 
@@ -32,6 +33,8 @@ enum Task {
     /// Redis and three development nodes on this machine until Ctrl-C, with demo-page
     /// links for each node.
     Cluster,
+    /// What each suite needs from this machine, and whether it is here.
+    Doctor,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -41,5 +44,6 @@ fn main() -> anyhow::Result<()> {
         Task::Interop => e2e::interop(),
         Task::Bench { quick } => bench::run(quick),
         Task::Cluster => e2e::cluster(),
+        Task::Doctor => prereq::doctor(),
     }
 }

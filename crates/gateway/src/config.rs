@@ -177,6 +177,27 @@ pub struct Args {
     pub log_format: String,
 }
 
+impl Args {
+    /// Parses `argv` only, ignoring the process environment: the same flags and
+    /// defaults as the binary, but hermetic, so a test's result does not depend on
+    /// whatever `PORT` or `REDIS_URL` the machine has set.
+    ///
+    /// ```
+    /// let args = gateway::Args::try_parse_hermetic(["gateway", "--port", "0"])?;
+    /// assert_eq!(args.port, 0);
+    /// # Ok::<(), clap::Error>(())
+    /// ```
+    pub fn try_parse_hermetic<I, T>(argv: I) -> Result<Self, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        use clap::{CommandFactory, FromArgMatches};
+        let command = Self::command().mut_args(|arg| arg.env(clap::builder::Resettable::Reset));
+        Self::from_arg_matches(&command.try_get_matches_from(argv)?)
+    }
+}
+
 /// One key client tokens are verified with.
 #[derive(Clone)]
 pub enum JwtKey {
@@ -426,14 +447,7 @@ fn non_empty(values: Vec<String>) -> Vec<String> {
 
 /// Percent-encodes a password for the userinfo part of a URL.
 fn percent_encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
+    percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
 }
 
 /// A random hex string of `bytes` random bytes.
@@ -441,7 +455,7 @@ pub(crate) fn random_hex(bytes: usize) -> String {
     use rand::RngCore;
     let mut buf = vec![0u8; bytes];
     rand::rng().fill_bytes(&mut buf);
-    buf.iter().map(|b| format!("{b:02x}")).collect()
+    hex::encode(buf)
 }
 
 impl Config {
@@ -729,7 +743,7 @@ impl Config {
     /// A development configuration for tests and embedding: the given HS256 secret and
     /// publish key, port 0 on 127.0.0.1, namespace `/`.
     pub fn for_tests(jwt_secret: &str, publish_api_key: &str) -> Self {
-        let args = Args::parse_from([
+        let args = Args::try_parse_hermetic([
             "gateway",
             "--host",
             "127.0.0.1",
@@ -742,7 +756,7 @@ impl Config {
         ]);
         // The arguments above are fixed and valid.
         #[allow(clippy::expect_used, reason = "fixed, known-valid arguments")]
-        Self::from_args(args).expect("test configuration is valid")
+        Self::from_args(args.expect("test arguments parse")).expect("test configuration is valid")
     }
 }
 
@@ -753,7 +767,7 @@ mod tests {
     fn parse(args: &[&str]) -> Result<Config, ConfigError> {
         let mut all = vec!["gateway"];
         all.extend_from_slice(args);
-        Config::from_args(Args::try_parse_from(all).unwrap())
+        Config::from_args(Args::try_parse_hermetic(all).unwrap())
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! a strike count that turns sustained abuse into a disconnect.
 //!
 //! A client over its rate gets each extra event refused (its ack says why); one that keeps
-//! going — more than `max_strikes` refusals within [`STRIKE_WINDOW`] — is disconnected
+//! going — more than `max_strikes` refusals within `STRIKE_WINDOW` — is disconnected
 //! with the reason `rate_limited`.
 
 use std::sync::{Mutex, PoisonError};
@@ -24,7 +24,7 @@ pub struct RateLimits {
     pub joins_per_sec: f64,
     /// Joins allowed at once (a page opening many documents). Default 128.
     pub join_burst: f64,
-    /// Refusals within [`STRIKE_WINDOW`] after which the socket is disconnected.
+    /// Refusals within 10 seconds after which the socket is disconnected.
     /// Default 200.
     pub max_strikes: u32,
 }
