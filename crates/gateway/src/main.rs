@@ -1,6 +1,9 @@
 //! `gateway` binary: parse configuration, set up logging, bind, run.
 
+use std::net::SocketAddr;
+
 use clap::Parser;
+use gateway::{Config, Mode};
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
@@ -12,7 +15,7 @@ async fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
-    gateway::init_logging(config.log_json);
+    init_logging(config.log_json);
 
     let listener = match tokio::net::TcpListener::bind((config.host, config.port)).await {
         Ok(l) => l,
@@ -31,8 +34,8 @@ async fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(1);
         }
     };
-    println!("{}", gateway::banner(&config, addr));
-    tracing::info!(node_id = %config.node_id, %addr, bus = %gateway::bus_description(&config), "listening");
+    println!("{}", banner(&config, addr));
+    tracing::info!(node_id = %config.node_id, %addr, bus = %bus_description(&config), "listening");
 
     match gateway::run(listener, config, shutdown_signal()).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -61,4 +64,90 @@ async fn shutdown_signal() {
     #[cfg(not(unix))]
     let term = std::future::pending::<()>();
     tokio::select! { () = ctrl_c => {}, () = term => {} }
+}
+
+/// Libraries that log what crosses the wire — frames, CONNECT payloads, request heads,
+/// hence tokens and keys — at debug and trace level. They are held at `info` whatever
+/// `RUST_LOG` says, so no credential reaches a log at any level.
+const WIRE_LOGGERS: [&str; 6] = [
+    "tungstenite",
+    "tokio_tungstenite",
+    "engineioxide",
+    "socketioxide",
+    "hyper",
+    "h2",
+];
+
+/// Installs the process's log subscriber: `RUST_LOG` (default `info`) to stderr, as text
+/// or JSON, with the wire-level loggers capped at `info` (see `docs/security.md`).
+fn init_logging(json: bool) {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let floor = tracing_subscriber::filter::filter_fn(|meta| {
+        *meta.level() <= tracing::Level::INFO
+            || !WIRE_LOGGERS.iter().any(|t| {
+                meta.target()
+                    .strip_prefix(t)
+                    .is_some_and(|rest| rest.is_empty() || rest.starts_with("::"))
+            })
+    });
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let registry = tracing_subscriber::registry().with(filter).with(floor);
+    if json {
+        registry.with(fmt.json()).init();
+    } else {
+        registry.with(fmt).init();
+    }
+}
+
+/// How the banner and logs describe the bus, with any password masked.
+fn bus_description(config: &Config) -> String {
+    match &config.redis_url {
+        Some(url) => format!(
+            "Redis bus at {} (channel prefix {:?})",
+            bus::mask_url(url),
+            config.channel_prefix
+        ),
+        None => "in-memory bus: single node, no Redis configured".to_owned(),
+    }
+}
+
+/// The text printed at start-up: where to connect and, in development, a token, the
+/// publish key and a `curl` line to try.
+fn banner(config: &Config, addr: SocketAddr) -> String {
+    let bus_kind = bus_description(config);
+    let host = if addr.ip().is_unspecified() {
+        "127.0.0.1".to_owned()
+    } else {
+        addr.ip().to_string()
+    };
+    let base = format!("http://{host}:{}", addr.port());
+    let mut out = format!(
+        "Roomcast gateway {} listening on {base} ({} mode, {bus_kind})\n  Socket.IO path: {}  namespaces: {}\n",
+        config.node_id,
+        config.mode.as_str(),
+        config.socketio_path,
+        config.namespaces.join(", "),
+    );
+    if config.mode == Mode::Development {
+        out.push_str(&format!("  Demo page: {base}/\n"));
+    }
+    let Some(dev) = &config.dev else { return out };
+    let token = match dev.token() {
+        Ok(t) => t,
+        Err(e) => return format!("{out}  (could not sign a dev token: {e})\n"),
+    };
+    let key = config.publish_api_key.as_deref().unwrap_or("");
+    out.push_str(&format!(
+        "\nDevelopment mode: a JWT secret was generated for this run.\n  \
+         Dev token (user dev, tenant dev, may join any room, valid 24 hours):\n    {token}\n  \
+         Publish key: {key}\n  \
+         Connect:  io(\"{base}\", {{ path: \"{path}\", auth: {{ token: \"<dev token>\" }} }})\n  \
+         Publish to user dev:\n    \
+         curl -sS -X POST {base}/v1/publish -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' -d '{{\"tenant\":\"dev\",\"event\":\"hello\",\"to\":[\"user:dev\"],\"data\":{{\"text\":\"hi from curl\"}}}}'\n",
+        path = config.socketio_path,
+    ));
+    out
 }

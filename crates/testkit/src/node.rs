@@ -8,10 +8,10 @@ use gateway::{Cluster, Config, Node};
 use serde_json::Value;
 use tokio::sync::oneshot;
 
-/// JWT secret of test nodes.
-pub const TEST_SECRET: &str = "roomcast-test-secret";
+/// JWT secret of test nodes (long enough for production mode, which the e2e containers run).
+pub const TEST_SECRET: &str = "roomcast-test-secret-at-least-32-bytes";
 /// Publish key of test nodes.
-pub const TEST_KEY: &str = "roomcast-test-key";
+pub const TEST_KEY: &str = "roomcast-test-publish-key-of-32-bytes";
 
 /// A node serving on `127.0.0.1:<port>`; stopped when dropped.
 #[derive(Debug)]

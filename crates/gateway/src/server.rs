@@ -1,0 +1,355 @@
+//! Server assembly: a [`Node`] is the cluster view, the Socket.IO layer with its
+//! namespaces and the HTTP routes, built from a [`Config`] over a bus; [`run`] serves one
+//! until shutdown.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use bus::{Bus, Inbox, MemoryHub, Outbox};
+use envelope::Limits;
+use rooms::Channels;
+use socketioxide::SocketIo;
+use tokio::net::TcpListener;
+use tower_http::cors::{AllowOrigin, Any, CorsLayer};
+
+use crate::adapter::{BusAdapter, InitRes};
+use crate::auth::Authenticator;
+use crate::cluster::{Cluster, ClusterSettings};
+use crate::config::{Config, Mode};
+use crate::registry::RegistryError;
+use crate::{demo, http, sio};
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// The JWT key or the Redis URL is unusable.
+    #[error("{0}")]
+    Key(String),
+    /// The bus refused the node's base subscriptions.
+    #[error("cannot subscribe to the bus: {0}")]
+    Bus(#[from] bus::SubscribeError),
+    /// Another live node holds this node's id.
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    /// Serving failed.
+    #[error("server error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// A built node, ready to serve.
+#[derive(Debug)]
+pub struct Node {
+    /// The HTTP + Socket.IO application.
+    pub router: axum::Router,
+    /// The cluster view (for tests and embedding).
+    pub cluster: Arc<Cluster>,
+    /// The Socket.IO handle, e.g. to emit from embedding code.
+    pub io: SocketIo<BusAdapter>,
+    node_ttl: std::time::Duration,
+    advertised_url: Option<String>,
+    /// The node's background tasks (bus dispatcher, token expiry); stopped when the
+    /// node is dropped, so a stopped node leaves nothing running.
+    tasks: Tasks,
+}
+
+/// Background tasks aborted on drop.
+#[derive(Debug, Default)]
+struct Tasks(Vec<tokio::task::JoinHandle<()>>);
+
+impl Drop for Tasks {
+    fn drop(&mut self) {
+        for task in &self.0 {
+            task.abort();
+        }
+    }
+}
+
+impl Node {
+    /// Builds a node over `bus`, whose incoming messages arrive on `inbox`, serving the
+    /// gateway's own namespaces (JWT auth, automatic rooms, `join`/`leave`).
+    pub async fn build(
+        config: &Config,
+        bus: Arc<dyn Bus>,
+        inbox: Inbox,
+    ) -> Result<Self, StartError> {
+        let auth = Authenticator::new(
+            &config.jwt_keys,
+            config.token_rules.clone(),
+            config.claims.clone(),
+        )
+        .map_err(StartError::Key)?;
+        Self::build_with(config, bus, inbox, move |io, cluster| {
+            let ctx = Arc::new(sio::SocketCtx {
+                auth,
+                cluster,
+                rate_limits: config.rate_limits,
+            });
+            config
+                .namespaces
+                .iter()
+                .map(|ns| sio::register(io, ns, ctx.clone()))
+                .collect()
+        })
+        .await
+    }
+
+    /// Builds a node whose namespaces are registered by `namespaces` (which returns each
+    /// namespace's start-up future) instead of the gateway's own handlers: the same
+    /// cluster adapter, bus and HTTP API, with other socket behaviour. Used by the
+    /// benchmark server; handlers should join rooms through [`Cluster::join`].
+    pub async fn build_with<F>(
+        config: &Config,
+        bus: Arc<dyn Bus>,
+        inbox: Inbox,
+        namespaces: F,
+    ) -> Result<Self, StartError>
+    where
+        F: FnOnce(&SocketIo<BusAdapter>, Arc<Cluster>) -> Vec<InitRes>,
+    {
+        let limits = Limits::default().with_max_size(config.max_payload);
+        let outbox = Outbox::new(bus, Channels::new(config.channel_prefix.clone()));
+        let cluster = Arc::new(Cluster::new(
+            config.node_id.clone(),
+            outbox,
+            ClusterSettings {
+                limits,
+                namespaces: config.namespaces.clone(),
+                legacy_channel: config.legacy_channel.clone(),
+                connection_limits: config.connection_limits,
+                require_tenant: config.token_rules.require_tenant,
+            },
+        ));
+        cluster.registry().check_unique(config.node_ttl).await?;
+        // A bus that is down at start is not fatal: the subscription is remembered and
+        // made when the bus connects; meanwhile the node serves local sockets.
+        if let Err(e) = cluster.bus().subscribe(cluster.base_channels()).await {
+            tracing::warn!(error = %e, "bus unavailable at start; serving local sockets until it connects");
+        }
+
+        let (layer, io) = SocketIo::builder()
+            .req_path(config.socketio_path.clone())
+            .ping_interval(config.ping_interval)
+            .ping_timeout(config.ping_timeout)
+            .max_payload(config.max_payload as u64)
+            // The same limit for WebSocket messages (engineioxide's default is 64 MiB).
+            .ws_max_message_size(config.max_payload)
+            .ws_max_frame_size(config.max_payload)
+            .ws_read_buffer_size(config.ws_read_buffer)
+            .max_buffer_size(config.socket_buffer)
+            // A session must authenticate this soon, or it is closed: an unauthenticated
+            // connection holds as little as possible for as short as possible.
+            .connect_timeout(config.connect_timeout)
+            .with_adapter::<BusAdapter>(cluster.clone())
+            .build_layer();
+        cluster.set_io(io.clone());
+
+        for ready in namespaces(&io, cluster.clone()) {
+            ready.await;
+        }
+        let tasks = Tasks(vec![
+            tokio::spawn(cluster.clone().dispatch(inbox)),
+            tokio::spawn(cluster.clone().expire_tokens()),
+        ]);
+
+        let http_ctx = Arc::new(http::HttpCtx {
+            cluster: cluster.clone(),
+            publish_api_key: config.publish_api_key.clone(),
+            mode: config.mode,
+            require_tenant: config.token_rules.require_tenant,
+        });
+        let mut router = http::router(http_ctx, config.max_payload);
+        if config.mode == Mode::Development {
+            let dev = config.dev.as_ref();
+            router = router.merge(demo::router(Arc::new(demo::DemoCtx {
+                node_id: config.node_id.clone(),
+                socketio_path: config.socketio_path.clone(),
+                namespaces: config.namespaces.clone(),
+                // Pre-filled only on a loopback listener: on any other address the page
+                // would hand credentials to the whole network (pass them in the URL
+                // fragment instead).
+                dev_token: dev
+                    .filter(|_| config.host.is_loopback())
+                    .and_then(|d| d.token().ok()),
+                publish_key: dev
+                    .filter(|d| d.generated_publish_key && config.host.is_loopback())
+                    .and(config.publish_api_key.clone()),
+            })));
+        }
+        let router = router
+            .layer(layer)
+            .layer(axum::middleware::map_request_with_state(
+                Arc::<str>::from(config.socketio_path.as_str()),
+                detach_request,
+            ))
+            .layer(cors(&config.cors_allowed_origins));
+        Ok(Self {
+            router,
+            cluster,
+            io,
+            node_ttl: config.node_ttl,
+            advertised_url: config.advertised_url.clone(),
+            tasks,
+        })
+    }
+
+    /// Serves on `listener` until `shutdown` resolves, then closes every socket (an
+    /// Engine.IO `close` packet each) and waits for in-flight requests. For embedding
+    /// and tests, where the process lives on; the `gateway` binary uses [`run`], which
+    /// leaves the sockets to drop with the process instead.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), StartError> {
+        self.serve_with(listener, shutdown, Drain::CloseSockets)
+            .await
+    }
+
+    async fn serve_with(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+        drain: Drain,
+    ) -> Result<(), StartError> {
+        let io = self.io.clone();
+        let address = match &self.advertised_url {
+            Some(url) => url.clone(),
+            None => {
+                let addr = listener.local_addr()?;
+                format!("http://{addr}")
+            }
+        };
+        let (stopping_tx, stopping) = tokio::sync::oneshot::channel::<()>();
+        let server = axum::serve(listener, self.router).with_graceful_shutdown(async move {
+            shutdown.await;
+            let _ = stopping_tx.send(());
+            if drain == Drain::CloseSockets {
+                tracing::info!("shutting down: disconnecting sockets");
+                // Open WebSockets would otherwise keep the graceful shutdown waiting.
+                io.close().await;
+            }
+        });
+        let abandon = async move {
+            let Drain::DropAfter(grace) = drain else {
+                return std::future::pending().await;
+            };
+            if stopping.await.is_err() {
+                return std::future::pending().await;
+            }
+            tracing::info!(
+                grace_ms = grace.as_millis() as u64,
+                "shutting down: no new connections; open sockets drop when the process exits"
+            );
+            tokio::time::sleep(grace).await;
+        };
+        // The heartbeat lives exactly as long as the server: if this future is dropped
+        // (a crash, from the cluster's point of view) the record simply expires.
+        let result = tokio::select! {
+            r = server => r,
+            () = abandon => Ok(()),
+            () = self.cluster.heartbeat(address, self.node_ttl) => Ok(()),
+        };
+        self.cluster.registry().deregister().await;
+        drop(self.tasks);
+        result?;
+        Ok(())
+    }
+}
+
+/// What a stopping node does with the sockets still open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Drain {
+    /// Close each one with an Engine.IO `close` packet.
+    CloseSockets,
+    /// Stop accepting, give in-flight requests this long, then return; the process
+    /// exits and every client sees its connection drop. Clients treat that as a network
+    /// failure and reconnect, where some (python-socketio) take a `close` packet as
+    /// "do not come back".
+    DropAfter(std::time::Duration),
+}
+
+/// Copies the request's URI and headers out of hyper's connection read buffer.
+///
+/// hyper parses the request head zero-copy: the URI and every header are slices of the
+/// connection's 8–16 KiB read buffer, and axum keeps a clone of the URI in the
+/// `OriginalUri` extension. engineioxide stores a session's request parts for the
+/// socket's whole life (`SocketRef::req_parts`), so without these copies every socket
+/// pins that whole buffer (measured: 16 KiB per idle socket with the JS client). Only
+/// Socket.IO requests are copied; nothing else keeps its request.
+async fn detach_request(
+    axum::extract::State(socketio_path): axum::extract::State<Arc<str>>,
+    req: axum::extract::Request,
+) -> axum::extract::Request {
+    use axum::extract::OriginalUri;
+    use axum::http::{HeaderMap, HeaderName, HeaderValue, Uri};
+    if !req.uri().path().starts_with(&*socketio_path) {
+        return req;
+    }
+    let (mut parts, body) = req.into_parts();
+    let mut headers = HeaderMap::with_capacity(parts.headers.len());
+    for (name, value) in &parts.headers {
+        // Standard names are static; custom names and every value become fresh copies.
+        let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(name.as_str().as_bytes()),
+            HeaderValue::from_bytes(value.as_bytes()),
+        ) else {
+            continue;
+        };
+        headers.append(name, value);
+    }
+    parts.headers = headers;
+    if let Ok(uri) = Uri::try_from(parts.uri.to_string()) {
+        parts.uri = uri;
+    }
+    if let Some(OriginalUri(original)) = parts.extensions.get::<OriginalUri>()
+        && let Ok(copy) = Uri::try_from(original.to_string())
+    {
+        parts.extensions.insert(OriginalUri(copy));
+    }
+    axum::extract::Request::from_parts(parts, body)
+}
+
+fn cors(origins: &[String]) -> CorsLayer {
+    let layer = CorsLayer::new().allow_methods(Any).allow_headers(Any);
+    if origins.iter().any(|o| o == "*") {
+        return layer.allow_origin(Any);
+    }
+    let list = origins
+        .iter()
+        .filter_map(|o| o.parse().ok())
+        .collect::<Vec<_>>();
+    layer.allow_origin(AllowOrigin::list(list))
+}
+
+/// Runs one node with the bus its configuration selects until `shutdown` resolves; then
+/// stops accepting, deregisters, gives in-flight requests `SHUTDOWN_GRACE_MS` and
+/// returns without closing open sockets, which drop when the process exits so that
+/// every client library reconnects (to another node behind the load balancer).
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), StartError> {
+    let (bus, inbox) = connect_bus(&config)?;
+    let node = Node::build(&config, bus, inbox).await?;
+    node.serve_with(listener, shutdown, Drain::DropAfter(config.shutdown_grace))
+        .await
+}
+
+/// The bus the configuration selects: Redis when a URL is set, else in-memory.
+pub fn connect_bus(config: &Config) -> Result<(Arc<dyn Bus>, Inbox), StartError> {
+    match &config.redis_url {
+        Some(url) => {
+            let mut redis = bus::RedisConfig::new(url.clone());
+            redis.max_reconnect_attempts = config.redis_max_reconnect_attempts;
+            let (bus, inbox) =
+                bus::RedisBus::connect(redis).map_err(|e| StartError::Key(e.to_string()))?;
+            Ok((Arc::new(bus), inbox))
+        }
+        None => {
+            let (bus, inbox) = MemoryHub::new().connect();
+            Ok((Arc::new(bus), inbox))
+        }
+    }
+}
