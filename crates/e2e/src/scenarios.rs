@@ -128,7 +128,8 @@ async fn cross_node(env: &mut Env) -> anyhow::Result<Outcome> {
     .await?;
     let sdk = publisher::Publisher::connect(&env.redis_url(), Duration::from_secs(3))?
         .with_channel_prefix(&env.prefix)
-        .with_origin("e2e-sdk");
+        .with_origin("e2e-sdk")
+        .in_tenant("e2e");
     sdk.to_user("x").emit("via_sdk", &json!("s")).await?;
     let client = redis::Client::open(env.redis_url())?;
     let mut conn = client.get_multiplexed_async_connection().await?;
@@ -245,7 +246,8 @@ async fn high_volume(env: &mut Env) -> anyhow::Result<Outcome> {
     }
     let sdk = publisher::Publisher::connect(&env.redis_url(), Duration::from_secs(3))?
         .with_channel_prefix(&env.prefix)
-        .with_origin("e2e-load");
+        .with_origin("e2e-load")
+        .in_tenant("e2e");
     let started = Instant::now();
     let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / RATE));
     for seq in 0..TOTAL {
