@@ -122,7 +122,7 @@ async fn metrics(State(ctx): State<Arc<HttpCtx>>) -> impl IntoResponse {
     let s = &c.stats;
     let node = c.node_id();
     let mut out = String::new();
-    let metrics: [(&str, &str, &str, u64); 7] = [
+    let metrics: [(&str, &str, &str, u64); 13] = [
         (
             "socketio_connections_total",
             "gauge",
@@ -164,6 +164,42 @@ async fn metrics(State(ctx): State<Arc<HttpCtx>>) -> impl IntoResponse {
             "gauge",
             "1 when both bus links are up.",
             u64::from(c.bus().health().is_up()),
+        ),
+        (
+            "roomcast_connections_refused_total",
+            "counter",
+            "Connections refused: bad or expired token, or a connection cap.",
+            s.connections_refused.load(Ordering::Relaxed),
+        ),
+        (
+            "roomcast_joins_refused_total",
+            "counter",
+            "Joins refused: not allowed, invalid room, another tenant's room, too many rooms.",
+            s.joins_refused.load(Ordering::Relaxed),
+        ),
+        (
+            "roomcast_rate_limited_total",
+            "counter",
+            "Client events refused for going over the socket's rate limit.",
+            s.rate_limited.load(Ordering::Relaxed),
+        ),
+        (
+            "roomcast_rate_limit_disconnects_total",
+            "counter",
+            "Sockets disconnected for sustained abuse of the rate limits.",
+            s.rate_disconnects.load(Ordering::Relaxed),
+        ),
+        (
+            "roomcast_token_expiry_disconnects_total",
+            "counter",
+            "Sockets disconnected because their token expired without a refresh.",
+            s.expired.load(Ordering::Relaxed),
+        ),
+        (
+            "roomcast_sockets",
+            "gauge",
+            "Sockets tracked by room membership (all namespaces).",
+            c.membership().socket_count() as u64,
         ),
     ];
     for (name, kind, help, value) in metrics {

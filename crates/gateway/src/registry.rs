@@ -50,21 +50,33 @@ impl Registry {
     }
 
     /// Refuses to start when a live node holds this node's id (each would drop the
-    /// other's messages as its own echo). A registry that cannot be read (Redis down at
-    /// start) does not stop the node.
+    /// other's messages as its own echo). A record with this id is live if it is
+    /// refreshed within one heartbeat period; the record of a crashed predecessor (a pod
+    /// restarted under the same name) is not, and costs only that wait. A registry that
+    /// cannot be read (Redis down at start) does not stop the node.
     pub async fn check_unique(&self, ttl: Duration) -> Result<(), RegistryError> {
+        let Some(first) = self.own_record().await else {
+            return Ok(());
+        };
+        tracing::info!(node_id = %self.node_id, "a registry record holds this node id; checking whether its node is alive");
+        tokio::time::sleep(ttl / 3 + Duration::from_millis(500)).await;
+        match self.own_record().await {
+            Some(again) if again.ts > first.ts => Err(RegistryError::DuplicateNodeId {
+                node_id: again.node_id,
+                address: again.address,
+                ttl_secs: ttl.as_secs(),
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// The registry record holding this node's id, if any (and readable).
+    async fn own_record(&self) -> Option<NodeInfo> {
         match self.nodes().await {
-            Ok(nodes) => match nodes.into_iter().find(|n| n.node_id == self.node_id) {
-                Some(other) => Err(RegistryError::DuplicateNodeId {
-                    node_id: other.node_id,
-                    address: other.address,
-                    ttl_secs: ttl.as_secs(),
-                }),
-                None => Ok(()),
-            },
+            Ok(nodes) => nodes.into_iter().find(|n| n.node_id == self.node_id),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read the cluster registry; node id uniqueness not checked");
-                Ok(())
+                None
             }
         }
     }

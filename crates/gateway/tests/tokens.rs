@@ -252,11 +252,14 @@ async fn an_expired_token_disconnects_with_a_reason_unless_refreshed() {
 }
 
 #[tokio::test]
-async fn a_second_node_with_a_live_node_id_is_refused() {
+async fn a_second_node_with_a_live_node_id_is_refused_and_a_dead_ones_is_not() {
     let redis = RedisServer::start().unwrap();
-    let nodes = spawn_redis_cluster(1, &redis.url(), |_, _| {})
-        .await
-        .unwrap();
+    // A heartbeat every second.
+    let mut nodes = spawn_redis_cluster(1, &redis.url(), |_, c| {
+        c.node_ttl = Duration::from_secs(3);
+    })
+    .await
+    .unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     while nodes[0]
         .cluster
@@ -271,6 +274,7 @@ async fn a_second_node_with_a_live_node_id_is_refused() {
     }
     let mut config = Config::for_tests(TEST_SECRET, TEST_KEY);
     config.node_id = "redis-node-0".into();
+    config.node_ttl = Duration::from_secs(3);
     config.redis_url = Some(redis.url());
     config.channel_prefix = nodes[0].cluster.channels().prefix().to_owned();
     let (bus, inbox) = gateway::connect_bus(&config).unwrap();
@@ -280,6 +284,11 @@ async fn a_second_node_with_a_live_node_id_is_refused() {
             .contains("node id \"redis-node-0\" is already held by a live node"),
         "{err}"
     );
+    // A crashed node's record is not a live node: its successor starts under the same id
+    // without waiting for the record to expire.
+    nodes[0].crash();
+    let (bus, inbox) = gateway::connect_bus(&config).unwrap();
+    gateway::Node::build(&config, bus, inbox).await.unwrap();
 }
 
 #[test]
