@@ -166,6 +166,9 @@ pub struct Args {
     /// Refused events within 10 s after which a socket is disconnected [default: 200]
     #[arg(long, env = "RATE_LIMIT_STRIKES", default_value_t = 200)]
     pub rate_limit_strikes: u32,
+    /// How long a client has to send a whole HTTP request head, in ms (slowloris) [default: 10000]
+    #[arg(long, env = "HTTP_HEADER_TIMEOUT_MS", default_value_t = 10_000)]
+    pub http_header_timeout_ms: u64,
     /// How long a new session has to authenticate (send its Socket.IO CONNECT), in ms [default: 10000]
     #[arg(long, env = "CONNECT_TIMEOUT_MS", default_value_t = 10_000)]
     pub connect_timeout_ms: u64,
@@ -338,6 +341,8 @@ pub struct Config {
     pub rate_limits: crate::RateLimits,
     /// How long a new session has to authenticate.
     pub connect_timeout: Duration,
+    /// How long a client has to send a whole HTTP request head.
+    pub header_timeout: Duration,
 }
 
 impl fmt::Debug for Config {
@@ -603,8 +608,11 @@ impl Config {
                 "must be at least 1",
             ));
         }
-        if args.connect_timeout_ms < 100 {
-            return Err(invalid("CONNECT_TIMEOUT_MS", "must be at least 100"));
+        if args.connect_timeout_ms < 100 || args.http_header_timeout_ms < 100 {
+            return Err(invalid(
+                "CONNECT_TIMEOUT_MS/HTTP_HEADER_TIMEOUT_MS",
+                "must be at least 100",
+            ));
         }
         if args.node_ttl_secs < 3 {
             return Err(invalid("NODE_TTL_SECS", "must be at least 3"));
@@ -737,6 +745,7 @@ impl Config {
                 max_strikes: args.rate_limit_strikes,
             },
             connect_timeout: Duration::from_millis(args.connect_timeout_ms),
+            header_timeout: Duration::from_millis(args.http_header_timeout_ms),
         })
     }
 

@@ -4,6 +4,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bus::{Bus, Inbox, MemoryHub, Outbox};
 use envelope::Limits;
@@ -48,6 +49,7 @@ pub struct Node {
     pub io: SocketIo<BusAdapter>,
     node_ttl: std::time::Duration,
     advertised_url: Option<String>,
+    header_timeout: Duration,
     /// The node's background tasks (bus dispatcher, token expiry); stopped when the
     /// node is dropped, so a stopped node leaves nothing running.
     tasks: Tasks,
@@ -189,6 +191,7 @@ impl Node {
             io,
             node_ttl: config.node_ttl,
             advertised_url: config.advertised_url.clone(),
+            header_timeout: config.header_timeout,
             tasks,
         })
     }
@@ -220,34 +223,31 @@ impl Node {
                 format!("http://{addr}")
             }
         };
-        let (stopping_tx, stopping) = tokio::sync::oneshot::channel::<()>();
-        let server = axum::serve(listener, self.router).with_graceful_shutdown(async move {
-            shutdown.await;
-            let _ = stopping_tx.send(());
-            if drain == Drain::CloseSockets {
-                tracing::info!("shutting down: disconnecting sockets");
-                // Open WebSockets would otherwise keep the graceful shutdown waiting.
-                io.close().await;
+        let header_timeout = self.header_timeout;
+        let router = self.router;
+        let server = async move {
+            let graceful = accept(listener, router, shutdown, header_timeout).await;
+            match drain {
+                Drain::CloseSockets => {
+                    tracing::info!("shutting down: disconnecting sockets");
+                    // Open WebSockets would otherwise keep the graceful shutdown waiting.
+                    io.close().await;
+                    graceful.shutdown().await;
+                }
+                Drain::DropAfter(grace) => {
+                    tracing::info!(
+                        grace_ms = grace.as_millis() as u64,
+                        "shutting down: no new connections; open sockets drop when the process exits"
+                    );
+                    let _ = tokio::time::timeout(grace, graceful.shutdown()).await;
+                }
             }
-        });
-        let abandon = async move {
-            let Drain::DropAfter(grace) = drain else {
-                return std::future::pending().await;
-            };
-            if stopping.await.is_err() {
-                return std::future::pending().await;
-            }
-            tracing::info!(
-                grace_ms = grace.as_millis() as u64,
-                "shutting down: no new connections; open sockets drop when the process exits"
-            );
-            tokio::time::sleep(grace).await;
+            Ok::<(), std::io::Error>(())
         };
         // The heartbeat lives exactly as long as the server: if this future is dropped
         // (a crash, from the cluster's point of view) the record simply expires.
         let result = tokio::select! {
             r = server => r,
-            () = abandon => Ok(()),
             () = self.cluster.heartbeat(address, self.node_ttl) => Ok(()),
         };
         self.cluster.registry().deregister().await;
@@ -255,6 +255,54 @@ impl Node {
         result?;
         Ok(())
     }
+}
+
+/// Accepts connections on `listener` and serves `router` on each (HTTP/1 with upgrades
+/// for WebSocket, and HTTP/2) until `shutdown` resolves; returns the handle that waits for
+/// the connections still open. A client must send a whole request head within
+/// `header_timeout` (slowloris), and each connection costs one task.
+async fn accept(
+    listener: TcpListener,
+    router: axum::Router,
+    shutdown: impl Future<Output = ()>,
+    header_timeout: Duration,
+) -> hyper_util::server::graceful::GracefulShutdown {
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    use hyper_util::server::conn::auto::Builder;
+    use hyper_util::service::TowerToHyperService;
+
+    let mut builder = Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait a little, keep serving.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let service = TowerToHyperService::new(router.clone());
+        let conn = builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+            .into_owned();
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        });
+    }
+    graceful
 }
 
 /// What a stopping node does with the sockets still open.

@@ -35,12 +35,7 @@ async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
 }
 
 async fn health(node: &TestNode) -> Value {
-    reqwest::get(format!("{}/health", node.url()))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+    node.health().await.unwrap()
 }
 
 #[tokio::test]

@@ -325,12 +325,7 @@ async fn publish_errors_are_clear_and_typed() {
 async fn health_endpoints_describe_the_node() {
     let node = one_node().await;
     let _c = connect(&node, ann()).await;
-    let health: Value = reqwest::get(format!("{}/health", node.url()))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let health = node.health().await.unwrap();
     assert_eq!(health["status"], "ok");
     assert_eq!(health["node_id"], "test-node-0");
     assert_eq!(health["mode"], "development");

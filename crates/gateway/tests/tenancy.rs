@@ -258,17 +258,6 @@ async fn join_then_leave_in_one_write_never_leaves_the_socket_in_the_room() {
     }
 }
 
-/// Health's room count of `node`.
-async fn health_rooms(node: &TestNode) -> u64 {
-    let health: Value = reqwest::get(format!("{}/health", node.url()))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    health["rooms"].as_u64().unwrap()
-}
-
 #[tokio::test]
 async fn sockets_that_join_in_bursts_and_vanish_leave_nothing_behind() {
     const SOCKETS: usize = 1000;
@@ -322,7 +311,7 @@ async fn sockets_that_join_in_bursts_and_vanish_leave_nothing_behind() {
         let rooms: usize = nodes.iter().map(|n| n.cluster.room_count()).sum();
         let mut health = 0;
         for node in &nodes {
-            health += health_rooms(node).await;
+            health += node.health().await.unwrap()["rooms"].as_u64().unwrap();
         }
         let channels = redis.pubsub_channels(&format!("{prefix}:room:*")).unwrap();
         if members == 0 && rooms == 0 && health == 0 && channels.is_empty() {

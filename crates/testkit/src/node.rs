@@ -52,6 +52,14 @@ impl TestNode {
             .ok_or_else(|| anyhow::anyhow!("202 without an id: {res}"))
     }
 
+    /// `GET /health`, as JSON.
+    pub async fn health(&self) -> anyhow::Result<Value> {
+        Ok(reqwest::get(format!("{}/health", self.url()))
+            .await?
+            .json()
+            .await?)
+    }
+
     /// Kills the node abruptly: no goodbye to the registry, sockets dropped.
     pub fn crash(&mut self) {
         self.stop = None;
