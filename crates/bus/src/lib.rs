@@ -45,8 +45,15 @@ pub struct Message {
     pub payload: Bytes,
 }
 
-/// Where a bus delivers the messages of the channels it is subscribed to.
-pub type Inbox = mpsc::UnboundedReceiver<Message>;
+/// Where a bus delivers the messages of the channels it is subscribed to. Bounded
+/// ([`INBOX_CAPACITY`]): a node that cannot keep up makes its Redis subscriber stop
+/// reading (Redis then buffers, up to its `client-output-buffer-limit pubsub`, and drops
+/// the connection past it — which is logged and healed by the reconnect) instead of
+/// growing without bound. `len()` is the backlog.
+pub type Inbox = mpsc::Receiver<Message>;
+
+/// Messages an [`Inbox`] holds before its bus waits (Redis) or drops (in-memory).
+pub const INBOX_CAPACITY: usize = 65_536;
 
 /// Why a publish failed.
 #[derive(Debug, Clone, thiserror::Error)]

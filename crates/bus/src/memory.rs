@@ -26,7 +26,7 @@ pub struct MemoryHub {
 struct Subscriber {
     id: u64,
     channels: HashSet<String>,
-    tx: mpsc::UnboundedSender<Message>,
+    tx: mpsc::Sender<Message>,
 }
 
 /// One node's connection to a [`MemoryHub`].
@@ -59,7 +59,7 @@ impl MemoryHub {
     /// # }
     /// ```
     pub fn connect(&self) -> (MemoryBus, Inbox) {
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mpsc::channel(crate::INBOX_CAPACITY);
         let mut subs = self.lock();
         let id = subs.iter().map(|s| s.id + 1).max().unwrap_or(0);
         subs.push(Subscriber {
@@ -128,8 +128,9 @@ impl Bus for MemoryBus {
                     channel: channel.clone(),
                     payload: payload.clone(),
                 };
-                // A closed inbox is a node that is shutting down: like Redis, skip it.
-                if sub.tx.send(msg).is_ok() {
+                // A closed inbox is a node that is shutting down, a full one a node that
+                // cannot keep up: like Redis, skip it (the count says so).
+                if sub.tx.try_send(msg).is_ok() {
                     delivered += 1;
                 }
             }

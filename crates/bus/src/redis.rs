@@ -216,7 +216,7 @@ impl RedisBus {
         }));
         let (publish_tx, publish_rx) = mpsc::channel(config.publish_queue.max(1));
         let (command_tx, command_rx) = mpsc::unbounded_channel();
-        let (inbox_tx, inbox) = mpsc::unbounded_channel();
+        let (inbox_tx, inbox) = mpsc::channel(crate::INBOX_CAPACITY);
 
         tokio::spawn(publisher_task(
             pool.clone(),
@@ -422,7 +422,7 @@ struct Subscriber {
     client: redis::Client,
     config: RedisConfig,
     commands: mpsc::UnboundedReceiver<Command>,
-    inbox: mpsc::UnboundedSender<Message>,
+    inbox: mpsc::Sender<Message>,
     health: Arc<Mutex<Health>>,
     /// Every channel the node wants, whether or not Redis has confirmed it; resubscribed
     /// in full after each reconnect.
@@ -559,7 +559,8 @@ impl Subscriber {
                         let Some(msg) = msg else { return Exit::Lost("connection closed".into()) };
                         let channel: Arc<str> = Arc::from(msg.get_channel_name());
                         let payload = Bytes::copy_from_slice(msg.get_payload_bytes());
-                        if self.inbox.send(Message { channel, payload }).is_err() {
+                        // Waits while the node's inbox is full: back-pressure onto Redis.
+                        if self.inbox.send(Message { channel, payload }).await.is_err() {
                             return Exit::Closed;
                         }
                         None

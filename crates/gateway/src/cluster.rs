@@ -71,6 +71,8 @@ pub struct Stats {
     pub rate_limited: AtomicU64,
     /// Sockets disconnected for sustained abuse of the rate limits.
     pub rate_disconnects: AtomicU64,
+    /// Messages waiting in the bus inbox for the dispatcher (the backlog), as last seen.
+    pub inbox_depth: AtomicU64,
 }
 
 /// Why a join did not complete cleanly.
@@ -529,6 +531,9 @@ impl Cluster {
     /// Runs the dispatcher until the bus closes its inbox.
     pub async fn dispatch(self: Arc<Self>, mut inbox: Inbox) {
         while let Some(msg) = inbox.recv().await {
+            self.stats
+                .inbox_depth
+                .store(inbox.len() as u64, Ordering::Relaxed);
             self.on_message(msg).await;
         }
         tracing::debug!("bus inbox closed; dispatcher stopped");

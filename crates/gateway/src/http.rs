@@ -122,7 +122,7 @@ async fn metrics(State(ctx): State<Arc<HttpCtx>>) -> impl IntoResponse {
     let s = &c.stats;
     let node = c.node_id();
     let mut out = String::new();
-    let metrics: [(&str, &str, &str, u64); 13] = [
+    let metrics: [(&str, &str, &str, u64); 14] = [
         (
             "socketio_connections_total",
             "gauge",
@@ -194,6 +194,12 @@ async fn metrics(State(ctx): State<Arc<HttpCtx>>) -> impl IntoResponse {
             "counter",
             "Sockets disconnected because their token expired without a refresh.",
             s.expired.load(Ordering::Relaxed),
+        ),
+        (
+            "roomcast_bus_inbox_depth",
+            "gauge",
+            "Messages from the bus waiting for this node's dispatcher: a backlog that grows means the node cannot keep up.",
+            s.inbox_depth.load(Ordering::Relaxed),
         ),
         (
             "roomcast_sockets",
