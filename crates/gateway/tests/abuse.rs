@@ -302,3 +302,45 @@ async fn slowloris_connections_are_closed_and_others_served_meanwhile() {
         "some slow connections were kept open"
     );
 }
+
+#[tokio::test]
+async fn a_wildcard_token_cannot_make_a_node_subscribe_more_than_the_room_cap() {
+    let redis = RedisServer::start().unwrap();
+    let nodes = spawn_redis_cluster(1, &redis.url(), |_, c| {
+        // The room cap under test, not the rate limits.
+        c.rate_limits.events_per_sec = 1e6;
+        c.rate_limits.event_burst = 1e6;
+        c.rate_limits.joins_per_sec = 1e6;
+        c.rate_limits.join_burst = 1e6;
+    })
+    .await
+    .unwrap();
+    let node = &nodes[0];
+    let wildcard =
+        json!({"token": token(json!({"sub": "w", "tenant_id": "acme", "rooms": ["*"]}))});
+    let mut c = node.client(wildcard).await.unwrap();
+    let joins: Vec<(&str, Vec<Value>)> = (0..3000)
+        .map(|i| ("join", vec![json!(format!("room:{i}"))]))
+        .collect();
+    let mut refused = 0;
+    // In writes of 100, reading the acks in between (a client that never reads while
+    // it writes would overflow its own outbound queue: see docs/security.md).
+    for batch in joins.chunks(100) {
+        for id in c.emit_batch(batch).await.unwrap() {
+            let ack = c.wait_ack(id).await.unwrap();
+            if ack[0]["ok"] == false {
+                assert_eq!(
+                    ack[0]["error"],
+                    "too many rooms: a socket may be in at most 128"
+                );
+                refused += 1;
+            }
+        }
+    }
+    // Its user and tenant rooms count: 126 more fit.
+    assert_eq!(refused, 3000 - 126);
+    assert_eq!(node.cluster.room_count(), 128);
+    let prefix = node.cluster.channels().prefix().to_owned();
+    let channels = redis.pubsub_channels(&format!("{prefix}:room:*")).unwrap();
+    assert_eq!(channels.len(), 128, "the node subscribes at most the cap");
+}
