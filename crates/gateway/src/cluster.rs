@@ -185,9 +185,13 @@ impl Cluster {
     /// Starts tracking a newly connected socket of `user` (counted against the per-user
     /// cap; `None`: not counted) whose token expires at `expires_at` (seconds since the
     /// epoch, 0: never), and installs its disconnect hook, which forgets every room it
-    /// joined. Call it once per socket, before any join — in a connect middleware, so a
-    /// refusal reaches the client as its connect error; do not install another
-    /// `on_disconnect` afterwards.
+    /// joined. Call it once per socket, from its connect handler, before any join; do not
+    /// install another `on_disconnect` afterwards.
+    ///
+    /// Not from a connect middleware: a socket whose handshake fails after the middleware
+    /// (the client left meanwhile) is dropped by socketioxide without its disconnect
+    /// handler, and would stay tracked. A socket that disconnects while this runs is
+    /// forgotten again here.
     pub fn attach(
         self: &Arc<Self>,
         socket: &SocketRef<BusAdapter>,
@@ -208,7 +212,19 @@ impl Cluster {
             }
             async {}
         });
+        // Closed before the hook was in place: its close found no hook to run.
+        if !socket.connected() {
+            self.membership.detach(&key(socket));
+            self.stats.connections.fetch_sub(1, Ordering::Relaxed);
+            return Err(AttachRefused::Gone);
+        }
         Ok(())
+    }
+
+    /// Whether a socket of `user` would be accepted now; a connect middleware's early
+    /// refusal (the client gets it as its connect error). [`Cluster::attach`] decides.
+    pub fn check_capacity(&self, user: Option<&UserKey>) -> Result<(), AttachRefused> {
+        self.membership.check_capacity(user)
     }
 
     /// Adds `socket` to `room` now (local delivery starts at once) and returns a future

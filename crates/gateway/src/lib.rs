@@ -57,6 +57,6 @@ pub use config::{
     TokenRules,
 };
 pub use limits::RateLimits;
-pub use membership::{AttachRefused, ConnectionLimits, JoinRefused, Membership};
+pub use membership::{AttachRefused, ConnectionLimits, JoinRefused, Membership, UserKey};
 pub use registry::{Registry, RegistryError};
 pub use server::{Node, StartError, connect_bus, run};

@@ -34,7 +34,7 @@ pub(crate) type Confirmation = Shared<BusFuture<Result<(), SubscribeError>>>;
 pub(crate) type SocketKey = (Arc<str>, Sid);
 
 /// Who a socket belongs to, for the per-user connection cap: (tenant, user).
-pub(crate) type UserKey = (Option<Arc<str>>, Arc<str>);
+pub type UserKey = (Option<Arc<str>>, Arc<str>);
 
 /// Why a socket may not connect.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -52,6 +52,9 @@ pub enum AttachRefused {
         /// The limit.
         max: usize,
     },
+    /// The socket disconnected before it could be tracked.
+    #[error("the socket is disconnected")]
+    Gone,
 }
 
 /// How many sockets a node, and one user, may hold.
@@ -158,6 +161,29 @@ impl Membership {
             .unwrap_or_default()
     }
 
+    /// Whether a socket of `user` would be accepted now (the connect middleware's early
+    /// answer; [`Membership::attach`] decides).
+    pub(crate) fn check_capacity(&self, user: Option<&UserKey>) -> Result<(), AttachRefused> {
+        let st = self.lock();
+        self.capacity(&st, user)
+    }
+
+    fn capacity(&self, st: &State, user: Option<&UserKey>) -> Result<(), AttachRefused> {
+        if st.members.len() >= self.limits.per_node {
+            return Err(AttachRefused::NodeFull {
+                max: self.limits.per_node,
+            });
+        }
+        if let Some(user) = user
+            && st.users.get(user).copied().unwrap_or(0) >= self.limits.per_user
+        {
+            return Err(AttachRefused::UserFull {
+                max: self.limits.per_user,
+            });
+        }
+        Ok(())
+    }
+
     /// Starts tracking `socket` of `user`, whose token expires at `expires_at` (0:
     /// never), unless the node or the user is at its connection cap.
     pub(crate) fn attach(
@@ -167,19 +193,9 @@ impl Membership {
         user: Option<UserKey>,
     ) -> Result<(), AttachRefused> {
         let mut st = self.lock();
-        if st.members.len() >= self.limits.per_node {
-            return Err(AttachRefused::NodeFull {
-                max: self.limits.per_node,
-            });
-        }
+        self.capacity(&st, user.as_ref())?;
         if let Some(user) = &user {
-            let count = st.users.entry(user.clone()).or_default();
-            if *count >= self.limits.per_user {
-                return Err(AttachRefused::UserFull {
-                    max: self.limits.per_user,
-                });
-            }
-            *count += 1;
+            *st.users.entry(user.clone()).or_default() += 1;
         }
         if expires_at > 0 {
             st.expiries.insert((expires_at, socket.clone()));

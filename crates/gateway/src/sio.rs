@@ -71,14 +71,11 @@ async fn authenticate(
         e
     };
     let identity = verify(ctx, s, auth).await.map_err(|e| refused(e.into()))?;
-    let user = (
-        identity.tenant_id.as_ref().map(|t| Arc::from(t.as_str())),
-        Arc::from(identity.user_id.as_str()),
-    );
-    // Tracked from here: the last check of the handshake, so a refusal is the client's
-    // connect error and an accepted socket always has its disconnect hook.
+    // The caps' early answer, as the client's connect error; `attach` in the connect
+    // handler decides (two handshakes racing for the last place: one is disconnected
+    // with the reason instead).
     ctx.cluster
-        .attach(s, identity.expires_at, Some(user))
+        .check_capacity(Some(&user_key(&identity)))
         .map_err(|e| refused(e.into()))?;
     s.extensions.insert(Arc::new(identity));
     s.extensions
@@ -107,6 +104,14 @@ async fn verify(
     ctx.auth.verify(&token).await
 }
 
+/// Who a socket counts as for the per-user connection cap.
+fn user_key(identity: &Identity) -> crate::membership::UserKey {
+    (
+        identity.tenant_id.as_ref().map(|t| Arc::from(t.as_str())),
+        Arc::from(identity.user_id.as_str()),
+    )
+}
+
 /// The socket's current identity (replaced by `refresh`).
 fn identity(s: &SocketRef<BusAdapter>) -> Option<Arc<Identity>> {
     s.extensions.get::<Arc<Identity>>()
@@ -119,6 +124,18 @@ async fn on_connect(ctx: Arc<SocketCtx>, s: SocketRef<BusAdapter>) {
         return;
     };
     let cluster = ctx.cluster.clone();
+    match cluster.attach(&s, identity.expires_at, Some(user_key(&identity))) {
+        Ok(()) => {}
+        Err(AttachRefused::Gone) => return,
+        Err(e) => {
+            cluster
+                .stats
+                .connections_refused
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Cluster::disconnect_with_reason(&s, "connection_limit", &e.to_string());
+            return;
+        }
+    }
     {
         let cluster = cluster.clone();
         s.on(
