@@ -1,49 +1,54 @@
 //! `cargo xtask <task>`: the project's automation, one module per task.
+//!
+//! Arguments are read by hand, without clap: `cargo xtask ci` on a fresh machine must
+//! compile this crate and report a missing prerequisite within seconds.
 
 mod bench;
 mod ci;
 mod e2e;
 mod prereq;
 
-use clap::{Parser, Subcommand};
+const USAGE: &str = "\
+usage: cargo xtask <task>
 
-#[derive(Parser)]
-#[command(name = "xtask", about = "Roomcast project automation")]
-struct Cli {
-    #[command(subcommand)]
-    task: Task,
+tasks:
+  ci              everything CI runs: prerequisites, format check, clippy (-D warnings),
+                  docs, the whole test suite, the interop suite, the e2e matrix and a
+                  benchmark smoke run
+  e2e             Redis + 3 gateway containers (testcontainers) and the end-to-end matrix
+  interop         the JS, Python and Rust Socket.IO clients and Chromium on the demo page
+                  against a 3-node cluster (INTEROP_ONLY=js,python,rust,browser for a subset)
+  bench [--quick] Roomcast against the reference stacks, side by side (--quick: a smoke
+                  run on debug builds, part of ci; no speed verdict)
+  cluster         Redis and three development nodes until Ctrl-C, with demo-page links
+  doctor          what each suite needs from this machine, and whether it is here";
+
+fn main() {
+    if let Err(e) = run() {
+        // The message is the report: no backtrace, whatever RUST_BACKTRACE says.
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
 }
 
-#[derive(Subcommand)]
-enum Task {
-    /// Everything CI runs: format check, clippy (-D warnings), docs, the whole test suite,
-    /// the interop suite, the e2e matrix and a benchmark smoke run.
-    Ci,
-    /// Redis + 3 gateway containers (testcontainers) and the end-to-end matrix.
-    E2e,
-    /// The JS, Python and Rust Socket.IO clients and Chromium on the demo page against a
-    /// 3-node cluster (`INTEROP_ONLY=js,python,rust,browser` for a subset).
-    Interop,
-    /// Roomcast against the reference stacks, side by side (`--quick`: one-minute smoke run).
-    Bench {
-        /// A short smoke run on debug builds (part of ci); no speed verdict.
-        #[arg(long)]
-        quick: bool,
-    },
-    /// Redis and three development nodes on this machine until Ctrl-C, with demo-page
-    /// links for each node.
-    Cluster,
-    /// What each suite needs from this machine, and whether it is here.
-    Doctor,
-}
-
-fn main() -> anyhow::Result<()> {
-    match Cli::parse().task {
-        Task::Ci => ci::run(),
-        Task::E2e => e2e::run(),
-        Task::Interop => e2e::interop(),
-        Task::Bench { quick } => bench::run(quick),
-        Task::Cluster => e2e::cluster(),
-        Task::Doctor => prereq::doctor(),
+fn run() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    match args.as_slice() {
+        ["ci"] => ci::run(),
+        ["e2e"] => e2e::run(),
+        ["interop"] => e2e::interop(),
+        ["bench"] => bench::run(false),
+        ["bench", "--quick"] => bench::run(true),
+        ["cluster"] => e2e::cluster(),
+        ["doctor"] => prereq::doctor(),
+        ["-h" | "--help" | "help"] => {
+            println!("{USAGE}");
+            Ok(())
+        }
+        _ => {
+            eprintln!("{USAGE}");
+            std::process::exit(2);
+        }
     }
 }
