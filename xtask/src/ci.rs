@@ -55,6 +55,10 @@ pub(crate) fn run() -> anyhow::Result<()> {
     crate::e2e::interop()?;
     eprintln!("==> interop: ok in {:.1}s", started.elapsed().as_secs_f64());
     let started = Instant::now();
+    eprintln!("==> abuse: attacks against Redis + 2 gateway processes");
+    crate::e2e::abuse()?;
+    eprintln!("==> abuse: ok in {:.1}s", started.elapsed().as_secs_f64());
+    let started = Instant::now();
     eprintln!("==> e2e: Redis + 3 gateway containers, the scenario matrix");
     crate::e2e::run()?;
     eprintln!("==> e2e: ok in {:.1}s", started.elapsed().as_secs_f64());

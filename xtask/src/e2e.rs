@@ -17,6 +17,11 @@ pub(crate) fn interop() -> anyhow::Result<()> {
     build_and_run("interop", &[], "the interop suite")
 }
 
+/// Attacks against Redis + 2 gateway processes.
+pub(crate) fn abuse() -> anyhow::Result<()> {
+    build_and_run("abuse", &[], "the abuse suite")
+}
+
 /// Redis and three development nodes until Ctrl-C (the interop runner's cluster).
 pub(crate) fn cluster() -> anyhow::Result<()> {
     build_and_run("interop", &["--cluster"], "the development cluster")

@@ -18,6 +18,8 @@ tasks:
   e2e             Redis + 3 gateway containers (testcontainers) and the end-to-end matrix
   interop         the JS, Python and Rust Socket.IO clients and Chromium on the demo page
                   against a 3-node cluster (INTEROP_ONLY=js,python,rust,browser for a subset)
+  abuse           attacks against Redis + 2 gateway processes: one row per attack with the
+                  nodes' memory and a victim's latency; fails when a bound breaks
   bench [--quick] Roomcast against the reference stacks, side by side (--quick: a smoke
                   run on debug builds, part of ci; no speed verdict)
   cluster         Redis and three development nodes until Ctrl-C, with demo-page links
@@ -38,6 +40,7 @@ fn run() -> anyhow::Result<()> {
         ["ci"] => ci::run(),
         ["e2e"] => e2e::run(),
         ["interop"] => e2e::interop(),
+        ["abuse"] => e2e::abuse(),
         ["bench"] => bench::run(false),
         ["bench", "--quick"] => bench::run(true),
         ["cluster"] => e2e::cluster(),

@@ -285,12 +285,18 @@ impl Cluster {
         socket.clone().disconnect().ok();
     }
 
-    /// Disconnects every socket whose token has expired, every second, forever.
+    /// Disconnects every socket whose token has expired, every second, and forgets
+    /// sockets socketioxide no longer has, every 30 seconds; forever.
     pub(crate) async fn expire_tokens(self: Arc<Self>) {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut ticks: u64 = 0;
         loop {
             tick.tick().await;
+            ticks += 1;
+            if ticks.is_multiple_of(30) {
+                self.sweep();
+            }
             for (ns, sid) in self.membership.expired(crate::auth::unix_now()) {
                 let socket = self
                     .io
@@ -309,6 +315,19 @@ impl Cluster {
                     // Already gone: make sure nothing of it is left.
                     None => self.membership.detach(&(ns, sid)),
                 }
+            }
+        }
+    }
+
+    /// Forgets tracked sockets that socketioxide no longer has: it drops a socket whose
+    /// handshake fails late without running its disconnect hook.
+    fn sweep(&self) {
+        let Some(io) = self.io.get() else { return };
+        for (ns, sid) in self.membership.sockets() {
+            let gone = io.of(&*ns).is_none_or(|op| op.get_socket(sid).is_none());
+            if gone {
+                tracing::debug!(%sid, %ns, "forgetting a socket socketioxide dropped without its disconnect hook");
+                self.membership.detach(&(ns, sid));
             }
         }
     }

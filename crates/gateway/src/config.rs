@@ -154,8 +154,8 @@ pub struct Args {
     /// Client events per second per socket, sustained [default: 50]
     #[arg(long, env = "EVENTS_PER_SEC", default_value_t = 50.0)]
     pub events_per_sec: f64,
-    /// Client events per socket allowed in one burst [default: 100]
-    #[arg(long, env = "EVENT_BURST", default_value_t = 100.0)]
+    /// Client events per socket allowed in one burst (above JOIN_BURST: a join is also an event) [default: 200]
+    #[arg(long, env = "EVENT_BURST", default_value_t = 200.0)]
     pub event_burst: f64,
     /// Joins per second per socket, sustained [default: 20]
     #[arg(long, env = "JOINS_PER_SEC", default_value_t = 20.0)]

@@ -18,7 +18,8 @@ pub(crate) const STRIKE_WINDOW: Duration = Duration::from_secs(10);
 pub struct RateLimits {
     /// Client events per second, sustained. Default 50.
     pub events_per_sec: f64,
-    /// Client events allowed at once after a quiet period. Default 100.
+    /// Client events allowed at once after a quiet period; above the join burst, since
+    /// every join is also an event. Default 200.
     pub event_burst: f64,
     /// `join` events per second, sustained (also counted as events). Default 20.
     pub joins_per_sec: f64,
@@ -33,7 +34,7 @@ impl Default for RateLimits {
     fn default() -> Self {
         Self {
             events_per_sec: 50.0,
-            event_burst: 100.0,
+            event_burst: 200.0,
             joins_per_sec: 20.0,
             join_burst: 128.0,
             max_strikes: 200,

@@ -152,6 +152,11 @@ impl Membership {
         self.lock().members.len()
     }
 
+    /// Every attached socket.
+    pub(crate) fn sockets(&self) -> Vec<SocketKey> {
+        self.lock().members.keys().cloned().collect()
+    }
+
     /// The scoped rooms `socket` is in.
     pub(crate) fn rooms_of(&self, socket: &SocketKey) -> Vec<ScopedRoom> {
         self.lock()

@@ -256,7 +256,13 @@ async fn on_connect(ctx: Arc<SocketCtx>, s: SocketRef<BusAdapter>) {
         "rooms": rooms.iter().map(Room::as_str).collect::<Vec<_>>(),
         "expires_at": identity.expires_at,
     });
-    s.emit("connected", &connected).ok();
+    if s.emit("connected", &connected).is_err() {
+        // The connection is gone although the socket was connected: socketioxide admits
+        // a CONNECT whose Engine.IO session closed while it was being processed, and such
+        // a socket is never closed by it. Close it, which runs the disconnect hook.
+        tracing::debug!(sid = %s.id, "connection gone during the handshake; closing the socket");
+        s.disconnect().ok();
+    }
 }
 
 /// Applies the socket's rate limits to one client event (`join`: a join). Refusals are

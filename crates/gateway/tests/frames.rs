@@ -63,6 +63,17 @@ async fn hostile_session(node: &TestNode, authenticated: bool, frames: Vec<Messa
         let _ = ws
             .send(Message::Text(format!("40{}", json!({ "token": t })).into()))
             .await;
+        // Wait for the CONNECT reply: a connection dropped while socketioxide is still
+        // admitting its CONNECT leaves a socket socketioxide itself never closes (an
+        // upstream race, see docs/security.md), which is not what this test is about.
+        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            while let Some(Ok(m)) = ws.next().await {
+                if m.to_text().is_ok_and(|t| t.starts_with("40")) {
+                    break;
+                }
+            }
+        })
+        .await;
     }
     for f in frames {
         if ws.send(f).await.is_err() {
@@ -104,8 +115,9 @@ fn hostile_frames_never_break_the_node_or_leave_state_behind() {
         .unwrap();
 
     rt.block_on(async {
-        // Every hostile session is gone...
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        // Every hostile session is gone: at once, or — for a connection that closed while
+        // socketioxide was still admitting it — at the node's 30-second sweep.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(45);
         while node.cluster.membership().socket_count() > 0 || node.cluster.room_count() > 0 {
             assert!(
                 tokio::time::Instant::now() < deadline,
