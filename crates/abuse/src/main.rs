@@ -283,14 +283,24 @@ async fn unauthenticated_binary(a: &Node) -> anyhow::Result<(String, bool)> {
         }
     }))
     .await;
+    Ok(closed_by_the_node(
+        "200 sessions sent 640 KiB each without authenticating",
+        started,
+        &closed,
+    ))
+}
+
+/// The row of an attack whose connections the node must close: how fast, and whether
+/// every one was.
+fn closed_by_the_node(what: &str, started: Instant, closed: &[bool]) -> (String, bool) {
     let open = closed.iter().filter(|c| !**c).count();
-    Ok((
+    (
         format!(
-            "200 sessions sent 640 KiB each without authenticating; closed by the node in {:.1}s, {open} left open",
+            "{what}; closed by the node in {:.1}s, {open} left open",
             started.elapsed().as_secs_f64()
         ),
         open == 0,
-    ))
+    )
 }
 
 async fn slowloris(a: &Node) -> anyhow::Result<(String, bool)> {
@@ -318,13 +328,10 @@ async fn slowloris(a: &Node) -> anyhow::Result<(String, bool)> {
         .is_ok()
     }))
     .await;
-    let open = closed.iter().filter(|c| !**c).count();
-    Ok((
-        format!(
-            "2000 connections that never finish a request head; closed in {:.1}s, {open} left open",
-            started.elapsed().as_secs_f64()
-        ),
-        open == 0,
+    Ok(closed_by_the_node(
+        "2000 connections that never finish a request head",
+        started,
+        &closed,
     ))
 }
 
