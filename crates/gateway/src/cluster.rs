@@ -338,8 +338,9 @@ impl Cluster {
     /// sockets while Redis is away; the bus error is still returned so the caller knows
     /// other nodes did not get the message.
     pub async fn publish(&self, env: &Envelope) -> Result<(), SendError> {
-        let (to, _) = bus::targets(env)?;
-        self.deliver_local(env).await;
+        // Resolved once for both the local delivery and the bus.
+        let (to, except) = bus::targets(env)?;
+        self.deliver_resolved(env, &to, &except).await;
         if env.flags.local {
             return Ok(());
         }
@@ -363,14 +364,19 @@ impl Cluster {
 
     /// Delivers `env` to the local sockets it targets.
     pub async fn deliver_local(&self, env: &Envelope) {
-        let op = match self.operator(env) {
-            Ok(Some(op)) => op,
-            Ok(None) => return,
+        match bus::targets(env) {
+            Ok((to, except)) => self.deliver_resolved(env, &to, &except).await,
             Err(e) => {
                 self.stats.rejected.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(id = %env.id, error = %e, "dropped a message with invalid targets");
-                return;
             }
+        }
+    }
+
+    /// Delivers `env`, whose targets are resolved, to the local sockets it targets.
+    async fn deliver_resolved(&self, env: &Envelope, to: &Audience, except: &[ScopedRoom]) {
+        let Some(op) = self.operator(env, to, except) else {
+            return;
         };
         let args = Args {
             args: env.arguments(),
@@ -389,7 +395,8 @@ impl Cluster {
         env: &Envelope,
         timeout: Duration,
     ) -> Result<Vec<AckReply>, SendError> {
-        let Some(op) = self.operator(env)? else {
+        let (to, except) = bus::targets(env)?;
+        let Some(op) = self.operator(env, &to, &except) else {
             return Ok(Vec::new());
         };
         let op = if env.flags.local { op.local() } else { op };
@@ -417,39 +424,36 @@ impl Cluster {
         .await)
     }
 
-    /// The broadcast operator for `env`'s namespace, tenant, rooms and flags; `None`
-    /// (logged) when this node does not serve the namespace.
+    /// The broadcast operator for `env`'s namespace and flags and its resolved targets;
+    /// `None` (logged) when this node does not serve the namespace.
     fn operator(
         &self,
         env: &Envelope,
-    ) -> Result<Option<BroadcastOperators<BusAdapter>>, SendError> {
-        let (to, except) = bus::targets(env)?;
-        let Some(io) = self.io.get() else {
-            return Ok(None);
-        };
+        to: &Audience,
+        except: &[ScopedRoom],
+    ) -> Option<BroadcastOperators<BusAdapter>> {
+        let io = self.io.get()?;
         let Some(op) = io.of(&env.ns) else {
             tracing::debug!(ns = %env.ns, id = %env.id, "message for a namespace this node does not serve");
-            return Ok(None);
+            return None;
+        };
+        let names = |rooms: &[ScopedRoom]| {
+            rooms
+                .iter()
+                .map(|r| r.as_str().to_owned())
+                .collect::<Vec<_>>()
         };
         let mut op = op.broadcast();
         if let Audience::Rooms(rooms) = to {
-            op = op.to(rooms
-                .into_iter()
-                .map(ScopedRoom::into_string)
-                .collect::<Vec<_>>());
+            op = op.to(names(rooms));
         }
         if !except.is_empty() {
-            op = op.except(
-                except
-                    .into_iter()
-                    .map(ScopedRoom::into_string)
-                    .collect::<Vec<_>>(),
-            );
+            op = op.except(names(except));
         }
         if env.flags.volatile {
             op = op.volatile();
         }
-        Ok(Some(op))
+        Some(op)
     }
 
     /// Handles one message from the bus.
