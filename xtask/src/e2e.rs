@@ -22,6 +22,22 @@ pub(crate) fn abuse() -> anyhow::Result<()> {
     build_and_run("abuse", &[], "the abuse suite")
 }
 
+/// The fuzz targets (tests named `fuzz_*`), `cases` cases each.
+pub(crate) fn fuzz(cases: u64) -> anyhow::Result<()> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let status = Command::new(&cargo)
+        .args([
+            "test", "-p", "envelope", "-p", "rooms", "-p", "gateway", "fuzz_",
+        ])
+        .env("PROPTEST_CASES", cases.to_string())
+        .status()
+        .context("running the fuzz targets")?;
+    if !status.success() {
+        bail!("a fuzz target failed ({status}); proptest printed the minimal failing input");
+    }
+    Ok(())
+}
+
 /// Redis and three development nodes until Ctrl-C (the interop runner's cluster).
 pub(crate) fn cluster() -> anyhow::Result<()> {
     build_and_run("interop", &["--cluster"], "the development cluster")

@@ -20,6 +20,10 @@ tasks:
                   against a 3-node cluster (INTEROP_ONLY=js,python,rust,browser for a subset)
   abuse           attacks against Redis + 2 gateway processes: one row per attack with the
                   nodes' memory and a victim's latency; fails when a bound breaks
+  fuzz [CASES]    the property-based fuzz targets (envelope JSON/MessagePack/legacy
+                  decoding, room and scoped names, raw Engine.IO/Socket.IO frames into a
+                  running node) with CASES cases each (default 20000; the test suite runs
+                  a few hundred)
   bench [--quick] Roomcast against the reference stacks, side by side (--quick: a smoke
                   run on debug builds, part of ci; no speed verdict)
   cluster         Redis and three development nodes until Ctrl-C, with demo-page links
@@ -41,6 +45,12 @@ fn run() -> anyhow::Result<()> {
         ["e2e"] => e2e::run(),
         ["interop"] => e2e::interop(),
         ["abuse"] => e2e::abuse(),
+        ["fuzz"] => e2e::fuzz(20_000),
+        ["fuzz", cases] => e2e::fuzz(
+            cases
+                .parse()
+                .map_err(|_| anyhow::anyhow!("CASES must be a number, not {cases:?}"))?,
+        ),
         ["bench"] => bench::run(false),
         ["bench", "--quick"] => bench::run(true),
         ["cluster"] => e2e::cluster(),

@@ -479,14 +479,14 @@ mod tests {
         }
 
         #[test]
-        fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+        fn fuzz_arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
             let _ = Envelope::decode(&bytes, Limits::default());
             let _ = Draft::decode_json(&bytes, Limits::default());
             let _ = crate::LegacyMessage::decode(&bytes, Limits::default());
         }
 
         #[test]
-        fn msgpack_prefixed_garbage_never_panics(tail in prop::collection::vec(any::<u8>(), 0..256)) {
+        fn fuzz_msgpack_prefixed_garbage_never_panics(tail in prop::collection::vec(any::<u8>(), 0..256)) {
             let mut bytes = vec![0x8c];
             bytes.extend(tail);
             let _ = Envelope::decode(&bytes, Limits::default());

@@ -22,6 +22,7 @@ use serde_json::Value;
 use socketioxide::SocketIo;
 use socketioxide::extract::SocketRef;
 use socketioxide::operators::BroadcastOperators;
+use socketioxide::socket::DisconnectReason;
 
 use crate::adapter::BusAdapter;
 use crate::membership::{
@@ -73,6 +74,9 @@ pub struct Stats {
     pub rate_disconnects: AtomicU64,
     /// Messages waiting in the bus inbox for the dispatcher (the backlog), as last seen.
     pub inbox_depth: AtomicU64,
+    /// Sockets disconnected because they did not read what was sent to them (their
+    /// outbound queue went over its byte or packet budget).
+    pub slow_consumers: AtomicU64,
 }
 
 /// Why a join did not complete cleanly.
@@ -202,13 +206,17 @@ impl Cluster {
         self.stats.connections.fetch_add(1, Ordering::Relaxed);
         let cluster = Arc::downgrade(self);
         #[allow(clippy::disallowed_methods, reason = "the one disconnect hook")]
-        socket.on_disconnect(move |s: SocketRef<BusAdapter>| {
+        socket.on_disconnect(move |s: SocketRef<BusAdapter>, reason: DisconnectReason| {
             // Synchronously, before socketioxide removes the socket from its rooms: a join
             // racing this disconnect either finished before (and is undone here) or finds
             // the socket detached and changes nothing.
             if let Some(cluster) = cluster.upgrade() {
                 cluster.membership.detach(&key(&s));
                 cluster.stats.connections.fetch_sub(1, Ordering::Relaxed);
+                if reason == DisconnectReason::SlowConsumer {
+                    cluster.stats.slow_consumers.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(sid = %s.id, ns = s.ns(), "disconnected a slow consumer: its outbound queue went over budget");
+                }
             }
             async {}
         });

@@ -169,12 +169,21 @@ pub struct Args {
     /// How long a client has to send a whole HTTP request head, in ms (slowloris) [default: 10000]
     #[arg(long, env = "HTTP_HEADER_TIMEOUT_MS", default_value_t = 10_000)]
     pub http_header_timeout_ms: u64,
+    /// Longest an HTTP API request (`/v1/*`, health, metrics) may take, body included;
+    /// past it the answer is 408 [default: 30000]
+    #[arg(long, env = "HTTP_REQUEST_TIMEOUT_MS", default_value_t = 30_000)]
+    pub http_request_timeout_ms: u64,
     /// How long a new session has to authenticate (send its Socket.IO CONNECT), in ms [default: 10000]
     #[arg(long, env = "CONNECT_TIMEOUT_MS", default_value_t = 10_000)]
     pub connect_timeout_ms: u64,
-    /// Packets queued per socket before emits to it fail [default: 128]
-    #[arg(long, env = "SOCKET_BUFFER_PACKETS", default_value_t = 128)]
+    /// Packets a socket's outbound queue holds; a socket with all of them taken is
+    /// disconnected as a slow consumer [default: 1024]
+    #[arg(long, env = "SOCKET_BUFFER_PACKETS", default_value_t = 1024)]
     pub socket_buffer_packets: usize,
+    /// Bytes a socket's outbound queue may hold (what the kernel's socket buffer did not
+    /// take); past it the socket is disconnected as a slow consumer [default: 1048576]
+    #[arg(long, env = "SOCKET_BUFFER_BYTES", default_value_t = 1 << 20)]
+    pub socket_buffer_bytes: usize,
     /// Log format: `text` or `json` [default: text]
     #[arg(long, env = "LOG_FORMAT", default_value = "text")]
     pub log_format: String,
@@ -335,6 +344,8 @@ pub struct Config {
     pub ws_read_buffer: usize,
     /// Packets queued per socket.
     pub socket_buffer: usize,
+    /// Bytes queued per socket before it is a slow consumer.
+    pub socket_buffer_bytes: usize,
     /// Connection and room caps.
     pub connection_limits: crate::ConnectionLimits,
     /// Per-socket event and join rates.
@@ -343,6 +354,8 @@ pub struct Config {
     pub connect_timeout: Duration,
     /// How long a client has to send a whole HTTP request head.
     pub header_timeout: Duration,
+    /// Whole-request limit of the HTTP API.
+    pub request_timeout: Duration,
 }
 
 impl fmt::Debug for Config {
@@ -584,6 +597,9 @@ impl Config {
                 "need at least 256 bytes and 1 packet",
             ));
         }
+        if args.socket_buffer_bytes < 1024 {
+            return Err(invalid("SOCKET_BUFFER_BYTES", "must be at least 1024"));
+        }
         if args.max_rooms_per_socket < 2 {
             return Err(invalid(
                 "MAX_ROOMS_PER_SOCKET",
@@ -608,9 +624,12 @@ impl Config {
                 "must be at least 1",
             ));
         }
-        if args.connect_timeout_ms < 100 || args.http_header_timeout_ms < 100 {
+        if args.connect_timeout_ms < 100
+            || args.http_header_timeout_ms < 100
+            || args.http_request_timeout_ms < 100
+        {
             return Err(invalid(
-                "CONNECT_TIMEOUT_MS/HTTP_HEADER_TIMEOUT_MS",
+                "CONNECT_TIMEOUT_MS/HTTP_HEADER_TIMEOUT_MS/HTTP_REQUEST_TIMEOUT_MS",
                 "must be at least 100",
             ));
         }
@@ -732,6 +751,7 @@ impl Config {
             advertised_url: args.advertised_url,
             ws_read_buffer: args.ws_read_buffer_bytes,
             socket_buffer: args.socket_buffer_packets,
+            socket_buffer_bytes: args.socket_buffer_bytes,
             connection_limits: crate::ConnectionLimits {
                 per_node: args.max_connections,
                 per_user: args.max_connections_per_user,
@@ -746,6 +766,7 @@ impl Config {
             },
             connect_timeout: Duration::from_millis(args.connect_timeout_ms),
             header_timeout: Duration::from_millis(args.http_header_timeout_ms),
+            request_timeout: Duration::from_millis(args.http_request_timeout_ms),
         })
     }
 

@@ -74,7 +74,9 @@ impl IntoResponse for ApiError {
 }
 
 /// The HTTP routes.
-pub(crate) fn router(ctx: Arc<HttpCtx>, max_payload: usize) -> Router {
+/// Every request of this API is answered, or refused with 408, within `timeout`: a
+/// client sending its body slowly holds a connection no longer.
+pub(crate) fn router(ctx: Arc<HttpCtx>, max_payload: usize, timeout: Duration) -> Router {
     Router::new()
         .route("/health", get(health))
         .route("/health/live", get(|| async { "ok" }))
@@ -87,6 +89,10 @@ pub(crate) fn router(ctx: Arc<HttpCtx>, max_payload: usize) -> Router {
             // "exceeds the limit" message rather than a bare 413.
             post(publish).layer(DefaultBodyLimit::max(max_payload.saturating_mul(2))),
         )
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            timeout,
+        ))
         .with_state(ctx)
 }
 
@@ -122,7 +128,7 @@ async fn metrics(State(ctx): State<Arc<HttpCtx>>) -> impl IntoResponse {
     let s = &c.stats;
     let node = c.node_id();
     let mut out = String::new();
-    let metrics: [(&str, &str, &str, u64); 14] = [
+    let metrics: [(&str, &str, &str, u64); 15] = [
         (
             "socketio_connections_total",
             "gauge",
@@ -188,6 +194,12 @@ async fn metrics(State(ctx): State<Arc<HttpCtx>>) -> impl IntoResponse {
             "counter",
             "Sockets disconnected for sustained abuse of the rate limits.",
             s.rate_disconnects.load(Ordering::Relaxed),
+        ),
+        (
+            "roomcast_slow_consumer_disconnects_total",
+            "counter",
+            "Sockets disconnected because they did not read what was sent to them.",
+            s.slow_consumers.load(Ordering::Relaxed),
         ),
         (
             "roomcast_token_expiry_disconnects_total",

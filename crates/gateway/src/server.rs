@@ -139,6 +139,9 @@ impl Node {
             .ws_max_frame_size(config.max_payload)
             .ws_read_buffer_size(config.ws_read_buffer)
             .max_buffer_size(config.socket_buffer)
+            // A socket that does not read what is sent to it is disconnected as a slow
+            // consumer once this much waits for it, instead of losing messages silently.
+            .max_queued_bytes(config.socket_buffer_bytes)
             // A session must authenticate this soon, or it is closed: an unauthenticated
             // connection holds as little as possible for as short as possible.
             .connect_timeout(config.connect_timeout)
@@ -160,7 +163,7 @@ impl Node {
             mode: config.mode,
             require_tenant: config.token_rules.require_tenant,
         });
-        let mut router = http::router(http_ctx, config.max_payload);
+        let mut router = http::router(http_ctx, config.max_payload, config.request_timeout);
         if config.mode == Mode::Development {
             let dev = config.dev.as_ref();
             router = router.merge(demo::router(Arc::new(demo::DemoCtx {

@@ -344,3 +344,87 @@ async fn a_wildcard_token_cannot_make_a_node_subscribe_more_than_the_room_cap() 
     let channels = redis.pubsub_channels(&format!("{prefix}:room:*")).unwrap();
     assert_eq!(channels.len(), 128, "the node subscribes at most the cap");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_socket_that_stops_reading_is_disconnected_while_a_reader_gets_every_message() {
+    let node = node_with(|c| c.socket_buffer_bytes = 256 * 1024).await;
+    let mut stalled = node.client(auth("stalled")).await.unwrap();
+    assert_eq!(stalled.join("room:feed").await.unwrap()["ok"], true);
+    let mut reader = node.client(auth("reader")).await.unwrap();
+    assert_eq!(reader.join("room:feed").await.unwrap()["ok"], true);
+
+    // 400 × 64 KiB = 25 MiB to the room: far more than the stalled socket's kernel
+    // buffers and its 256 KiB budget hold.
+    const N: u64 = 400;
+    let reading = tokio::spawn(async move {
+        for seq in 0..N {
+            let tick = reader.expect_arg("tick").await?;
+            anyhow::ensure!(
+                tick["seq"] == seq,
+                "got {} where {seq} was due",
+                tick["seq"]
+            );
+        }
+        anyhow::Ok(())
+    });
+    let pad = "x".repeat(64 * 1024);
+    for seq in 0..N {
+        node.publish_accepted(json!({
+            "tenant": "acme", "event": "tick", "to": ["room:feed"],
+            "data": {"seq": seq, "pad": pad},
+        }))
+        .await
+        .unwrap();
+    }
+    reading
+        .await
+        .unwrap()
+        .expect("the reading socket gets every message, in order");
+
+    // The stalled socket was disconnected as a slow consumer, and counted.
+    stalled.expect_disconnect().await.unwrap();
+    assert_eq!(
+        node.cluster
+            .stats
+            .slow_consumers
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+    let metrics = reqwest::get(format!("{}/metrics", node.url()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("roomcast_slow_consumer_disconnects_total{"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn a_publish_whose_body_never_finishes_is_answered_408() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let node = node_with(|c| c.request_timeout = Duration::from_millis(500)).await;
+    let mut s = tokio::net::TcpStream::connect(node.addr).await.unwrap();
+    // A complete head announcing 1000 bytes, then only 10 of them.
+    let head = format!(
+        "POST /v1/publish HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TEST_KEY}\r\n\
+         Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{{\"event\":"
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut buf = [0u8; 512];
+        while let Ok(n @ 1..) = s.read(&mut buf).await {
+            answer.extend_from_slice(&buf[..n]);
+            if answer.windows(4).any(|w| w == b"\r\n\r\n") {
+                break;
+            }
+        }
+    })
+    .await;
+    assert!(read.is_ok(), "no answer within 10 s");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+}

@@ -88,7 +88,7 @@ async fn hostile_session(node: &TestNode, authenticated: bool, frames: Vec<Messa
 }
 
 #[test]
-fn hostile_frames_never_break_the_node_or_leave_state_behind() {
+fn fuzz_hostile_frames_never_break_the_node_or_leave_state_behind() {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -102,8 +102,13 @@ fn hostile_frames_never_break_the_node_or_leave_state_behind() {
         .unwrap();
         nodes.remove(0)
     });
+    // 300 cases in the test suite; `cargo xtask fuzz` sets PROPTEST_CASES for long runs.
+    let cases = std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(300);
     let mut runner = TestRunner::new(Config {
-        cases: 300,
+        cases,
         ..Config::default()
     });
     let session = (any::<bool>(), prop::collection::vec(frame(), 1..8));

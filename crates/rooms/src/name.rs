@@ -340,7 +340,7 @@ mod tests {
 
     proptest! {
         #[test]
-        fn parse_never_panics_and_round_trips(s in ".{0,300}") {
+        fn fuzz_parse_never_panics_and_round_trips(s in ".{0,300}") {
             if let Ok(room) = Room::parse(&s) {
                 prop_assert_eq!(room.as_str(), s.as_str());
                 let shown = format!("{room}");

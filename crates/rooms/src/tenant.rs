@@ -439,7 +439,7 @@ mod tests {
         }
 
         #[test]
-        fn parse_never_panics(s in ".{0,120}") {
+        fn fuzz_scoped_parse_never_panics(s in ".{0,120}") {
             let _ = ScopedRoom::parse(&s);
         }
     }

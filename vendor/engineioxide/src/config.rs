@@ -60,6 +60,14 @@ pub struct EngineIoConfig {
     /// Defaults to 128 packets
     pub max_buffer_size: usize,
 
+    /// The maximum number of bytes (payload lengths) that may wait in one connection's
+    /// outbound queue. Past it the connection is a slow consumer: sends to it are
+    /// refused and it is closed with `DisconnectReason::SlowConsumer`, as it also is
+    /// when its `max_buffer_size` packets are all taken. Roomcast patch.
+    ///
+    /// Defaults to `None` (bounded by `max_buffer_size` only).
+    pub max_queued_bytes: Option<usize>,
+
     /// The maximum number of bytes that can be received per http request.
     /// Defaults to 100KB.
     pub max_payload: u64,
@@ -97,6 +105,7 @@ impl Default for EngineIoConfig {
             ping_timeout: Duration::from_millis(20000),
             upgrade_timeout: Duration::from_millis(10000),
             max_buffer_size: 128,
+            max_queued_bytes: None,
             max_payload: 1e5 as u64, // 100kb
             ws_read_buffer_size: 4096,
             ws_max_message_size: 64 << 20,
@@ -200,6 +209,13 @@ impl EngineIoConfigBuilder {
     /// ```
     pub fn max_buffer_size(mut self, max_buffer_size: usize) -> Self {
         self.config.max_buffer_size = max_buffer_size;
+        self
+    }
+
+    /// The maximum number of bytes that may wait in one connection's outbound queue
+    /// before it is closed as a slow consumer (Roomcast patch). Defaults to unbounded.
+    pub fn max_queued_bytes(mut self, max_queued_bytes: usize) -> Self {
+        self.config.max_queued_bytes = Some(max_queued_bytes);
         self
     }
 

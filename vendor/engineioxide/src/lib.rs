@@ -22,6 +22,7 @@ pub mod sid {
 }
 
 mod body;
+mod budget;
 mod engine;
 mod errors;
 mod transport;

@@ -64,7 +64,11 @@ use std::{
     time::Duration,
 };
 
-use crate::{config::EngineIoConfig, errors::Error};
+use crate::{
+    budget::{BufferedRx, OutboundBudget},
+    config::EngineIoConfig,
+    errors::Error,
+};
 use bytes::Bytes;
 use engineioxide_core::{Packet, PacketBuf, ProtocolVersion, Str, TransportType};
 use futures_util::FutureExt;
@@ -95,6 +99,9 @@ pub enum DisconnectReason {
     HeartbeatTimeout,
     /// The server is being closed
     ClosingServer,
+    /// The client did not read what was sent to it: its outbound queue went over its
+    /// budget (`EngineIoConfig::max_queued_bytes` or `max_buffer_size`). Roomcast patch.
+    SlowConsumer,
 }
 
 /// Convert an [`Error`] to a [`DisconnectReason`] if possible
@@ -116,17 +123,24 @@ impl From<&Error> for Option<DisconnectReason> {
 /// A permit holds a place in the internal channel to send one packet to the client.
 pub struct Permit<'a> {
     inner: mpsc::Permit<'a, PacketBuf>,
+    budget: &'a OutboundBudget,
 }
 impl Permit<'_> {
+    /// Puts `packets` in the queue, on the socket's byte account.
+    #[inline]
+    fn send(self, packets: PacketBuf) {
+        self.budget.add(&packets);
+        self.inner.send(packets);
+    }
     /// Consume the permit and emit a message to the client.
     #[inline]
     pub fn emit(self, msg: Str) {
-        self.inner.send(smallvec![Packet::Message(msg)]);
+        self.send(smallvec![Packet::Message(msg)]);
     }
     /// Consume the permit and emit a binary message to the client.
     #[inline]
     pub fn emit_binary(self, data: Bytes) {
-        self.inner.send(smallvec![Packet::Binary(data)]);
+        self.send(smallvec![Packet::Binary(data)]);
     }
 
     /// Consume the permit and emit a message with multiple binary data to the client.
@@ -138,7 +152,7 @@ impl Permit<'_> {
         for d in data {
             packets.push(Packet::Binary(d));
         }
-        self.inner.send(packets);
+        self.send(packets);
     }
 
     /// Consume the permit and emit a message with multiple binary data to the client.
@@ -150,22 +164,19 @@ impl Permit<'_> {
         for d in data {
             packets.push(Packet::Binary(d));
         }
-        self.inner.send(packets);
+        self.send(packets);
     }
 }
 
 #[derive(Debug)]
 pub(crate) struct InternalRx {
-    pub buffered_rx: Receiver<PacketBuf>,
+    pub buffered_rx: BufferedRx,
     pub peeked_packet: Option<PacketBuf>,
     pub volatile_rx: watch::Receiver<Option<PacketBuf>>,
 }
 
 impl InternalRx {
-    fn new(
-        buffered_rx: Receiver<PacketBuf>,
-        volatile_rx: watch::Receiver<Option<PacketBuf>>,
-    ) -> Self {
+    fn new(buffered_rx: BufferedRx, volatile_rx: watch::Receiver<Option<PacketBuf>>) -> Self {
         Self {
             buffered_rx,
             peeked_packet: None,
@@ -216,6 +227,9 @@ where
     /// Channel to send [PacketBuf] to the internal connection
     pub(crate) internal_tx: mpsc::Sender<PacketBuf>,
 
+    /// The byte account of the queue behind `internal_tx` (Roomcast patch).
+    budget: Arc<OutboundBudget>,
+
     /// Channel to send volatile [PacketBuf]s that bypass the internal buffer.
     /// Uses a [`watch`](tokio::sync::watch) channel so only the latest volatile
     /// message is retained; subsequent volatile sends overwrite the previous one.
@@ -258,6 +272,7 @@ where
         let (internal_tx, internal_rx) = mpsc::channel(config.max_buffer_size);
         let (heartbeat_tx, heartbeat_rx) = mpsc::channel(1);
         let (volatile_tx, volatile_rx) = watch::channel(None);
+        let budget = Arc::new(OutboundBudget::new(config.max_queued_bytes));
 
         Self {
             id: Sid::new(),
@@ -265,8 +280,12 @@ where
             transport: AtomicU8::new(transport as u8),
             upgrading: AtomicBool::new(false),
 
-            internal_rx: Mutex::new(InternalRx::new(internal_rx, volatile_rx)),
+            internal_rx: Mutex::new(InternalRx::new(
+                BufferedRx::new(internal_rx, budget.clone()),
+                volatile_rx,
+            )),
             internal_tx,
+            budget,
 
             volatile_tx,
 
@@ -288,14 +307,37 @@ where
         #[cfg(feature = "tracing")]
         tracing::debug!(?packet, "sending packet");
 
-        self.internal_tx
-            .try_send(smallvec![packet])
-            .map_err(|p| match p {
-                TrySendError::Full(mut p) => TrySendError::Full(p.pop().unwrap()),
-                TrySendError::Closed(mut p) => TrySendError::Closed(p.pop().unwrap()),
-            })?;
+        self.push(smallvec![packet]).map_err(|p| match p {
+            TrySendError::Full(mut p) => TrySendError::Full(p.pop().unwrap()),
+            TrySendError::Closed(mut p) => TrySendError::Closed(p.pop().unwrap()),
+        })?;
         Ok(())
     }
+
+    /// Queues `packets` on the byte account; a full queue makes the socket a slow
+    /// consumer. Every packet enters the queue here or through a [`Permit`].
+    fn push(&self, packets: PacketBuf) -> Result<(), TrySendError<PacketBuf>> {
+        if !self.budget.admit() {
+            return Err(TrySendError::Full(packets));
+        }
+        self.budget.add(&packets);
+        self.internal_tx.try_send(packets).map_err(|e| {
+            let packets = match &e {
+                TrySendError::Full(p) | TrySendError::Closed(p) => p,
+            };
+            self.budget.sub(packets);
+            if matches!(e, TrySendError::Full(_)) {
+                self.budget.overflow();
+            }
+            e
+        })
+    }
+
+    /// Bytes waiting in this socket's outbound queue (Roomcast patch).
+    pub fn queued_bytes(&self) -> usize {
+        self.budget.queued()
+    }
+
     pub(crate) fn is_upgrading(&self) -> bool {
         self.upgrading.load(Ordering::Relaxed)
     }
@@ -312,11 +354,19 @@ where
         tokio::spawn(
             cancellation_token
                 .run_until_cancelled_owned(async move {
-                    if let Err(_e) = self.heartbeat_job(interval, timeout).await {
-                        self.close(DisconnectReason::HeartbeatTimeout);
-                        #[cfg(feature = "tracing")]
-                        tracing::debug!(id = ?self.id, "heartbeat error: {_e}");
-                    }
+                    // Roomcast patch: this task also closes a slow consumer (see `budget`).
+                    let reason = tokio::select! {
+                        res = self.heartbeat_job(interval, timeout) => match res {
+                            Err(_e) => {
+                                #[cfg(feature = "tracing")]
+                                tracing::debug!(id = ?self.id, "heartbeat error: {_e}");
+                                DisconnectReason::HeartbeatTimeout
+                            }
+                            Ok(()) => return,
+                        },
+                        _ = self.budget.overflowed() => DisconnectReason::SlowConsumer,
+                    };
+                    self.close(reason);
                 })
                 .inspect(|_v| {
                     #[cfg(feature = "tracing")]
@@ -370,8 +420,7 @@ where
             #[cfg(feature = "tracing")]
             tracing::trace!(sid = ?self.id, "emitting ping");
 
-            self.internal_tx
-                .try_send(smallvec![Packet::Ping])
+            self.push(smallvec![Packet::Ping])
                 .map_err(|_| Error::HeartbeatTimeout)?;
 
             #[cfg(feature = "tracing")]
@@ -407,8 +456,7 @@ where
 
             #[cfg(feature = "tracing")]
             tracing::trace!(sid = ?self.id, "ping received, sending pong");
-            self.internal_tx
-                .try_send(smallvec![Packet::Pong])
+            self.push(smallvec![Packet::Pong])
                 .map_err(|_| Error::HeartbeatTimeout)?;
         }
     }
@@ -442,8 +490,18 @@ where
     /// If the socket is closed, the function will return a [`TrySendError::Closed`] error.
     #[inline]
     pub fn reserve(&self) -> Result<Permit<'_>, TrySendError<()>> {
-        let permit = self.internal_tx.try_reserve()?;
-        Ok(Permit { inner: permit })
+        if !self.budget.admit() {
+            return Err(TrySendError::Full(()));
+        }
+        let permit = self.internal_tx.try_reserve().inspect_err(|e| {
+            if matches!(e, TrySendError::Full(())) {
+                self.budget.overflow();
+            }
+        })?;
+        Ok(Permit {
+            inner: permit,
+            budget: &self.budget,
+        })
     }
 
     /// Emits a message to the client.
@@ -609,6 +667,7 @@ where
         let (internal_tx, internal_rx) = mpsc::channel(buffer_size);
         let (heartbeat_tx, heartbeat_rx) = mpsc::channel(1);
         let (volatile_tx, volatile_rx) = watch::channel(None);
+        let budget = Arc::new(OutboundBudget::new(None));
 
         let sock = Self {
             id: sid,
@@ -616,8 +675,12 @@ where
             transport: AtomicU8::new(TransportType::Websocket as u8),
             upgrading: AtomicBool::new(false),
 
-            internal_rx: Mutex::new(InternalRx::new(internal_rx, volatile_rx)),
+            internal_rx: Mutex::new(InternalRx::new(
+                BufferedRx::new(internal_rx, budget.clone()),
+                volatile_rx,
+            )),
             internal_tx,
+            budget,
 
             volatile_tx,
 

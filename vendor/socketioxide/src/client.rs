@@ -292,7 +292,14 @@ impl<A: Adapter> EngineIoHandler for Client<A> {
             msg,
         ) {
             Ok(packet) => packet,
-            Err(ParseError::NeedsMoreBinaryData) => return,
+            Err(ParseError::NeedsMoreBinaryData) => {
+                // Roomcast patch: a session connected to no namespace (not authenticated
+                // yet) gets no buffer for binary attachments; it is closed instead.
+                if !self.in_any_ns(socket.id) {
+                    socket.close(EIoDisconnectReason::PacketParsingError);
+                }
+                return;
+            }
             Err(_e) => {
                 #[cfg(feature = "tracing")]
                 tracing::debug!("socket deserialization error: {}", _e);
@@ -425,6 +432,17 @@ impl<A: Adapter> Client<A> {
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
 
         (tx1, rx)
+    }
+}
+
+impl<A: Adapter> Client<A> {
+    /// Whether the engine.io session `sid` is connected to at least one namespace.
+    fn in_any_ns(&self, sid: Sid) -> bool {
+        self.nsps
+            .read()
+            .unwrap()
+            .values()
+            .any(|ns| ns.get_socket(sid).is_ok())
     }
 }
 

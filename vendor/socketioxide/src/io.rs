@@ -204,6 +204,18 @@ impl<A: Adapter> SocketIoBuilder<A> {
         self
     }
 
+    /// The maximum number of bytes that may wait in one socket's outbound queue. Past
+    /// it, or when all [`max_buffer_size`](Self::max_buffer_size) packet slots are taken,
+    /// the socket is closed with [`DisconnectReason::SlowConsumer`](crate::socket::DisconnectReason::SlowConsumer)
+    /// instead of losing messages silently. Defaults to unbounded. Roomcast patch.
+    #[inline]
+    pub fn max_queued_bytes(mut self, max_queued_bytes: usize) -> Self {
+        self.engine_config_builder = self
+            .engine_config_builder
+            .max_queued_bytes(max_queued_bytes);
+        self
+    }
+
     /// The maximum size of a payload in bytes.
     /// If a payload is bigger than this value the `emit()` method will return an error.
     ///

@@ -167,6 +167,15 @@ impl<A: Adapter> Namespace<A> {
         #[cfg(feature = "tracing")]
         tracing::trace!(?socket.id, ?self.path, "socket added to namespace");
 
+        // Roomcast patch: the engine.io session may have closed while the middleware ran;
+        // its disconnect then found no socket here to close, and this one would stay
+        // forever. Closing the channel precedes that disconnect, so checking after the
+        // insert leaves no gap: either the disconnect sees the socket, or this does.
+        if esocket.is_closed() {
+            self.remove_socket(sid);
+            return Err(ConnectFail);
+        }
+
         let protocol = esocket.protocol.into();
         let payload = ConnectPacket { sid: socket.id };
         let payload = match protocol {

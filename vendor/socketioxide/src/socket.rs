@@ -74,6 +74,12 @@ pub enum DisconnectReason {
 
     /// The server is being closed
     ClosingServer,
+
+    /// The client did not read what was sent to it: its outbound queue went over its
+    /// budget ([`SocketIoBuilder::max_queued_bytes`](crate::SocketIoBuilder::max_queued_bytes)
+    /// or [`SocketIoBuilder::max_buffer_size`](crate::SocketIoBuilder::max_buffer_size)).
+    /// Roomcast patch.
+    SlowConsumer,
 }
 
 impl std::fmt::Display for DisconnectReason {
@@ -88,6 +94,7 @@ impl std::fmt::Display for DisconnectReason {
             ClientNSDisconnect => "client has manually disconnected the socket from the namespace",
             ServerNSDisconnect => "socket was forcefully disconnected from the namespace",
             ClosingServer => "server is being closed",
+            SlowConsumer => "client did not read what was sent to it in time",
         };
         f.write_str(str)
     }
@@ -103,6 +110,7 @@ impl From<EIoDisconnectReason> for DisconnectReason {
             EIoDisconnectReason::MultipleHttpPollingError => MultipleHttpPollingError,
             EIoDisconnectReason::PacketParsingError => PacketParsingError,
             EIoDisconnectReason::ClosingServer => ClosingServer,
+            EIoDisconnectReason::SlowConsumer => SlowConsumer,
         }
     }
 }

@@ -307,7 +307,11 @@ async fn forward_to_socket<H: EngineIoHandler, S>(
         }
 
     // Forward buffered packets until the channel is closed or the session is cancelled.
-    loop {
+    // Roomcast patch: the whole loop is cancellable, not only the wait for the next
+    // packet, so a write blocked on a peer that stopped reading (a slow consumer being
+    // closed) gives the queue's lock back and lets the session close.
+    let cancel = socket.cancellation_token.clone();
+    cancel.run_until_cancelled(async { loop {
         tokio::select! {
             biased;
             items = buffered_rx.recv() => {
@@ -341,14 +345,29 @@ async fn forward_to_socket<H: EngineIoHandler, S>(
         #[cfg(feature = "tracing")]
         tracing::trace!(sid = %socket.id, "ws flush");
         tx.flush().await.ok();
-    }
+    }})
+    .await;
 
     #[cfg(feature = "tracing")]
     tracing::trace!(sid = %socket.id, "ws closing flush");
 
-    tx.flush().await.ok();
-    tx.close().await.ok();
+    // What was queued before the close (a disconnect packet, a reason) still goes out,
+    // within a bounded time: a slow consumer's peer may never read it.
+    let _ = tokio::time::timeout(CLOSING_FLUSH, async {
+        while let Ok(packets) = buffered_rx.try_recv() {
+            for item in packets {
+                map_fn!(item);
+            }
+        }
+        tx.flush().await.ok();
+        tx.close().await.ok();
+    })
+    .await;
 }
+
+/// How long a closing websocket may take to write what was queued before its close
+/// (Roomcast patch).
+const CLOSING_FLUSH: std::time::Duration = std::time::Duration::from_secs(1);
 /// Send a Engine.IO [`OpenPacket`] to initiate a websocket connection
 async fn init_handshake<S>(
     sid: Sid,
