@@ -78,6 +78,12 @@ const NEEDS: &[Need] = &[
         },
     },
     Need {
+        what: "promtool (Prometheus: metrics lint, alert rule tests)",
+        package: "prometheus",
+        suites: "tests",
+        present: || runs("promtool", &["--version"]),
+    },
+    Need {
         what: "Docker engine (dockerd)",
         package: "docker.io",
         suites: "e2e",

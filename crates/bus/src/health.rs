@@ -42,13 +42,17 @@ impl fmt::Display for LinkState {
     }
 }
 
-/// Health of a bus.
+/// Health of a bus, and the figures an operator watches with it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Health {
     /// The link used for publishing.
     pub publisher: LinkState,
     /// The link receiving subscribed messages.
     pub subscriber: LinkState,
+    /// Channels this bus is subscribed to (or will resubscribe when it reconnects).
+    pub channels: usize,
+    /// Times the subscribing link reconnected after it had been up.
+    pub reconnects: u64,
 }
 
 impl Health {
@@ -56,6 +60,8 @@ impl Health {
     pub const UP: Health = Health {
         publisher: LinkState::Up,
         subscriber: LinkState::Up,
+        channels: 0,
+        reconnects: 0,
     };
 
     /// True when both links are up.

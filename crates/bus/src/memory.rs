@@ -194,7 +194,16 @@ impl Bus for MemoryBus {
     }
 
     fn health(&self) -> Health {
-        Health::UP
+        let channels = self
+            .hub
+            .lock()
+            .iter()
+            .find(|s| s.id == self.id)
+            .map_or(0, |s| s.channels.len());
+        Health {
+            channels,
+            ..Health::UP
+        }
     }
 
     fn kind(&self) -> &'static str {

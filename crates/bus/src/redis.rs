@@ -213,6 +213,8 @@ impl RedisBus {
         let health = Arc::new(Mutex::new(Health {
             publisher: LinkState::Connecting,
             subscriber: LinkState::Connecting,
+            channels: 0,
+            reconnects: 0,
         }));
         let (publish_tx, publish_rx) = mpsc::channel(config.publish_queue.max(1));
         let (command_tx, command_rx) = mpsc::unbounded_channel();
@@ -439,13 +441,23 @@ enum Exit {
 }
 
 impl Subscriber {
+    fn count_channels(&self) {
+        let n = self.desired.len();
+        set_health(&self.health, |h| h.channels = n);
+    }
+
     async fn run(mut self) {
         let mut attempt: u32 = 0;
+        let mut was_up = false;
         loop {
             set_health(&self.health, |h| h.subscriber = LinkState::Connecting);
             let error = match self.connect().await {
                 Ok((sink, stream)) => {
                     attempt = 0;
+                    if was_up {
+                        set_health(&self.health, |h| h.reconnects += 1);
+                    }
+                    was_up = true;
                     match self.serve(sink, stream).await {
                         Exit::Closed => return,
                         Exit::Lost(e) => e,
@@ -528,6 +540,7 @@ impl Subscriber {
                     let _ = reply.send(Ok(()));
                 }
             }
+            self.count_channels();
         }
     }
 
@@ -621,6 +634,7 @@ impl Subscriber {
                 }
             }
         }
+        self.count_channels();
         let result = if channels.is_empty() {
             Ok(())
         } else {

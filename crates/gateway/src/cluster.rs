@@ -28,6 +28,7 @@ use crate::adapter::BusAdapter;
 use crate::membership::{
     AttachRefused, ConnectionLimits, JoinRefused, Membership, SocketKey, UserKey,
 };
+use crate::metrics::Metrics;
 use crate::registry::Registry;
 
 /// Shared state of one node: membership, the registry, and the handle used to deliver
@@ -47,6 +48,7 @@ pub struct Cluster {
     adapters: Mutex<HashMap<String, Weak<BusAdapter>>>,
     /// Counters exported on `/health` and `/metrics`.
     pub stats: Stats,
+    metrics: Metrics,
 }
 
 /// Node counters.
@@ -103,6 +105,8 @@ pub struct ClusterSettings {
     pub connection_limits: ConnectionLimits,
     /// Drop legacy messages that name no tenant.
     pub require_tenant: bool,
+    /// Distinct `event_type` labels in the metrics before new names count as `other`.
+    pub max_event_types: usize,
 }
 
 /// The event a socket receives just before the node disconnects it, saying why.
@@ -117,7 +121,9 @@ impl Cluster {
             settings.connection_limits,
         );
         let registry = Registry::new(outbox.bus().clone(), outbox.channels(), &node_id);
+        let metrics = Metrics::new(&node_id, settings.max_event_types);
         Self {
+            metrics,
             node_id,
             outbox,
             limits: settings.limits,
@@ -150,6 +156,11 @@ impl Cluster {
     /// Decoding limits.
     pub fn limits(&self) -> Limits {
         self.limits
+    }
+
+    /// This node's Prometheus metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     /// Room membership on this node.
@@ -215,8 +226,8 @@ impl Cluster {
                 cluster.stats.connections.fetch_sub(1, Ordering::Relaxed);
                 if reason == DisconnectReason::SlowConsumer {
                     cluster.stats.slow_consumers.fetch_add(1, Ordering::Relaxed);
-                    tracing::info!(sid = %s.id, ns = s.ns(), "disconnected a slow consumer: its outbound queue went over budget");
                 }
+                tracing::info!(sid = %s.id, ns = s.ns(), reason = ?reason, detail = %reason, "client disconnected");
             }
             async {}
         });
@@ -348,8 +359,20 @@ impl Cluster {
     pub async fn publish(&self, env: &Envelope) -> Result<(), SendError> {
         // Resolved once for both the local delivery and the bus.
         let (to, except) = bus::targets(env)?;
+        // One line per publish: what and where to, never the payload.
+        tracing::info!(
+            id = %env.id,
+            event = %env.event,
+            ns = %env.ns,
+            tenant = env.tenant.as_deref().unwrap_or(""),
+            rooms = ?env.to,
+            user = env.to.iter().find_map(|r| r.strip_prefix("user:")).unwrap_or(""),
+            server_id = %self.node_id,
+            "realtime_publish"
+        );
         self.deliver_resolved(env, &to, &except).await;
         if env.flags.local {
+            self.metrics.published(&env.event);
             return Ok(());
         }
         self.send_to_bus(env, &to).await
@@ -361,6 +384,7 @@ impl Cluster {
         match self.outbox.send_to(env, to).await {
             Ok(_) => {
                 self.stats.published.fetch_add(1, Ordering::Relaxed);
+                self.metrics.published(&env.event);
                 Ok(())
             }
             Err(e) => {
@@ -390,9 +414,22 @@ impl Cluster {
             args: env.arguments(),
             attachments: &env.attachments,
         };
-        if let Err(e) = op.local().emit(&env.event, &args).await {
-            tracing::debug!(id = %env.id, error = %e, "some local sockets could not be reached");
-        }
+        // Counted once per socket written to: the targets, less those that failed.
+        let targets = self
+            .operator(env, to, except)
+            .map_or(0, |op| op.local().sockets().len());
+        let failed = match op.local().emit(&env.event, &args).await {
+            Ok(()) => 0,
+            Err(e) => {
+                tracing::debug!(id = %env.id, error = %e, "some local sockets could not be reached");
+                match e {
+                    socketioxide::BroadcastError::Socket(errors) => errors.len(),
+                    _ => targets,
+                }
+            }
+        };
+        self.metrics
+            .delivered(&env.event, targets.saturating_sub(failed) as u64);
     }
 
     /// Sends `env` to its target sockets on every node (only this one with the `local`
@@ -496,6 +533,9 @@ impl Cluster {
         if env.origin == self.node_id {
             return;
         }
+        // Clocks of different machines: a message "from the future" counts as 0 ms.
+        self.metrics
+            .bus_latency(envelope::now_ms().saturating_sub(env.ts) as f64);
         self.stats.delivered.fetch_add(1, Ordering::Relaxed);
         self.deliver_local(&env).await;
     }

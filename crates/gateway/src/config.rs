@@ -173,6 +173,10 @@ pub struct Args {
     /// past it the answer is 408 [default: 30000]
     #[arg(long, env = "HTTP_REQUEST_TIMEOUT_MS", default_value_t = 30_000)]
     pub http_request_timeout_ms: u64,
+    /// Distinct `event_type` label values in the metrics; past them new event names
+    /// count as `other` [default: 64]
+    #[arg(long, env = "METRICS_MAX_EVENT_TYPES", default_value_t = 64)]
+    pub metrics_max_event_types: usize,
     /// How long a new session has to authenticate (send its Socket.IO CONNECT), in ms [default: 10000]
     #[arg(long, env = "CONNECT_TIMEOUT_MS", default_value_t = 10_000)]
     pub connect_timeout_ms: u64,
@@ -356,6 +360,8 @@ pub struct Config {
     pub header_timeout: Duration,
     /// Whole-request limit of the HTTP API.
     pub request_timeout: Duration,
+    /// Distinct `event_type` metric labels before `other`.
+    pub max_event_types: usize,
 }
 
 impl fmt::Debug for Config {
@@ -767,6 +773,7 @@ impl Config {
             connect_timeout: Duration::from_millis(args.connect_timeout_ms),
             header_timeout: Duration::from_millis(args.http_header_timeout_ms),
             request_timeout: Duration::from_millis(args.http_request_timeout_ms),
+            max_event_types: args.metrics_max_event_types,
         })
     }
 

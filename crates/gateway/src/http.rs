@@ -1,6 +1,5 @@
 //! The HTTP API: health, readiness, metrics and publish.
 
-use std::fmt::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -16,6 +15,7 @@ use serde_json::json;
 
 use crate::cluster::Cluster;
 use crate::config::Mode;
+use crate::metrics::{Refusal, Snapshot};
 
 /// What the HTTP handlers share.
 #[derive(Debug)]
@@ -93,6 +93,7 @@ pub(crate) fn router(ctx: Arc<HttpCtx>, max_payload: usize, timeout: Duration) -
             StatusCode::REQUEST_TIMEOUT,
             timeout,
         ))
+        .route_layer(axum::middleware::from_fn_with_state(ctx.clone(), observe))
         .with_state(ctx)
 }
 
@@ -126,107 +127,137 @@ async fn ready(State(ctx): State<Arc<HttpCtx>>) -> impl IntoResponse {
 async fn metrics(State(ctx): State<Arc<HttpCtx>>) -> impl IntoResponse {
     let c = &ctx.cluster;
     let s = &c.stats;
-    let node = c.node_id();
-    let mut out = String::new();
-    let metrics: [(&str, &str, &str, u64); 15] = [
-        (
-            "socketio_connections_total",
-            "gauge",
-            "Sockets connected to this node.",
-            s.connections.load(Ordering::Relaxed),
-        ),
-        (
-            "socketio_rooms_total",
-            "gauge",
-            "Rooms with at least one member on this node.",
-            c.room_count() as u64,
-        ),
-        (
-            "socketio_messages_published",
-            "counter",
-            "Messages this node published to the cluster bus.",
-            s.published.load(Ordering::Relaxed),
-        ),
-        (
-            "socketio_messages_delivered",
-            "counter",
-            "Messages from the cluster bus delivered to this node's sockets.",
-            s.delivered.load(Ordering::Relaxed),
-        ),
-        (
-            "socketio_messages_rejected",
-            "counter",
-            "Messages from the bus dropped as undecodable.",
-            s.rejected.load(Ordering::Relaxed),
-        ),
-        (
-            "socketio_publish_errors",
-            "counter",
-            "Publishes to the cluster bus that failed.",
-            s.publish_errors.load(Ordering::Relaxed),
-        ),
-        (
-            "socketio_bus_up",
-            "gauge",
-            "1 when both bus links are up.",
-            u64::from(c.bus().health().is_up()),
-        ),
-        (
-            "roomcast_connections_refused_total",
-            "counter",
-            "Connections refused: bad or expired token, or a connection cap.",
-            s.connections_refused.load(Ordering::Relaxed),
-        ),
-        (
-            "roomcast_joins_refused_total",
-            "counter",
-            "Joins refused: not allowed, invalid room, another tenant's room, too many rooms.",
-            s.joins_refused.load(Ordering::Relaxed),
-        ),
-        (
-            "roomcast_rate_limited_total",
-            "counter",
-            "Client events refused for going over the socket's rate limit.",
-            s.rate_limited.load(Ordering::Relaxed),
-        ),
-        (
-            "roomcast_rate_limit_disconnects_total",
-            "counter",
-            "Sockets disconnected for sustained abuse of the rate limits.",
-            s.rate_disconnects.load(Ordering::Relaxed),
-        ),
-        (
-            "roomcast_slow_consumer_disconnects_total",
-            "counter",
-            "Sockets disconnected because they did not read what was sent to them.",
-            s.slow_consumers.load(Ordering::Relaxed),
-        ),
-        (
-            "roomcast_token_expiry_disconnects_total",
-            "counter",
-            "Sockets disconnected because their token expired without a refresh.",
-            s.expired.load(Ordering::Relaxed),
-        ),
-        (
-            "roomcast_bus_inbox_depth",
-            "gauge",
-            "Messages from the bus waiting for this node's dispatcher: a backlog that grows means the node cannot keep up.",
-            s.inbox_depth.load(Ordering::Relaxed),
-        ),
-        (
-            "roomcast_sockets",
-            "gauge",
-            "Sockets tracked by room membership (all namespaces).",
-            c.membership().socket_count() as u64,
-        ),
-    ];
-    for (name, kind, help, value) in metrics {
-        let _ = writeln!(
-            out,
-            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name}{{node=\"{node}\"}} {value}"
-        );
+    let bus = c.bus().health();
+    let n = |v: &std::sync::atomic::AtomicU64| v.load(Ordering::Relaxed);
+    let snapshot = Snapshot {
+        gauges: vec![
+            (
+                "socketio_connections_total",
+                "Sockets connected to this node.",
+                n(&s.connections) as f64,
+            ),
+            (
+                "socketio_rooms_total",
+                "Rooms with at least one member on this node.",
+                c.room_count() as f64,
+            ),
+            (
+                "socketio_bus_up",
+                "1 when both bus links (publishing and subscribing) are up.",
+                f64::from(u8::from(bus.is_up())),
+            ),
+            (
+                "roomcast_bus_publisher_up",
+                "1 when the bus's publishing link is up.",
+                f64::from(u8::from(bus.publisher.is_up())),
+            ),
+            (
+                "roomcast_bus_subscriber_up",
+                "1 when the bus's subscribing link is up.",
+                f64::from(u8::from(bus.subscriber.is_up())),
+            ),
+            (
+                "roomcast_bus_channels",
+                "Bus channels this node subscribes (its rooms', its namespaces', its own).",
+                bus.channels as f64,
+            ),
+            (
+                "roomcast_bus_inbox_depth",
+                "Messages from the bus waiting for this node's dispatcher: a backlog that grows means the node cannot keep up.",
+                n(&s.inbox_depth) as f64,
+            ),
+            (
+                "roomcast_sockets",
+                "Sockets tracked by room membership (all namespaces).",
+                c.membership().socket_count() as f64,
+            ),
+        ],
+        counters: vec![
+            (
+                "roomcast_bus_reconnects_total",
+                "Times the bus's subscribing link reconnected.",
+                bus.reconnects,
+            ),
+            (
+                "roomcast_bus_messages_total",
+                "Messages from other nodes received from the bus.",
+                n(&s.delivered),
+            ),
+            (
+                "roomcast_messages_rejected_total",
+                "Messages from the bus dropped as undecodable or unroutable.",
+                n(&s.rejected),
+            ),
+            (
+                "roomcast_publish_errors_total",
+                "Publishes to the bus that failed (the caller got 503).",
+                n(&s.publish_errors),
+            ),
+            (
+                "roomcast_connections_refused_total",
+                "Connections refused: bad or expired token, or a connection cap.",
+                n(&s.connections_refused),
+            ),
+            (
+                "roomcast_joins_refused_total",
+                "Joins refused: not allowed, invalid room, another tenant's room, too many rooms.",
+                n(&s.joins_refused),
+            ),
+            (
+                "roomcast_rate_limited_total",
+                "Client events refused for going over the socket's rate limit.",
+                n(&s.rate_limited),
+            ),
+            (
+                "roomcast_rate_limit_disconnects_total",
+                "Sockets disconnected for sustained abuse of the rate limits.",
+                n(&s.rate_disconnects),
+            ),
+            (
+                "roomcast_slow_consumer_disconnects_total",
+                "Sockets disconnected because they did not read what was sent to them.",
+                n(&s.slow_consumers),
+            ),
+            (
+                "roomcast_token_expiry_disconnects_total",
+                "Sockets disconnected because their token expired without a refresh.",
+                n(&s.expired),
+            ),
+        ],
+    };
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        c.metrics().render(&snapshot),
+    )
+}
+
+/// Counts every API request by route and status, with its duration; a publish refused
+/// as malformed counts as a `bad_input` refusal.
+async fn observe(
+    State(ctx): State<Arc<HttpCtx>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let started = std::time::Instant::now();
+    let res = next.run(req).await;
+    let status = res.status();
+    let metrics = ctx.cluster.metrics();
+    metrics.http(&route, status.as_u16(), started.elapsed().as_secs_f64());
+    if route == "/v1/publish"
+        && matches!(
+            status,
+            StatusCode::BAD_REQUEST
+                | StatusCode::PAYLOAD_TOO_LARGE
+                | StatusCode::UNPROCESSABLE_ENTITY
+        )
+    {
+        metrics.refused(Refusal::BadInput);
     }
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
+    res
 }
 
 /// Checks the `Authorization: Bearer` publish key.

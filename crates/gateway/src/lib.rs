@@ -34,6 +34,7 @@
 //! | `adapter` | [`BusAdapter`], socketioxide's adapter over the bus |
 //! | `http`, `demo` | the HTTP API; the development demo page |
 //! | `limits` | per-socket token buckets ([`RateLimits`]) |
+//! | `metrics` | [`Metrics`]: the node's Prometheus series (`/metrics`) |
 
 mod adapter;
 mod auth;
@@ -43,6 +44,7 @@ mod demo;
 mod http;
 mod limits;
 mod membership;
+mod metrics;
 mod registry;
 mod server;
 mod sio;
@@ -58,5 +60,6 @@ pub use config::{
 };
 pub use limits::RateLimits;
 pub use membership::{AttachRefused, ConnectionLimits, JoinRefused, Membership, UserKey};
+pub use metrics::{Metrics, OTHER_EVENT, Refusal, Snapshot};
 pub use registry::{Registry, RegistryError};
 pub use server::{Node, StartError, connect_bus, run};

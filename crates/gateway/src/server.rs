@@ -120,6 +120,7 @@ impl Node {
                 legacy_channel: config.legacy_channel.clone(),
                 connection_limits: config.connection_limits,
                 require_tenant: config.token_rules.require_tenant,
+                max_event_types: config.max_event_types,
             },
         ));
         cluster.registry().check_unique(config.node_ttl).await?;

@@ -20,6 +20,7 @@ use crate::auth::{AuthError, Authenticator, Identity, TokenSources};
 use crate::cluster::Cluster;
 use crate::limits::{RateLimits, SocketLimiter, Verdict};
 use crate::membership::{AttachRefused, JoinRefused};
+use crate::metrics::Refusal;
 
 /// What the namespace handlers share.
 #[derive(Debug)]
@@ -67,7 +68,11 @@ async fn authenticate(
             .stats
             .connections_refused
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        tracing::debug!(sid = %s.id, ns = %s.ns(), error = %e, "refused a connection");
+        ctx.cluster.metrics().refused(match e {
+            ConnectRefused::Auth(_) => Refusal::Auth,
+            ConnectRefused::Limit(_) => Refusal::ConnectionLimit,
+        });
+        tracing::info!(sid = %s.id, ns = %s.ns(), error = %e, "refused a connection");
         e
     };
     let identity = verify(ctx, s, auth).await.map_err(|e| refused(e.into()))?;
@@ -125,13 +130,20 @@ async fn on_connect(ctx: Arc<SocketCtx>, s: SocketRef<BusAdapter>) {
     };
     let cluster = ctx.cluster.clone();
     match cluster.attach(&s, identity.expires_at, Some(user_key(&identity))) {
-        Ok(()) => {}
+        Ok(()) => tracing::info!(
+            sid = %s.id,
+            ns = s.ns(),
+            user = %identity.user_id,
+            tenant = identity.tenant_id.as_ref().map_or("", |t| t.as_str()),
+            "client connected"
+        ),
         Err(AttachRefused::Gone) => return,
         Err(e) => {
             cluster
                 .stats
                 .connections_refused
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            cluster.metrics().refused(Refusal::ConnectionLimit);
             Cluster::disconnect_with_reason(&s, "connection_limit", &e.to_string());
             return;
         }
@@ -210,7 +222,10 @@ async fn on_connect(ctx: Arc<SocketCtx>, s: SocketRef<BusAdapter>) {
         s.on_fallback(
             move |s: SocketRef<BusAdapter>, Event(event): Event, ack: AckSender<BusAdapter>| {
                 let error = match limit(&cluster, &s, false) {
-                    Ok(()) => format!("no handler for event {event:?} on this gateway"),
+                    Ok(()) => {
+                        cluster.metrics().refused(Refusal::UnknownEvent);
+                        format!("no handler for event {event:?} on this gateway")
+                    }
                     Err(e) => e,
                 };
                 async move {
@@ -279,6 +294,7 @@ fn limit(cluster: &Cluster, s: &SocketRef<BusAdapter>, join: bool) -> Result<(),
     stats
         .rate_limited
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    cluster.metrics().refused(Refusal::RateLimit);
     let what = if join { "joins" } else { "events" };
     let message = format!("rate limited: too many {what} per second; slow down");
     if verdict == Verdict::Disconnect {
@@ -319,19 +335,25 @@ fn join(
     s: &SocketRef<BusAdapter>,
     arg: Option<Value>,
 ) -> Result<(String, JoinConfirmation), String> {
-    let refused = |e: String| {
-        cluster
-            .stats
-            .joins_refused
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        e
+    let refused_as = |reason: Refusal| {
+        move |e: String| {
+            cluster
+                .stats
+                .joins_refused
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            cluster.metrics().refused(reason);
+            e
+        }
     };
+    let refused = refused_as(Refusal::JoinDenied);
     let room = room_arg(arg).map_err(refused)?;
     let identity = identity(s).ok_or_else(|| refused("not authenticated".into()))?;
     let scoped = identity.may_join(&room).map_err(refused)?;
     match cluster.join(s, &scoped) {
         Ok(confirmation) => Ok((room.into_string(), Box::pin(confirmation))),
-        Err(e @ JoinRefused::TooManyRooms { .. }) => Err(refused(e.to_string())),
+        Err(e @ JoinRefused::TooManyRooms { .. }) => {
+            Err(refused_as(Refusal::RoomLimit)(e.to_string()))
+        }
         Err(e) => Err(e.to_string()),
     }
 }

@@ -349,11 +349,11 @@ async fn health_endpoints_describe_the_node() {
         .await
         .unwrap();
     assert!(
-        metrics.contains("socketio_connections_total{node=\"test-node-0\"} 1"),
+        metrics.contains("socketio_connections_total{server_id=\"test-node-0\"} 1"),
         "{metrics}"
     );
     assert!(
-        metrics.contains("socketio_rooms_total{node=\"test-node-0\"} 2"),
+        metrics.contains("socketio_rooms_total{server_id=\"test-node-0\"} 2"),
         "{metrics}"
     );
 }
