@@ -30,6 +30,7 @@ use crate::membership::{
 };
 use crate::metrics::Metrics;
 use crate::registry::Registry;
+use tracing::Instrument as _;
 
 /// Shared state of one node: membership, the registry, and the handle used to deliver
 /// to local sockets.
@@ -418,7 +419,16 @@ impl Cluster {
         let targets = self
             .operator(env, to, except)
             .map_or(0, |op| op.local().sockets().len());
-        let failed = match op.local().emit(&env.event, &args).await {
+        // A child of the publish span, whichever node published.
+        let span = tracing::info_span!(
+            "deliver",
+            server_id = %self.node_id,
+            id = %env.id,
+            event = %env.event,
+            sockets = targets
+        );
+        crate::telemetry::continue_trace(&span, env.trace.as_deref());
+        let failed = match op.local().emit(&env.event, &args).instrument(span).await {
             Ok(()) => 0,
             Err(e) => {
                 tracing::debug!(id = %env.id, error = %e, "some local sockets could not be reached");

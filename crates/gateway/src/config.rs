@@ -44,6 +44,10 @@ pub struct Args {
     /// This node's id in the cluster [default: node-RANDOM]
     #[arg(long, env = "GATEWAY_NODE_ID")]
     pub node_id: Option<String>,
+    /// The host's name (set by Docker and Kubernetes): the node id when
+    /// `GATEWAY_NODE_ID` is not set.
+    #[arg(long, env = "HOSTNAME", hide = true)]
+    pub hostname: Option<String>,
     /// `development` generates missing secrets; `production` requires them [default: development]
     #[arg(long, env = "GATEWAY_MODE", value_enum, default_value_t = Mode::Development)]
     pub mode: Mode,
@@ -665,7 +669,15 @@ impl Config {
                 ));
             }
             Some(id) => id,
-            None => format!("node-{}", random_hex(4)),
+            // A container's or pod's name, so metrics and logs say which one; the
+            // registry refuses a second live node with the same id.
+            None => args
+                .hostname
+                .map(|h| h.trim().to_owned())
+                .filter(|h| {
+                    !h.is_empty() && !h.chars().any(|c| c.is_control() || c.is_whitespace())
+                })
+                .unwrap_or_else(|| format!("node-{}", random_hex(4))),
         };
         let redis_url = match (args.redis_url, args.redis_socketio_url, args.redis_host) {
             (Some(url), _, _) | (None, Some(url), _) if !url.trim().is_empty() => {

@@ -16,6 +16,8 @@ use serde_json::json;
 use crate::cluster::Cluster;
 use crate::config::Mode;
 use crate::metrics::{Refusal, Snapshot};
+use crate::telemetry::{self, TRACEPARENT};
+use tracing::Instrument as _;
 
 /// What the HTTP handlers share.
 #[derive(Debug)]
@@ -344,6 +346,16 @@ async fn publish(
     // recognises (and skips) its own message when the bus echoes it back.
     let mut env = draft.finish(cluster.node_id());
     env.origin = cluster.node_id().to_owned();
+    // The publish span continues the caller's trace (a `traceparent` header, or the
+    // body's `trace`), and its context travels in the envelope to every node.
+    let incoming = headers
+        .get(TRACEPARENT)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .or_else(|| env.trace.take());
+    let span = tracing::info_span!("publish", server_id = %cluster.node_id(), id = %env.id, event = %env.event);
+    telemetry::continue_trace(&span, incoming.as_deref());
+    env.trace = telemetry::traceparent_of(&span).or(incoming);
     let bus_error = |e: bus::SendError| match e {
         bus::SendError::InvalidTarget(_) => ApiError::BadRoom(e.to_string()),
         bus::SendError::Publish(e) => ApiError::BusUnavailable {
@@ -360,12 +372,17 @@ async fn publish(
         }
         let acks = cluster
             .publish_with_ack(&env, Duration::from_millis(ms))
+            .instrument(span)
             .await
             .map_err(bus_error)?;
         let body = json!({"id": env.id, "acks": acks});
         return Ok((StatusCode::OK, axum::Json(body)).into_response());
     }
-    cluster.publish(&env).await.map_err(bus_error)?;
+    cluster
+        .publish(&env)
+        .instrument(span)
+        .await
+        .map_err(bus_error)?;
     Ok((StatusCode::ACCEPTED, axum::Json(json!({"id": env.id}))).into_response())
 }
 

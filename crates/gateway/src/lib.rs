@@ -35,6 +35,7 @@
 //! | `http`, `demo` | the HTTP API; the development demo page |
 //! | `limits` | per-socket token buckets ([`RateLimits`]) |
 //! | `metrics` | [`Metrics`]: the node's Prometheus series (`/metrics`) |
+//! | `telemetry` | [`Telemetry`]: OTLP trace export from `OTEL_*`, W3C trace context |
 
 mod adapter;
 mod auth;
@@ -48,6 +49,7 @@ mod metrics;
 mod registry;
 mod server;
 mod sio;
+mod telemetry;
 
 pub use adapter::{BusAdapter, ClusterError, InitRes};
 pub use auth::{AuthError, Authenticator, Identity, TokenSources, sign_hs256, unix_now};
@@ -63,3 +65,7 @@ pub use membership::{AttachRefused, ConnectionLimits, JoinRefused, Membership, U
 pub use metrics::{Metrics, OTHER_EVENT, Refusal, Snapshot};
 pub use registry::{Registry, RegistryError};
 pub use server::{Node, StartError, connect_bus, run};
+pub use telemetry::{
+    TRACEPARENT, Telemetry, TelemetryError, context_from_traceparent, continue_trace,
+    traceparent_of,
+};

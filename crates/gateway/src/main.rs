@@ -15,7 +15,17 @@ async fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
-    init_logging(config.log_json);
+    let telemetry = match gateway::Telemetry::from_env() {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    init_logging(config.log_json, &telemetry);
+    if telemetry.is_active() {
+        tracing::info!("exporting traces over OTLP (OTEL_* variables)");
+    }
 
     let listener = match tokio::net::TcpListener::bind((config.host, config.port)).await {
         Ok(l) => l,
@@ -37,7 +47,10 @@ async fn main() -> std::process::ExitCode {
     println!("{}", banner(&config, addr));
     tracing::info!(node_id = %config.node_id, %addr, bus = %bus_description(&config), "listening");
 
-    match gateway::run(listener, config, shutdown_signal()).await {
+    let result = gateway::run(listener, config, shutdown_signal()).await;
+    // Off the runtime's worker: the exporter's final send blocks.
+    let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
+    match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
@@ -80,7 +93,7 @@ const WIRE_LOGGERS: [&str; 6] = [
 
 /// Installs the process's log subscriber: `RUST_LOG` (default `info`) to stderr, as text
 /// or JSON, with the wire-level loggers capped at `info` (see `docs/security.md`).
-fn init_logging(json: bool) {
+fn init_logging(json: bool, telemetry: &gateway::Telemetry) {
     use tracing_subscriber::layer::SubscriberExt as _;
     use tracing_subscriber::util::SubscriberInitExt as _;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -94,7 +107,10 @@ fn init_logging(json: bool) {
             })
     });
     let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
-    let registry = tracing_subscriber::registry().with(filter).with(floor);
+    let registry = tracing_subscriber::registry()
+        .with(filter)
+        .with(floor)
+        .with(telemetry.layer());
     if json {
         registry.with(fmt.json()).init();
     } else {

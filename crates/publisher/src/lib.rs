@@ -163,6 +163,7 @@ impl Publisher {
             to: Ok(Vec::new()),
             except: Ok(Vec::new()),
             flags: Flags::default(),
+            trace: None,
         }
     }
 
@@ -172,6 +173,7 @@ impl Publisher {
             to: room.map(|r| vec![r]),
             except: Ok(Vec::new()),
             flags: Flags::default(),
+            trace: None,
         }
     }
 }
@@ -184,6 +186,7 @@ pub struct Emit<'a> {
     to: Result<Vec<Room>, RoomError>,
     except: Result<Vec<Room>, RoomError>,
     flags: Flags,
+    trace: Option<String>,
 }
 
 impl Emit<'_> {
@@ -206,6 +209,14 @@ impl Emit<'_> {
                 Err(e) => self.except = Err(e),
             }
         }
+        self
+    }
+
+    /// Carries the W3C trace context `traceparent` (`00-<trace id>-<span id>-<flags>`,
+    /// e.g. from your OpenTelemetry propagator): each gateway node that delivers the
+    /// message records its delivery span in that trace.
+    pub fn traceparent(mut self, traceparent: &str) -> Self {
+        self.trace = Some(traceparent.to_owned());
         self
     }
 
@@ -246,6 +257,7 @@ impl Emit<'_> {
         }
         env.except = self.except?.into_iter().map(Room::into_string).collect();
         env.flags = self.flags;
+        env.trace = self.trace;
         p.outbox.send(&env).await?;
         Ok(env.id)
     }
