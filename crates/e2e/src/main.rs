@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use serde_json::{Value, json};
-use testcontainers::core::{ContainerPort, IntoContainerPort, WaitFor};
+use testcontainers::core::{ContainerPort, Host, IntoContainerPort, WaitFor};
 use testcontainers::runners::AsyncRunner;
 use testcontainers::{ContainerAsync, GenericImage, ImageExt};
 
@@ -29,6 +29,8 @@ pub(crate) struct Env {
     pub(crate) redis: ContainerAsync<GenericImage>,
     pub(crate) redis_port: u16,
     pub(crate) nodes: Vec<Node>,
+    /// Where the gateways export their traces.
+    pub(crate) traces: testkit::OtlpReceiver,
 }
 
 /// One gateway container.
@@ -130,6 +132,8 @@ async fn start(run: &str) -> anyhow::Result<Env> {
         .context("starting the Redis container")?;
 
     let prefix = format!("e2e{run}");
+    // On every interface: the containers reach it through the host gateway.
+    let traces = testkit::OtlpReceiver::start("0.0.0.0").await?;
     let mut nodes = Vec::new();
     for i in 0..3 {
         let id = format!("node-{}", i + 1);
@@ -152,6 +156,12 @@ async fn start(run: &str) -> anyhow::Result<Env> {
             .with_env_var("NODE_TTL_SECS", "6")
             .with_env_var("LOG_FORMAT", "json")
             .with_env_var("RUST_LOG", "info")
+            .with_host("host.docker.internal", Host::HostGateway)
+            .with_env_var(
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+                format!("http://host.docker.internal:{}", traces.port),
+            )
+            .with_env_var("OTEL_BSP_SCHEDULE_DELAY", "200")
             .start()
             .await
             .with_context(|| format!("starting gateway {id}"))?;
@@ -169,6 +179,7 @@ async fn start(run: &str) -> anyhow::Result<Env> {
         redis,
         redis_port,
         nodes,
+        traces,
     };
     for node in &env.nodes {
         scenarios::wait_health(node, "ok", Duration::from_secs(30)).await?;

@@ -17,8 +17,9 @@ type Scenario = for<'a> fn(
 
 /// Runs every scenario in order; a failure does not stop the others.
 pub(crate) async fn run_all(env: &mut Env) -> Vec<(&'static str, anyhow::Result<Outcome>)> {
-    let matrix: [(&'static str, Scenario); 8] = [
+    let matrix: [(&'static str, Scenario); 9] = [
         ("cross-node delivery", |e| Box::pin(cross_node(e))),
+        ("one trace, 3 nodes", |e| Box::pin(one_trace(e))),
         ("user targeting", |e| Box::pin(user_targeting(e))),
         ("document subscription", |e| Box::pin(document(e))),
         ("high volume", |e| Box::pin(high_volume(e))),
@@ -156,6 +157,52 @@ async fn cross_node(env: &mut Env) -> anyhow::Result<Outcome> {
     Ok(Outcome {
         figures: "HTTP on node-1, SDK and legacy via Redis → received on node-2 and node-3".into(),
         details: json!({"paths": ["http", "sdk", "legacy"], "receivers": ["node-2", "node-3"]}),
+    })
+}
+
+/// A publish on node-1 carrying a caller's `traceparent`: the collector gets one trace
+/// with the publish span and a delivery span from each of the three containers.
+async fn one_trace(env: &mut Env) -> anyhow::Result<Outcome> {
+    let mut clients = Vec::new();
+    for node in &env.nodes {
+        let mut c = connect(node, "tracer").await?;
+        ensure!(c.join("room:traced").await?["ok"] == true, "join refused");
+        clients.push(c);
+    }
+    let trace_id = format!("{:032x}", now_us());
+    let caller_span = "00f067aa0ba902b7";
+    let res = reqwest::Client::new()
+        .post(format!("{}/v1/publish", env.nodes[0].url))
+        .bearer_auth(TEST_KEY)
+        .header("traceparent", format!("00-{trace_id}-{caller_span}-01"))
+        .json(&json!({"tenant": "e2e", "event": "traced", "to": ["room:traced"]}))
+        .send()
+        .await?;
+    ensure!(res.status() == 202, "publish answered {}", res.status());
+    for c in &mut clients {
+        c.expect("traced").await?;
+    }
+    let started = Instant::now();
+    let ids: Vec<&str> = env.nodes.iter().map(|n| n.id.as_str()).collect();
+    let summary = loop {
+        let spans = env.traces.trace(&trace_id);
+        if let Some(summary) = testkit::check_publish_trace(&spans, caller_span, "node-1", &ids)? {
+            break summary;
+        }
+        ensure!(
+            started.elapsed() < Duration::from_secs(15),
+            "the collector has {} spans of the trace after 15 s: {spans:?}",
+            spans.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    close_all(clients).await;
+    Ok(Outcome {
+        figures: format!(
+            "{summary}; exported within {:.1}s",
+            started.elapsed().as_secs_f64()
+        ),
+        details: json!({"trace_id": trace_id}),
     })
 }
 

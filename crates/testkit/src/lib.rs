@@ -8,6 +8,7 @@
 mod client;
 mod keys;
 mod node;
+mod otlp;
 mod redis;
 
 pub use client::{ConnectError, DEFAULT_WAIT, Event, SioClient};
@@ -16,4 +17,5 @@ pub use node::{
     TEST_KEY, TEST_SECRET, TestNode, publish, spawn_memory_cluster, spawn_node,
     spawn_redis_cluster, token,
 };
+pub use otlp::{OtlpReceiver, ReceivedSpan, check_publish_trace};
 pub use redis::{RedisServer, free_port};
