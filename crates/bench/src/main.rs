@@ -386,6 +386,9 @@ async fn main() -> anyhow::Result<()> {
     if let Some(kind) = std::env::args().skip_while(|a| a != "--probe").nth(1) {
         return probe(&kind).await;
     }
+    if std::env::args().any(|a| a == "--tracing") {
+        return tracing_cost().await;
+    }
     let quick = std::env::args().any(|a| a == "--quick");
     let plan = if quick { Plan::quick() } else { Plan::full() };
     let started = std::time::Instant::now();
@@ -407,6 +410,97 @@ async fn main() -> anyhow::Result<()> {
         seconds: started.elapsed().as_secs_f64(),
     };
     report::write(&results, quick)?;
+    Ok(())
+}
+
+/// `bench --tracing`: Roomcast's fan-out with traces off, and exported over OTLP at 1 %
+/// sampling, alternating, each point twice: node CPU per delivery and latency.
+async fn tracing_cost() -> anyhow::Result<()> {
+    let sink = testkit::OtlpReceiver::start("127.0.0.1").await?;
+    let endpoint = format!("http://127.0.0.1:{}", sink.port);
+    let traced: Vec<(&str, String)> = vec![
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint),
+        ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio".into()),
+        ("OTEL_TRACES_SAMPLER_ARG", "0.01".into()),
+    ];
+    let plan = Plan::full();
+    let rates = [10u64, 20];
+    let recorder = Arc::new(Recorder::default());
+    let mut next_point = 0;
+    let mut rows = Vec::new();
+    for round in 1..=2 {
+        for (label, env) in [("off", &[][..]), ("on, 1 %", &traced[..])] {
+            let redis = testkit::RedisServer::start()?;
+            let stack = Stack::start_with_env(Kind::Roomcast, plan.nodes, &redis.url(), env)?;
+            let subs = scenarios::subscribe_many(
+                &stack.ports,
+                plan.subscribers,
+                |_| "room:bench".into(),
+                &recorder,
+                "subscribers",
+            )
+            .await?;
+            let sockets = scenarios::socket_publishers(&stack.ports).await?;
+            let points = scenarios::sweep(
+                &stack,
+                redis.pid(),
+                &sockets,
+                &recorder,
+                &mut next_point,
+                &rates,
+                1,
+                plan.point_secs,
+                plan.subscribers as u64,
+                &|_| "room:bench".to_owned(),
+            )
+            .await?;
+            for p in points {
+                rows.push((round, label, p));
+            }
+            for t in subs {
+                t.abort();
+            }
+        }
+    }
+    println!(
+        "\nRoomcast fan-out, {} subscribers over {} nodes, traces off vs exported at 1 %",
+        plan.subscribers, plan.nodes
+    );
+    println!(
+        "{:<6} {:<9} {:>6} {:>14} {:>9} {:>9} {:>6}",
+        "round", "tracing", "msg/s", "node µs/deliv", "p50 ms", "p99 ms", "loss"
+    );
+    for (round, label, p) in &rows {
+        println!(
+            "{:<6} {:<9} {:>6} {:>14.2} {:>9.2} {:>9.2} {:>6}",
+            round,
+            label,
+            p.rate,
+            p.node_cpu_us_per_delivery,
+            p.latency.p50_ms,
+            p.latency.p99_ms,
+            p.loss
+        );
+    }
+    println!(
+        "spans exported to the OTLP sink with tracing on: {}",
+        sink.count()
+    );
+    for rate in rates {
+        let mean = |label: &str| {
+            let v: Vec<f64> = rows
+                .iter()
+                .filter(|(_, l, p)| *l == label && p.rate == rate)
+                .map(|(_, _, p)| p.node_cpu_us_per_delivery)
+                .collect();
+            v.iter().sum::<f64>() / v.len().max(1) as f64
+        };
+        let (off, on) = (mean("off"), mean("on, 1 %"));
+        println!(
+            "{rate} msg/s: {off:.2} µs off, {on:.2} µs on: {:+.1} %",
+            (on / off - 1.0) * 100.0
+        );
+    }
     Ok(())
 }
 

@@ -79,6 +79,16 @@ impl Stack {
     /// Starts `n` servers of `kind` sharing Redis at `redis_url`; returns when each has
     /// said it is listening.
     pub(crate) fn start(kind: Kind, n: usize, redis_url: &str) -> anyhow::Result<Self> {
+        Self::start_with_env(kind, n, redis_url, &[])
+    }
+
+    /// [`Stack::start`], with extra environment variables for every server.
+    pub(crate) fn start_with_env(
+        kind: Kind,
+        n: usize,
+        redis_url: &str,
+        env: &[(&str, String)],
+    ) -> anyhow::Result<Self> {
         let mut stack = Stack {
             kind,
             ports: Vec::new(),
@@ -105,6 +115,9 @@ impl Stack {
                     c
                 }
             };
+            for (k, v) in env {
+                cmd.env(k, v);
+            }
             let mut child = cmd
                 .stdout(Stdio::piped())
                 .stderr(Stdio::null())

@@ -65,6 +65,9 @@ pub enum PublishError {
     /// The bus was shut down.
     #[error("bus closed")]
     Closed,
+    /// This bus cannot do what was asked.
+    #[error("not supported by this bus: {0}")]
+    Unsupported(&'static str),
 }
 
 /// Why a subscribe or unsubscribe failed.
@@ -122,6 +125,23 @@ pub trait Bus: Send + Sync + fmt::Debug + 'static {
 
     /// Every live value whose key starts with `prefix`.
     fn registered(&self, prefix: &str) -> BusFuture<Result<Vec<Bytes>, PublishError>>;
+
+    /// Appends one entry (`field` = `value`) to the stream `key`, trimmed to about
+    /// `max_len` entries (Redis `XADD key MAXLEN ~ max_len * field value`); resolves to the
+    /// entry id once Redis has it. Buses without streams refuse with
+    /// [`PublishError::Unsupported`].
+    fn append(
+        &self,
+        key: &str,
+        max_len: usize,
+        field: &str,
+        value: Bytes,
+    ) -> BusFuture<Result<String, PublishError>> {
+        let _ = (key, max_len, field, value);
+        Box::pin(std::future::ready(Err(PublishError::Unsupported(
+            "streams need Redis (set REDIS_URL)",
+        ))))
+    }
 
     /// Current health of the publishing and subscribing links.
     fn health(&self) -> Health;

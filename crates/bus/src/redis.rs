@@ -736,6 +736,30 @@ impl Bus for RedisBus {
         self.run(cmd)
     }
 
+    fn append(
+        &self,
+        key: &str,
+        max_len: usize,
+        field: &str,
+        value: Bytes,
+    ) -> BusFuture<Result<String, PublishError>> {
+        let pool = self.pool.clone();
+        let mut cmd = redis::cmd("XADD");
+        cmd.arg(key)
+            .arg("MAXLEN")
+            .arg("~")
+            .arg(max_len)
+            .arg("*")
+            .arg(field)
+            .arg(&value[..]);
+        with_timeout(self.command_timeout, async move {
+            let mut conn = pool.get().await.map_err(unavailable)?;
+            cmd.query_async::<String>(&mut conn)
+                .await
+                .map_err(unavailable)
+        })
+    }
+
     fn unregister(&self, key: &str) -> BusFuture<Result<(), PublishError>> {
         let mut cmd = redis::cmd("DEL");
         cmd.arg(key);

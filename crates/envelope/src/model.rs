@@ -67,6 +67,11 @@ pub struct Envelope {
     /// W3C `traceparent` of the publishing span, when tracing is on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trace: Option<String>,
+    /// Deliver only to this socket id (Socket.IO `socket.id`), among the members of `to`:
+    /// a reply to the one socket that sent an event. Nodes older than this field deliver
+    /// to all of `to`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub socket: Option<String>,
 }
 
 /// Delivery flags of an [`Envelope`]. Unknown flags are ignored on decode.
@@ -134,6 +139,9 @@ pub struct Draft {
     /// W3C `traceparent`.
     #[serde(default)]
     pub trace: Option<String>,
+    /// Only this socket id among the members of `to`, see [`Envelope::socket`].
+    #[serde(default)]
+    pub socket: Option<String>,
 }
 
 impl Draft {
@@ -156,6 +164,7 @@ impl Draft {
             except: self.except,
             flags: self.flags,
             trace: self.trace,
+            socket: self.socket,
         }
     }
 }
@@ -185,6 +194,7 @@ impl Envelope {
             except: Vec::new(),
             flags: Flags::default(),
             trace: None,
+            socket: None,
         }
     }
 

@@ -587,6 +587,7 @@ fn to_envelope(
         except: names(&except),
         flags,
         trace: None,
+        socket: None,
     };
     Some((env, audience))
 }

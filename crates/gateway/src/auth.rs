@@ -26,6 +26,8 @@ pub struct Identity {
     pub tenant_id: Option<TenantId>,
     /// Rooms the client may join on request.
     pub policy: JoinPolicy,
+    /// Rooms the client may publish to (the `publish` claim); none by default.
+    pub publish: JoinPolicy,
     /// The token's `exp`, seconds since the Unix epoch: the socket is disconnected then
     /// unless it sends a fresher token (`refresh`).
     pub expires_at: u64,
@@ -48,6 +50,17 @@ impl Identity {
     /// `room` in this socket's tenant scope. Fails for another tenant's `tenant:` room.
     pub fn scope(&self, room: &Room) -> Result<ScopedRoom, TenantError> {
         ScopedRoom::new(self.tenant_id.as_ref(), room)
+    }
+
+    /// Whether the socket may publish to `room`: allowed by its token's `publish`
+    /// patterns, in its tenant's scope.
+    pub fn may_publish(&self, room: &Room) -> Result<ScopedRoom, String> {
+        let scoped = self.scope(room).map_err(|e| e.to_string())?;
+        if self.publish.allows(room) {
+            Ok(scoped)
+        } else {
+            Err(format!("not allowed to publish to {room}"))
+        }
     }
 
     /// Whether the socket may be in `room`: one of its own rooms, or allowed by its
@@ -506,30 +519,8 @@ impl Authenticator {
         if self.rules.require_tenant && tenant_id.is_none() {
             return Err(AuthError::MissingClaim(self.claims.tenant.clone()));
         }
-        let policy = match claims.get(&self.claims.rooms) {
-            None | Some(Value::Null) => JoinPolicy::default(),
-            Some(Value::Array(items)) => {
-                let patterns: Vec<&str> = items
-                    .iter()
-                    .map(|v| {
-                        v.as_str().ok_or_else(|| AuthError::InvalidClaim {
-                            claim: self.claims.rooms.clone(),
-                            reason: "must be a list of strings".into(),
-                        })
-                    })
-                    .collect::<Result<_, _>>()?;
-                JoinPolicy::parse(patterns).map_err(|e| AuthError::InvalidClaim {
-                    claim: self.claims.rooms.clone(),
-                    reason: e.to_string(),
-                })?
-            }
-            Some(_) => {
-                return Err(AuthError::InvalidClaim {
-                    claim: self.claims.rooms.clone(),
-                    reason: "must be a list of strings".into(),
-                });
-            }
-        };
+        let policy = patterns_claim(claims, &self.claims.rooms)?;
+        let publish = patterns_claim(claims, &self.claims.publish)?;
         let expires_at = claims
             .get("exp")
             .and_then(Value::as_u64)
@@ -538,10 +529,33 @@ impl Authenticator {
             user_id,
             tenant_id,
             policy,
+            publish,
             expires_at,
         };
         identity.auto_rooms()?;
         Ok(identity)
+    }
+}
+
+/// A claim holding room patterns (a list of strings); empty when absent or null.
+fn patterns_claim(claims: &Map<String, Value>, name: &str) -> Result<JoinPolicy, AuthError> {
+    let invalid = |reason: String| AuthError::InvalidClaim {
+        claim: name.to_owned(),
+        reason,
+    };
+    match claims.get(name) {
+        None | Some(Value::Null) => Ok(JoinPolicy::default()),
+        Some(Value::Array(items)) => {
+            let patterns: Vec<&str> = items
+                .iter()
+                .map(|v| {
+                    v.as_str()
+                        .ok_or_else(|| invalid("must be a list of strings".into()))
+                })
+                .collect::<Result<_, _>>()?;
+            JoinPolicy::parse(patterns).map_err(|e| invalid(e.to_string()))
+        }
+        Some(_) => Err(invalid("must be a list of strings".into())),
     }
 }
 

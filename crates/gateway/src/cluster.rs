@@ -358,6 +358,16 @@ impl Cluster {
     /// sockets while Redis is away; the bus error is still returned so the caller knows
     /// other nodes did not get the message.
     pub async fn publish(&self, env: &Envelope) -> Result<(), SendError> {
+        self.publish_from(env, None).await
+    }
+
+    /// [`Cluster::publish`] on behalf of a local socket, which does not receive its own
+    /// message when `sender` is given (Socket.IO's `socket.broadcast`).
+    pub async fn publish_from(
+        &self,
+        env: &Envelope,
+        sender: Option<&SocketRef<BusAdapter>>,
+    ) -> Result<(), SendError> {
         // Resolved once for both the local delivery and the bus.
         let (to, except) = bus::targets(env)?;
         // One line per publish: what and where to, never the payload.
@@ -371,7 +381,7 @@ impl Cluster {
             server_id = %self.node_id,
             "realtime_publish"
         );
-        self.deliver_resolved(env, &to, &except).await;
+        self.deliver_resolved(env, &to, &except, sender).await;
         if env.flags.local {
             self.metrics.published(&env.event);
             return Ok(());
@@ -398,7 +408,7 @@ impl Cluster {
     /// Delivers `env` to the local sockets it targets.
     pub async fn deliver_local(&self, env: &Envelope) {
         match bus::targets(env) {
-            Ok((to, except)) => self.deliver_resolved(env, &to, &except).await,
+            Ok((to, except)) => self.deliver_resolved(env, &to, &except, None).await,
             Err(e) => {
                 self.stats.rejected.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(id = %env.id, error = %e, "dropped a message with invalid targets");
@@ -407,8 +417,17 @@ impl Cluster {
     }
 
     /// Delivers `env`, whose targets are resolved, to the local sockets it targets.
-    async fn deliver_resolved(&self, env: &Envelope, to: &Audience, except: &[ScopedRoom]) {
-        let Some(op) = self.operator(env, to, except) else {
+    async fn deliver_resolved(
+        &self,
+        env: &Envelope,
+        to: &Audience,
+        except: &[ScopedRoom],
+        sender: Option<&SocketRef<BusAdapter>>,
+    ) {
+        if let Some(sid) = &env.socket {
+            return self.deliver_to_socket(env, to, except, sid).await;
+        }
+        let Some(op) = self.operator(env, to, except, sender) else {
             return;
         };
         let args = Args {
@@ -417,7 +436,7 @@ impl Cluster {
         };
         // Counted once per socket written to: the targets, less those that failed.
         let targets = self
-            .operator(env, to, except)
+            .operator(env, to, except, sender)
             .map_or(0, |op| op.local().sockets().len());
         // A child of the publish span, whichever node published.
         let span = tracing::info_span!(
@@ -442,6 +461,37 @@ impl Cluster {
             .delivered(&env.event, targets.saturating_sub(failed) as u64);
     }
 
+    /// Delivers `env` to the one socket `sid`, if it is on this node and among the
+    /// targets (a reply to a socket that sent an event).
+    async fn deliver_to_socket(
+        &self,
+        env: &Envelope,
+        to: &Audience,
+        except: &[ScopedRoom],
+        sid: &str,
+    ) {
+        let Some(socket) = self
+            .operator(env, to, except, None)
+            .map(|op| op.local().sockets())
+            .and_then(|sockets| sockets.into_iter().find(|s| s.id.to_string() == sid))
+        else {
+            return;
+        };
+        let args = Args {
+            args: env.arguments(),
+            attachments: &env.attachments,
+        };
+        let sent = if env.flags.volatile {
+            socket.volatile().emit(&env.event, &args)
+        } else {
+            socket.emit(&env.event, &args)
+        };
+        match sent {
+            Ok(()) => self.metrics.delivered(&env.event, 1),
+            Err(e) => tracing::debug!(id = %env.id, %sid, error = %e, "could not reach the socket"),
+        }
+    }
+
     /// Sends `env` to its target sockets on every node (only this one with the `local`
     /// flag) and collects their acknowledgements until each socket answered or `timeout`
     /// passed. The rooms must be valid; [`Cluster::publish`] checks the same way.
@@ -451,7 +501,7 @@ impl Cluster {
         timeout: Duration,
     ) -> Result<Vec<AckReply>, SendError> {
         let (to, except) = bus::targets(env)?;
-        let Some(op) = self.operator(env, &to, &except) else {
+        let Some(op) = self.operator(env, &to, &except, None) else {
             return Ok(Vec::new());
         };
         let op = if env.flags.local { op.local() } else { op };
@@ -486,9 +536,10 @@ impl Cluster {
         env: &Envelope,
         to: &Audience,
         except: &[ScopedRoom],
+        sender: Option<&SocketRef<BusAdapter>>,
     ) -> Option<BroadcastOperators<BusAdapter>> {
         let io = self.io.get()?;
-        let Some(op) = io.of(&env.ns) else {
+        let Some(ns) = io.of(&env.ns) else {
             tracing::debug!(ns = %env.ns, id = %env.id, "message for a namespace this node does not serve");
             return None;
         };
@@ -498,7 +549,11 @@ impl Cluster {
                 .map(|r| r.as_str().to_owned())
                 .collect::<Vec<_>>()
         };
-        let mut op = op.broadcast();
+        // From the sender's socket: every target but the sender itself.
+        let mut op = match sender {
+            Some(s) => s.broadcast(),
+            None => ns.broadcast(),
+        };
         if let Audience::Rooms(rooms) = to {
             op = op.to(names(rooms));
         }

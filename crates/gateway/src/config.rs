@@ -89,6 +89,9 @@ pub struct Args {
     /// Claim listing the room patterns a client may join [default: rooms]
     #[arg(long, env = "JWT_ROOMS_CLAIM", default_value = "rooms")]
     pub jwt_rooms_claim: String,
+    /// Claim holding the room patterns a client may publish to [default: publish]
+    #[arg(long, env = "JWT_PUBLISH_CLAIM", default_value = "publish")]
+    pub jwt_publish_claim: String,
     /// Bearer key for POST /v1/publish [default: generated in development; HTTP publish off in production]
     #[arg(long, env = "PUBLISH_API_KEY", hide_env_values = true)]
     pub publish_api_key: Option<String>,
@@ -181,6 +184,25 @@ pub struct Args {
     /// count as `other` [default: 64]
     #[arg(long, env = "METRICS_MAX_EVENT_TYPES", default_value_t = 64)]
     pub metrics_max_event_types: usize,
+    /// Client events forwarded to services: `[/ns:]event=stream|webhook`, comma-separated
+    /// (`event` may end in `*`) [default: none]
+    #[arg(long, env = "UPSTREAM_ROUTES", default_value = "")]
+    pub upstream_routes: String,
+    /// Entries kept in each namespace's upstream stream [default: 100000]
+    #[arg(long, env = "UPSTREAM_STREAM_MAXLEN", default_value_t = 100_000)]
+    pub upstream_stream_maxlen: usize,
+    /// Webhook for `webhook` routes
+    #[arg(long, env = "UPSTREAM_WEBHOOK_URL")]
+    pub upstream_webhook_url: Option<String>,
+    /// HMAC-SHA256 key signing webhook bodies
+    #[arg(long, env = "UPSTREAM_WEBHOOK_SECRET", hide_env_values = true)]
+    pub upstream_webhook_secret: Option<String>,
+    /// One webhook attempt's limit [default: 5000]
+    #[arg(long, env = "UPSTREAM_WEBHOOK_TIMEOUT_MS", default_value_t = 5000)]
+    pub upstream_webhook_timeout_ms: u64,
+    /// Webhook retries after a timeout, connection failure or 5xx [default: 2]
+    #[arg(long, env = "UPSTREAM_WEBHOOK_RETRIES", default_value_t = 2)]
+    pub upstream_webhook_retries: u32,
     /// How long a new session has to authenticate (send its Socket.IO CONNECT), in ms [default: 10000]
     #[arg(long, env = "CONNECT_TIMEOUT_MS", default_value_t = 10_000)]
     pub connect_timeout_ms: u64,
@@ -366,6 +388,8 @@ pub struct Config {
     pub request_timeout: Duration,
     /// Distinct `event_type` metric labels before `other`.
     pub max_event_types: usize,
+    /// Client events forwarded to services.
+    pub upstream: crate::UpstreamConfig,
 }
 
 impl fmt::Debug for Config {
@@ -402,6 +426,8 @@ pub struct ClaimNames {
     pub tenant: String,
     /// Room patterns claim (default `rooms`).
     pub rooms: String,
+    /// Publish patterns claim (default `publish`).
+    pub publish: String,
 }
 
 impl Default for ClaimNames {
@@ -410,6 +436,7 @@ impl Default for ClaimNames {
             user: "sub".into(),
             tenant: "tenant_id".into(),
             rooms: "rooms".into(),
+            publish: "publish".into(),
         }
     }
 }
@@ -458,6 +485,49 @@ pub enum ConfigError {
     },
 }
 
+/// `UPSTREAM_*` into an [`crate::UpstreamConfig`].
+fn upstream_config(
+    args: &Args,
+    strong: &dyn Fn(&'static str, &str) -> Result<(), ConfigError>,
+) -> Result<crate::UpstreamConfig, ConfigError> {
+    let routes = crate::Routes::parse(&args.upstream_routes)?;
+    let webhook = match (&args.upstream_webhook_url, &args.upstream_webhook_secret) {
+        (Some(url), Some(secret)) => {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(invalid("UPSTREAM_WEBHOOK_URL", "must be an http(s) URL"));
+            }
+            if secret.is_empty() {
+                return Err(invalid("UPSTREAM_WEBHOOK_SECRET", "must not be empty"));
+            }
+            strong("UPSTREAM_WEBHOOK_SECRET", secret)?;
+            Some(crate::WebhookConfig {
+                url: url.clone(),
+                secret: secret.clone(),
+                timeout: Duration::from_millis(args.upstream_webhook_timeout_ms.max(1)),
+                retries: args.upstream_webhook_retries,
+            })
+        }
+        (Some(_), None) => {
+            return Err(invalid(
+                "UPSTREAM_WEBHOOK_SECRET",
+                "is required with UPSTREAM_WEBHOOK_URL: services verify the signature",
+            ));
+        }
+        (None, _) => None,
+    };
+    if routes.uses(crate::Transport::Webhook) && webhook.is_none() {
+        return Err(invalid(
+            "UPSTREAM_ROUTES",
+            "webhook routes need UPSTREAM_WEBHOOK_URL and UPSTREAM_WEBHOOK_SECRET",
+        ));
+    }
+    Ok(crate::UpstreamConfig {
+        routes,
+        stream_max_len: args.upstream_stream_maxlen.max(1),
+        webhook,
+    })
+}
+
 fn invalid(name: &'static str, reason: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         name,
@@ -502,6 +572,7 @@ impl Config {
             }
             Ok(())
         };
+        let upstream = upstream_config(&args, &strong)?;
         let mut jwt_keys = Vec::new();
         for (name, secret) in args.jwt_secret.iter().map(|s| ("JWT_SECRET", s)).chain(
             args.jwt_previous_secrets
@@ -679,6 +750,15 @@ impl Config {
                 })
                 .unwrap_or_else(|| format!("node-{}", random_hex(4))),
         };
+        let has_redis = [&args.redis_url, &args.redis_socketio_url, &args.redis_host]
+            .iter()
+            .any(|v| v.as_deref().is_some_and(|v| !v.trim().is_empty()));
+        if upstream.routes.uses(crate::Transport::Stream) && !has_redis {
+            return Err(invalid(
+                "UPSTREAM_ROUTES",
+                "stream routes need Redis (set REDIS_URL)",
+            ));
+        }
         let redis_url = match (args.redis_url, args.redis_socketio_url, args.redis_host) {
             (Some(url), _, _) | (None, Some(url), _) if !url.trim().is_empty() => {
                 Some(url.trim().to_owned())
@@ -750,6 +830,7 @@ impl Config {
                 user: args.jwt_user_claim,
                 tenant: args.jwt_tenant_claim,
                 rooms: args.jwt_rooms_claim,
+                publish: args.jwt_publish_claim,
             },
             publish_api_key,
             cors_allowed_origins,
@@ -786,6 +867,7 @@ impl Config {
             header_timeout: Duration::from_millis(args.http_header_timeout_ms),
             request_timeout: Duration::from_millis(args.http_request_timeout_ms),
             max_event_types: args.metrics_max_event_types,
+            upstream,
         })
     }
 

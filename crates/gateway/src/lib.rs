@@ -36,9 +36,11 @@
 //! | `limits` | per-socket token buckets ([`RateLimits`]) |
 //! | `metrics` | [`Metrics`]: the node's Prometheus series (`/metrics`) |
 //! | `telemetry` | [`Telemetry`]: OTLP trace export from `OTEL_*`, W3C trace context |
+//! | `upstream` | client events for services: [`Routes`], the stream and webhook transports |
 
 mod adapter;
 mod auth;
+mod client_events;
 mod cluster;
 mod config;
 mod demo;
@@ -50,9 +52,11 @@ mod registry;
 mod server;
 mod sio;
 mod telemetry;
+mod upstream;
 
 pub use adapter::{BusAdapter, ClusterError, InitRes};
 pub use auth::{AuthError, Authenticator, Identity, TokenSources, sign_hs256, unix_now};
+pub use client_events::{MAX_EVENT_NAME, MAX_PUBLISH_ROOMS};
 pub use cluster::{
     AckReply, Cluster, ClusterSettings, DISCONNECT_REASON_EVENT, JoinWarning, Stats,
 };
@@ -68,4 +72,8 @@ pub use server::{Node, StartError, connect_bus, run};
 pub use telemetry::{
     TRACEPARENT, Telemetry, TelemetryError, context_from_traceparent, continue_trace,
     traceparent_of,
+};
+pub use upstream::{
+    RESERVED_EVENTS, Routes, SIGNATURE_HEADER, Transport, Upstream, UpstreamConfig, UpstreamEvent,
+    WebhookConfig, sign,
 };

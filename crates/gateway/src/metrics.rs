@@ -43,6 +43,8 @@ pub enum Refusal {
     JoinDenied,
     /// A join past the rooms-per-socket cap.
     RoomLimit,
+    /// A client publish to a room its token does not allow publishing to.
+    PublishDenied,
     /// A client event or join over the socket's rate.
     RateLimit,
     /// A client event no handler exists for.
@@ -52,11 +54,12 @@ pub enum Refusal {
 }
 
 impl Refusal {
-    const ALL: [Refusal; 7] = [
+    const ALL: [Refusal; 8] = [
         Refusal::Auth,
         Refusal::ConnectionLimit,
         Refusal::JoinDenied,
         Refusal::RoomLimit,
+        Refusal::PublishDenied,
         Refusal::RateLimit,
         Refusal::UnknownEvent,
         Refusal::BadInput,
@@ -69,6 +72,7 @@ impl Refusal {
             Refusal::ConnectionLimit => "connection_limit",
             Refusal::JoinDenied => "join_denied",
             Refusal::RoomLimit => "room_limit",
+            Refusal::PublishDenied => "publish_denied",
             Refusal::RateLimit => "rate_limit",
             Refusal::UnknownEvent => "unknown_event",
             Refusal::BadInput => "bad_input",
@@ -163,7 +167,7 @@ impl Metrics {
         );
         c(
             "roomcast_refusals_total",
-            "Requests refused, by reason: auth, connection_limit, join_denied, room_limit, rate_limit, unknown_event, bad_input.",
+            "Requests refused, by reason: auth, connection_limit, join_denied, room_limit, publish_denied, rate_limit, unknown_event, bad_input.",
         );
         c(
             "roomcast_http_requests_total",

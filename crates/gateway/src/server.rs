@@ -86,6 +86,7 @@ impl Node {
                 auth,
                 cluster,
                 rate_limits: config.rate_limits,
+                upstream: Arc::new(crate::upstream::Upstream::new(config.upstream.clone())),
             });
             config
                 .namespaces

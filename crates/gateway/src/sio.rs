@@ -17,6 +17,7 @@ use socketioxide::handler::ConnectHandler;
 
 use crate::adapter::BusAdapter;
 use crate::auth::{AuthError, Authenticator, Identity, TokenSources};
+use crate::client_events;
 use crate::cluster::Cluster;
 use crate::limits::{RateLimits, SocketLimiter, Verdict};
 use crate::membership::{AttachRefused, JoinRefused};
@@ -28,6 +29,7 @@ pub(crate) struct SocketCtx {
     pub(crate) auth: Authenticator,
     pub(crate) cluster: Arc<Cluster>,
     pub(crate) rate_limits: RateLimits,
+    pub(crate) upstream: Arc<crate::upstream::Upstream>,
 }
 
 /// Why a connection was refused; the message is the client's connect error.
@@ -217,20 +219,66 @@ async fn on_connect(ctx: Arc<SocketCtx>, s: SocketRef<BusAdapter>) {
 
     {
         let cluster = cluster.clone();
-        // Events the gateway has no handler for: counted against the rate, and refused
-        // with a reason when the client asked for an ack — never silently dropped.
-        s.on_fallback(
-            move |s: SocketRef<BusAdapter>, Event(event): Event, ack: AckSender<BusAdapter>| {
-                let error = match limit(&cluster, &s, false) {
-                    Ok(()) => {
-                        cluster.metrics().refused(Refusal::UnknownEvent);
-                        format!("no handler for event {event:?} on this gateway")
+        s.on(
+            "publish",
+            move |s: SocketRef<BusAdapter>,
+                  TryData(arg): TryData<Value>,
+                  ack: AckSender<BusAdapter>| {
+                // Checked and queued now, so a client's publishes keep their order.
+                match (limit(&cluster, &s, false), self::identity(&s)) {
+                    (Ok(()), Some(identity)) => {
+                        client_events::publish(&cluster, &s, &identity, arg.ok(), ack);
                     }
-                    Err(e) => e,
-                };
-                async move {
-                    ack.send(&json!({"ok": false, "error": error})).ok();
+                    (Err(error), _) => {
+                        ack.send(&json!({"ok": false, "error": error})).ok();
+                    }
+                    (Ok(()), None) => {
+                        ack.send(&json!({"ok": false, "error": "not authenticated"}))
+                            .ok();
+                    }
                 }
+                async {}
+            },
+        );
+    }
+    {
+        let cluster = cluster.clone();
+        let upstream = ctx.upstream.clone();
+        // Other events: forwarded to services when a route names them; otherwise refused
+        // with a reason when the client asked for an ack — never silently dropped. Both
+        // count against the rate.
+        s.on_fallback(
+            move |s: SocketRef<BusAdapter>,
+                  Event(event): Event,
+                  TryData(args): TryData<client_events::AllArgs>,
+                  ack: AckSender<BusAdapter>| {
+                let route = upstream.routes().route(s.ns(), &event);
+                let error = match (limit(&cluster, &s, false), route, self::identity(&s)) {
+                    (Err(e), _, _) => Some(e),
+                    (Ok(()), Some(_), _) if args.is_err() => {
+                        cluster.metrics().refused(Refusal::BadInput);
+                        Some("the event's arguments could not be read".to_owned())
+                    }
+                    (Ok(()), Some(transport), Some(identity)) => {
+                        let ev = client_events::Forward {
+                            transport,
+                            event: event.to_string(),
+                            args: args.map(|a| a.0).unwrap_or_default(),
+                        };
+                        client_events::forward(&cluster, &upstream, &s, &identity, ev, ack);
+                        return Box::pin(async {})
+                            as std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+                    }
+                    (Ok(()), _, _) => {
+                        cluster.metrics().refused(Refusal::UnknownEvent);
+                        Some(format!("no handler for event {event:?} on this gateway"))
+                    }
+                };
+                Box::pin(async move {
+                    if let Some(error) = error {
+                        ack.send(&json!({"ok": false, "error": error})).ok();
+                    }
+                })
             },
         );
     }

@@ -81,6 +81,16 @@ impl Channels {
         format!("{}:res:{ns}#{uid}", self.prefix)
     }
 
+    /// The Redis Stream that client events routed to services are appended to, one per
+    /// namespace (a stream key, not a pub/sub channel).
+    ///
+    /// ```
+    /// assert_eq!(rooms::Channels::new("p").upstream("/chat"), "p:upstream:/chat");
+    /// ```
+    pub fn upstream(&self, ns: &str) -> String {
+        format!("{}:upstream:{ns}", self.prefix)
+    }
+
     /// Which kind of channel `channel` is, and its namespace for adapter channels.
     ///
     /// ```

@@ -71,6 +71,14 @@ impl OtlpReceiver {
         Ok(Self { port, spans })
     }
 
+    /// How many spans arrived so far.
+    pub fn count(&self) -> usize {
+        self.spans
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+
     /// Every span of trace `trace_id` received so far.
     pub fn trace(&self, trace_id: &str) -> Vec<ReceivedSpan> {
         self.spans

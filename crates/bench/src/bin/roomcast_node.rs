@@ -65,6 +65,20 @@ async fn main() -> anyhow::Result<()> {
         "",
     ])?;
     let config = Config::from_args(args)?;
+    // Logging as the gateway binary sets it up, with trace export when OTEL_* asks.
+    let telemetry = gateway::Telemetry::from_env()?;
+    {
+        use tracing_subscriber::layer::SubscriberExt as _;
+        use tracing_subscriber::util::SubscriberInitExt as _;
+        tracing_subscriber::registry()
+            .with(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+            )
+            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+            .with(telemetry.layer())
+            .init();
+    }
     let (bus, inbox) = gateway::connect_bus(&config)?;
     let node = Node::build_with(&config, bus, inbox, |io, cluster| {
         vec![io.ns(
