@@ -842,6 +842,7 @@ mod tests {
             user: "uid".into(),
             tenant: "site".into(),
             rooms: "allow".into(),
+            publish: "send".into(),
         };
         let a = Authenticator::new(
             &[JwtKey::Secret(SECRET.into())],
@@ -851,7 +852,7 @@ mod tests {
         .unwrap();
         let id = a
             .verify(&token(
-                json!({"uid": 7, "site": "s1", "allow": ["*"], "exp": unix_now() + 60}),
+                json!({"uid": 7, "site": "s1", "allow": ["*"], "send": ["room:chat-*"], "exp": unix_now() + 60}),
             ))
             .await
             .unwrap();
@@ -862,6 +863,9 @@ mod tests {
             ),
             ("7", Some("s1"))
         );
+        let chat = Room::parse("room:chat-1").unwrap();
+        assert!(id.may_publish(&chat).is_ok());
+        assert!(id.may_publish(&Room::parse("room:other").unwrap()).is_err());
     }
 
     #[test]

@@ -170,6 +170,31 @@ await runCase("cross-node delivery", async () => {
   close(a, b);
 });
 
+await runCase("chat: client publish across nodes", async () => {
+  const a = await open(0, tokenOf(users.alice));
+  const b = await open(2, tokenOf(users.bob));
+  const room = `room:chat-${users.alice}`;
+  for (const c of [a, b]) {
+    const ack = await c.socket.timeout(5000).emitWithAck("join", room);
+    check(ack.ok, JSON.stringify(ack));
+  }
+  const sent = await a.socket
+    .timeout(5000)
+    .emitWithAck("publish", { to: room, event: "send_message", data: { text: "hi" } });
+  check(sent.ok === true && typeof sent.id === "string", JSON.stringify(sent));
+  const { args } = await b.rec.expect("send_message");
+  check(args[0].text === "hi", JSON.stringify(args));
+  const denied = await a.socket
+    .timeout(5000)
+    .emitWithAck("publish", { to: `doc:Task:${users.alice}`, event: "x", data: 1 });
+  check(denied.ok === false && /not allowed to publish/.test(denied.error), JSON.stringify(denied));
+  // The sender is left out: Bob's reply is the first chat event Alice sees.
+  await b.socket.timeout(5000).emitWithAck("publish", { to: room, event: "send_message", data: { text: "yo" } });
+  const reply = await a.rec.expect("send_message");
+  check(reply.args[0].text === "yo", JSON.stringify(reply.args));
+  close(a, b);
+});
+
 await runCase("namespaces", async () => {
   const root = await open(0, tokenOf(users.alice));
   const ns = await open(1, tokenOf(users.alice), {}, cfg.namespace);

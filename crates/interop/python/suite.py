@@ -244,6 +244,27 @@ def cross_node():
     b.close()
 
 
+def chat():
+    a, b = Conn(), Conn()
+    a.connect(0, token(ALICE))
+    b.connect(2, token(BOB))
+    room = f"room:chat-{ALICE}"
+    for c in (a, b):
+        check(c.call("join", room)["ok"], "join")
+    sent = a.call("publish", {"to": room, "event": "send_message", "data": {"text": "hi"}})
+    check(sent["ok"] is True and isinstance(sent.get("id"), str), str(sent))
+    args, _ = b.expect("send_message")
+    check(args[0]["text"] == "hi", str(args))
+    denied = a.call("publish", {"to": f"doc:Task:{ALICE}", "event": "x", "data": 1})
+    check(denied["ok"] is False and "not allowed to publish" in denied["error"], str(denied))
+    # The sender is left out: Bob's reply is the first chat event Alice sees.
+    b.call("publish", {"to": room, "event": "send_message", "data": {"text": "yo"}})
+    args, _ = a.expect("send_message")
+    check(args[0]["text"] == "yo", str(args))
+    a.close()
+    b.close()
+
+
 def namespaces():
     root, ns = Conn(), Conn(CFG["namespace"])
     root.connect(0, token(ALICE))
@@ -317,6 +338,7 @@ CASES = [
     ("connected event", connected_event),
     ("join/leave with acks (client emitWithAck)", join_leave),
     ("cross-node delivery", cross_node),
+    ("chat: client publish across nodes", chat),
     ("namespaces", namespaces),
     ("binary payloads over websocket", lambda: binary("websocket")),
     ("binary payloads over polling", lambda: binary("polling")),

@@ -247,7 +247,7 @@ fn client_config(
     );
     let now = gateway::unix_now();
     let sign = |secret: &str, claims: Value| gateway::sign_hs256(secret, &claims);
-    let claims = |user: &str, exp: u64| json!({"sub": user, "tenant_id": tenant, "rooms": ["doc:*", "room:*"], "exp": exp});
+    let claims = |user: &str, exp: u64| json!({"sub": user, "tenant_id": tenant, "rooms": ["doc:*", "room:*"], "publish": ["room:chat-*"], "exp": exp});
     Ok(json!({
         "nodes": urls,
         "node_ids": ids,

@@ -164,6 +164,34 @@ pub(crate) async fn run(cfg: &Value) -> Vec<Outcome> {
         })
         .await,
     );
+    out.push(
+        run_case("chat: client publish across nodes", async {
+            let bob = cfg["users"]["bob"].as_str().unwrap_or_default();
+            let bob_token = cfg["tokens"][bob].as_str().unwrap_or_default();
+            let (a, _) = Conn::open(&node(0), &token).await?;
+            let (mut b, _) = Conn::open(&node(2), bob_token).await?;
+            let room = format!("room:chat-{alice}");
+            for c in [&a, &b] {
+                let ok = c.call("join", json!(room)).await?;
+                ensure!(ok["ok"] == true, "join: {ok}");
+            }
+            let body = json!({"to": room, "event": "send_message", "data": {"text": "hi"}});
+            let sent = a.call("publish", body).await?;
+            ensure!(
+                sent["ok"] == true && sent["id"].is_string(),
+                "publish: {sent}"
+            );
+            let got = first_arg(b.expect("send_message").await?)?;
+            ensure!(got == json!({"text": "hi"}), "got {got}");
+            let body = json!({"to": format!("doc:Task:{alice}"), "event": "x", "data": 1});
+            let denied = a.call("publish", body).await?;
+            ensure!(denied["ok"] == false, "publish to doc: {denied}");
+            a.close().await;
+            b.close().await;
+            Ok(String::new())
+        })
+        .await,
+    );
     // rust_socketio takes a binary event only as a lone attachment (upstream
     // rust-socketio#373, #426), so that is the shape sent here; over WebSocket it fails
     // even then (docs/interop.md).

@@ -20,6 +20,12 @@
 //! # Ok(()) }
 //! ```
 
+mod consumer;
+mod webhook;
+
+pub use consumer::{ClientEvent, ConsumeError, Consumer, Delivery};
+pub use webhook::{SIGNATURE_HEADER, SignatureError, verify_signature};
+
 use std::sync::Arc;
 
 use bus::{Bus, Outbox, SendError};
@@ -130,6 +136,42 @@ impl Publisher {
         }
     }
 
+    /// The user who sent `event` (a [`ClientEvent`] from a [`Consumer`]), in its
+    /// namespace and tenant: every socket of that user.
+    pub fn reply_to_user(&self, event: &ClientEvent) -> Emit<'_> {
+        let mut emit = self.target(Room::user(&event.user));
+        emit.ns = Some(event.ns.clone());
+        emit.tenant = Some(event.tenant.clone());
+        emit
+    }
+
+    /// The one socket that sent `event` (on whichever node it is connected to).
+    pub fn reply_to_socket(&self, event: &ClientEvent) -> Emit<'_> {
+        let mut emit = self.reply_to_user(event);
+        emit.socket = Some(event.sid.clone());
+        emit
+    }
+
+    /// Collects emits to publish together after a database transaction commits: nothing
+    /// is sent until [`Batch::commit`]; dropping the batch (a rollback) sends nothing.
+    ///
+    /// ```
+    /// # async fn demo(p: publisher::Publisher) -> Result<(), publisher::PublishError> {
+    /// let mut batch = p.batch();
+    /// p.to_doc("Task", "T-1").stage(&mut batch, "doc_update", &1)?;
+    /// p.to_user("ann").stage(&mut batch, "notification", &"T-1 changed")?;
+    /// // … the transaction commits:
+    /// let ids = batch.commit().await?;
+    /// assert_eq!(ids.len(), 2);
+    /// # Ok(()) }
+    /// ```
+    pub fn batch(&self) -> Batch {
+        Batch {
+            outbox: self.outbox.clone(),
+            staged: Vec::new(),
+        }
+    }
+
     /// Every socket of user `id` (`user:{id}`).
     pub fn to_user(&self, id: &str) -> Emit<'_> {
         self.target(Room::user(id))
@@ -164,6 +206,9 @@ impl Publisher {
             except: Ok(Vec::new()),
             flags: Flags::default(),
             trace: None,
+            socket: None,
+            ns: None,
+            tenant: None,
         }
     }
 
@@ -174,6 +219,9 @@ impl Publisher {
             except: Ok(Vec::new()),
             flags: Flags::default(),
             trace: None,
+            socket: None,
+            ns: None,
+            tenant: None,
         }
     }
 }
@@ -187,6 +235,11 @@ pub struct Emit<'a> {
     except: Result<Vec<Room>, RoomError>,
     flags: Flags,
     trace: Option<String>,
+    socket: Option<String>,
+    /// Overrides the publisher's namespace.
+    ns: Option<String>,
+    /// Overrides the publisher's tenant (`Some(None)`: the shared scope).
+    tenant: Option<Option<String>>,
 }
 
 impl Emit<'_> {
@@ -242,14 +295,40 @@ impl Emit<'_> {
         event: &str,
         data: serde_json::Value,
     ) -> Result<String, PublishError> {
+        let outbox = self.publisher.outbox.clone();
+        let env = self.envelope(event, data)?;
+        outbox.send(&env).await?;
+        Ok(env.id)
+    }
+
+    /// Adds this emit to `batch` instead of sending it; returns the message id it will
+    /// have.
+    pub fn stage<T: Serialize + ?Sized>(
+        self,
+        batch: &mut Batch,
+        event: &str,
+        data: &T,
+    ) -> Result<String, PublishError> {
+        let env = self.envelope(event, serde_json::to_value(data)?)?;
+        let id = env.id.clone();
+        batch.staged.push(env);
+        Ok(id)
+    }
+
+    fn envelope(self, event: &str, data: serde_json::Value) -> Result<Envelope, PublishError> {
         let p = self.publisher;
-        if !p.ns.starts_with('/') {
-            return Err(PublishError::InvalidNamespace(p.ns.to_string()));
+        let ns = self.ns.as_deref().unwrap_or(&p.ns);
+        if !ns.starts_with('/') {
+            return Err(PublishError::InvalidNamespace(ns.to_string()));
         }
-        let mut env = Envelope::new(&*p.origin, event, data).in_ns(&*p.ns);
-        if let Some(tenant) = &p.tenant {
-            rooms::TenantId::parse(tenant)?;
-            env.tenant = Some(tenant.to_string());
+        let mut env = Envelope::new(&*p.origin, event, data).in_ns(ns);
+        let tenant = match &self.tenant {
+            Some(t) => t.clone(),
+            None => p.tenant.as_deref().map(str::to_owned),
+        };
+        if let Some(tenant) = tenant {
+            rooms::TenantId::parse(&tenant)?;
+            env.tenant = Some(tenant);
         }
         env.to = self.to?.into_iter().map(Room::into_string).collect();
         if env.to.is_empty() {
@@ -258,9 +337,64 @@ impl Emit<'_> {
         env.except = self.except?.into_iter().map(Room::into_string).collect();
         env.flags = self.flags;
         env.trace = self.trace;
-        p.outbox.send(&env).await?;
-        Ok(env.id)
+        env.socket = self.socket;
+        Ok(env)
     }
+}
+
+/// Emits collected during a transaction ([`Publisher::batch`]), published in order by
+/// [`Batch::commit`] and discarded when dropped.
+#[derive(Debug)]
+#[must_use = "a batch sends nothing until commit() is awaited"]
+pub struct Batch {
+    outbox: Outbox,
+    staged: Vec<Envelope>,
+}
+
+/// Why a batch was not (wholly) published.
+#[derive(Debug, thiserror::Error)]
+#[error("{published} of {total} staged events were published, then: {error}")]
+pub struct BatchError {
+    /// How many, from the first, were published before the failure.
+    pub published: usize,
+    /// How many were staged.
+    pub total: usize,
+    /// The bus's refusal.
+    pub error: PublishError,
+}
+
+impl Batch {
+    /// How many emits are staged.
+    pub fn len(&self) -> usize {
+        self.staged.len()
+    }
+
+    /// Whether nothing is staged.
+    pub fn is_empty(&self) -> bool {
+        self.staged.is_empty()
+    }
+
+    /// Publishes every staged emit, in the order staged; returns their ids. Stops at the
+    /// first refusal (Redis unreachable for the whole retry budget) with one error saying
+    /// how many were published before it.
+    pub async fn commit(self) -> Result<Vec<String>, BatchError> {
+        let total = self.staged.len();
+        let mut ids = Vec::with_capacity(total);
+        for env in &self.staged {
+            if let Err(e) = self.outbox.send(env).await {
+                return Err(BatchError {
+                    published: ids.len(),
+                    total,
+                    error: e.into(),
+                });
+            }
+            ids.push(env.id.clone());
+        }
+        Ok(ids)
+    }
+
+    /// Discards every staged emit (what dropping the batch does, said explicitly).
+    pub fn rollback(self) {}
 }
 
 #[cfg(test)]

@@ -1,0 +1,215 @@
+//! Reading client events that gateways append to a namespace's Redis Stream
+//! (`UPSTREAM_ROUTES=…=stream`), as one member of a consumer group.
+
+use std::time::Duration;
+
+use redis::AsyncCommands as _;
+use redis::aio::MultiplexedConnection;
+use redis::streams::{StreamAutoClaimReply, StreamReadOptions, StreamReadReply};
+use serde::Deserialize;
+use serde_json::Value;
+
+/// One client event, as the gateway forwarded it.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct ClientEvent {
+    /// Format version (1).
+    pub v: u32,
+    /// Unique id of the forwarding.
+    pub id: String,
+    /// When the gateway received it, ms since the Unix epoch.
+    pub ts: u64,
+    /// The gateway node the client is connected to.
+    pub node: String,
+    /// Namespace.
+    pub ns: String,
+    /// The client's socket id.
+    pub sid: String,
+    /// The sender's user id.
+    pub user: String,
+    /// The sender's tenant, if any.
+    #[serde(default)]
+    pub tenant: Option<String>,
+    /// Event name.
+    pub event: String,
+    /// The event's arguments.
+    #[serde(default)]
+    pub args: Vec<Value>,
+    /// W3C `traceparent`, when the gateway traces.
+    #[serde(default)]
+    pub trace: Option<String>,
+}
+
+/// A stream entry handed to this consumer; [`Consumer::ack`] it once handled.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Delivery {
+    /// The stream entry id.
+    pub entry: String,
+    /// The event, or why the entry could not be read (ack it anyway to drop it).
+    pub event: Result<ClientEvent, String>,
+}
+
+/// Why the stream could not be read.
+#[derive(Debug, thiserror::Error)]
+#[error("Redis stream: {0}")]
+pub struct ConsumeError(String);
+
+impl From<redis::RedisError> for ConsumeError {
+    fn from(e: redis::RedisError) -> Self {
+        Self(e.to_string())
+    }
+}
+
+/// One consumer of a group on one namespace's stream. Entries are delivered at least
+/// once: an entry read but never acked (the consumer crashed) stays pending until a
+/// consumer of the group [`reclaims`](Consumer::reclaim) it.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// use std::time::Duration;
+/// let publisher = publisher::Publisher::connect("redis://127.0.0.1", Duration::from_secs(3))?;
+/// let mut consumer =
+///     publisher::Consumer::connect("redis://127.0.0.1", "roomcast", "/", "notifications", "worker-1")
+///         .await?;
+/// loop {
+///     // Entries a crashed worker left behind for 30 s, then new ones.
+///     let mut batch = consumer.reclaim(Duration::from_secs(30), 100).await?;
+///     batch.extend(consumer.next(Duration::from_secs(5), 100).await?);
+///     for d in batch {
+///         if let Ok(ev) = &d.event {
+///             if ev.event == "notification_read" {
+///                 // … mark it read in the database, then confirm to that user:
+///                 publisher.reply_to_user(ev).emit("notification_read_confirmed", &ev.args[0]).await?;
+///             }
+///         }
+///         consumer.ack(&d).await?;
+///     }
+/// }
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct Consumer {
+    conn: MultiplexedConnection,
+    stream: String,
+    group: String,
+    name: String,
+}
+
+impl std::fmt::Debug for Consumer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Consumer")
+            .field("stream", &self.stream)
+            .field("group", &self.group)
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Consumer {
+    /// Joins group `group` as consumer `name` on namespace `ns`'s stream (channel prefix
+    /// `prefix`, the gateways' `REDIS_CHANNEL_PREFIX`). Creates the stream and the group
+    /// if needed; a new group starts with the entries still in the stream.
+    pub async fn connect(
+        redis_url: &str,
+        prefix: &str,
+        ns: &str,
+        group: &str,
+        name: &str,
+    ) -> Result<Self, ConsumeError> {
+        let client = redis::Client::open(redis_url)?;
+        // Its own connection: a blocking read must not hold up other commands.
+        let mut conn = client.get_multiplexed_async_connection().await?;
+        let stream = rooms::Channels::new(prefix).upstream(ns);
+        let created: Result<(), redis::RedisError> = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(&stream)
+            .arg(group)
+            .arg("0")
+            .arg("MKSTREAM")
+            .query_async(&mut conn)
+            .await;
+        if let Err(e) = created
+            && e.code() != Some("BUSYGROUP")
+        {
+            return Err(e.into());
+        }
+        Ok(Self {
+            conn,
+            stream,
+            group: group.to_owned(),
+            name: name.to_owned(),
+        })
+    }
+
+    /// The stream this consumer reads.
+    pub fn stream(&self) -> &str {
+        &self.stream
+    }
+
+    /// Up to `count` entries no consumer of the group has read, waiting up to `block`
+    /// for the first one.
+    pub async fn next(
+        &mut self,
+        block: Duration,
+        count: usize,
+    ) -> Result<Vec<Delivery>, ConsumeError> {
+        let options = StreamReadOptions::default()
+            .group(&self.group, &self.name)
+            .count(count)
+            .block(block.as_millis().try_into().unwrap_or(usize::MAX));
+        let reply: Option<StreamReadReply> = self
+            .conn
+            .xread_options(&[&self.stream], &[">"], &options)
+            .await?;
+        Ok(reply
+            .into_iter()
+            .flat_map(|r| r.keys)
+            .flat_map(|k| k.ids)
+            .map(|e| delivery(e.id, &e.map))
+            .collect())
+    }
+
+    /// Takes over up to `count` entries that other consumers of the group read but did
+    /// not ack for at least `min_idle` (`XAUTOCLAIM`): the work of a crashed consumer.
+    pub async fn reclaim(
+        &mut self,
+        min_idle: Duration,
+        count: usize,
+    ) -> Result<Vec<Delivery>, ConsumeError> {
+        let reply: StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
+            .arg(&self.stream)
+            .arg(&self.group)
+            .arg(&self.name)
+            .arg(u64::try_from(min_idle.as_millis()).unwrap_or(u64::MAX))
+            .arg("0-0")
+            .arg("COUNT")
+            .arg(count)
+            .query_async(&mut self.conn)
+            .await?;
+        Ok(reply
+            .claimed
+            .into_iter()
+            .map(|e| delivery(e.id, &e.map))
+            .collect())
+    }
+
+    /// Marks `d` handled: it is not delivered again.
+    pub async fn ack(&mut self, d: &Delivery) -> Result<(), ConsumeError> {
+        let _: i64 = redis::cmd("XACK")
+            .arg(&self.stream)
+            .arg(&self.group)
+            .arg(&d.entry)
+            .query_async(&mut self.conn)
+            .await?;
+        Ok(())
+    }
+}
+
+fn delivery(entry: String, fields: &std::collections::HashMap<String, redis::Value>) -> Delivery {
+    let event = match fields.get("event") {
+        Some(v) => redis::from_redis_value::<Vec<u8>>(v.clone())
+            .map_err(|e| e.to_string())
+            .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string())),
+        None => Err("the entry has no \"event\" field".to_owned()),
+    };
+    Delivery { entry, event }
+}
