@@ -104,8 +104,9 @@ impl Conn {
         })
     }
 
-    /// Splits into a sender for `publish` events and a task that answers pings.
-    pub(crate) fn into_publisher(self) -> Publisher {
+    /// Splits into a sender of `event` (the contract's `publish`, or another) and a task
+    /// that answers pings.
+    pub(crate) fn into_publisher_of(self, event: &'static str) -> Publisher {
         let Conn { sink, mut stream } = self;
         let sink = Arc::new(tokio::sync::Mutex::new(sink));
         let pong = sink.clone();
@@ -118,7 +119,7 @@ impl Conn {
                 }
             }
         });
-        Publisher { sink }
+        Publisher { sink, event }
     }
 }
 
@@ -126,13 +127,15 @@ impl Conn {
 #[derive(Clone)]
 pub(crate) struct Publisher {
     sink: Arc<tokio::sync::Mutex<SplitSink<Ws, Message>>>,
+    event: &'static str,
 }
 
 impl Publisher {
     /// Emits `publish` for `room` with a 100-byte payload carrying the send time.
     pub(crate) async fn publish(&self, room: &str, point: u64, seq: u64) -> anyhow::Result<()> {
         let frame = format!(
-            "42[\"publish\",{{\"room\":\"{room}\",\"data\":{{\"t\":{},\"p\":{point},\"s\":{seq},\"pad\":\"{PAD}\"}}}}]",
+            "42[\"{}\",{{\"room\":\"{room}\",\"data\":{{\"t\":{},\"p\":{point},\"s\":{seq},\"pad\":\"{PAD}\"}}}}]",
+            self.event,
             crate::recorder::now_us()
         );
         self.sink

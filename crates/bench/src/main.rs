@@ -92,6 +92,10 @@ pub(crate) struct StackResults {
     /// Roomcast only: the fan-out published through the publisher SDK.
     pub(crate) fanout_sdk: Vec<Point>,
     pub(crate) fanout_sdk_best: u64,
+    /// Roomcast only: the fan-out published by clients through the gateway's client
+    /// publish path (an envelope, local delivery, the bus).
+    pub(crate) fanout_client: Vec<Point>,
+    pub(crate) fanout_client_best: u64,
     pub(crate) targeted: Vec<Point>,
     pub(crate) targeted_best: u64,
     /// Redis output bytes per targeted message, with 3 and with 5 nodes.
@@ -201,6 +205,12 @@ async fn measure(kind: Kind, plan: &Plan, next_point: &mut u64) -> anyhow::Resul
             .sweep(next_point, &sdk, &plan.fanout_rates, fanout, &room)
             .await?;
         out.fanout_sdk_best = scenarios::best_rate(&out.fanout_sdk);
+        eprintln!("  fan-out through client publishes");
+        let clients = scenarios::socket_publishers_of(&stack.ports, "client_publish").await?;
+        out.fanout_client = bench
+            .sweep(next_point, &clients, &plan.fanout_rates, fanout, &room)
+            .await?;
+        out.fanout_client_best = scenarios::best_rate(&out.fanout_client);
     }
     for t in subs {
         t.abort();

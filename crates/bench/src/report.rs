@@ -118,6 +118,11 @@ fn summary_table(r: &Results) -> String {
             "{:<36} {:>10}/s",
             "roomcast (publisher SDK path)", s.fanout_sdk_best
         );
+        let _ = writeln!(
+            t,
+            "{:<36} {:>10}/s",
+            "roomcast (client publish path)", s.fanout_client_best
+        );
     }
     t
 }
@@ -241,6 +246,11 @@ fn markdown(r: &Results, img: &str) -> String {
             "| roomcast, publisher SDK path | {} | | | | |",
             s.fanout_sdk_best
         );
+        let _ = writeln!(
+            md,
+            "| roomcast, client publish path | {} | | | | |",
+            s.fanout_client_best
+        );
     }
     if let Some(sdk) = &r.sdk {
         let _ = writeln!(
@@ -347,6 +357,13 @@ fn markdown(r: &Results, img: &str) -> String {
         if !s.fanout_sdk.is_empty() {
             let _ = writeln!(md, "\n### Fan-out, published through the publisher SDK\n");
             points_table(&mut md, &s.fanout_sdk);
+        }
+        if !s.fanout_client.is_empty() {
+            let _ = writeln!(
+                md,
+                "\n### Fan-out, published by clients (client publish path)\n"
+            );
+            points_table(&mut md, &s.fanout_client);
         }
         let _ = writeln!(md, "\n### Targeted ({} users)\n", plan.targeted_users);
         points_table(&mut md, &s.targeted);

@@ -107,12 +107,20 @@ fn source_ip(i: usize) -> Ipv4Addr {
 }
 
 pub(crate) async fn socket_publishers(ports: &[u16]) -> anyhow::Result<Sender> {
+    socket_publishers_of(ports, "publish").await
+}
+
+/// Publisher sockets emitting `event` instead of the contract's `publish`.
+pub(crate) async fn socket_publishers_of(
+    ports: &[u16],
+    event: &'static str,
+) -> anyhow::Result<Sender> {
     let mut pubs = Vec::new();
     for (i, port) in ports.iter().enumerate() {
         pubs.push(
             conn::connect(*port, &format!("room:publisher-{i}"), None)
                 .await?
-                .into_publisher(),
+                .into_publisher_of(event),
         );
     }
     Ok(Sender::Sockets(pubs))

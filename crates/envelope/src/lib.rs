@@ -22,12 +22,14 @@
 //!   own placeholders (see [`placeholder`]); clients receive real binary.
 
 mod binary;
+mod client_event;
 mod codec;
 mod legacy;
 mod model;
 mod node;
 
 pub use binary::{placeholder, placeholder_index};
+pub use client_event::ClientEvent;
 pub use codec::{DEFAULT_MAX_SIZE, DecodeError, EncodeError, Limits};
 pub use legacy::LegacyMessage;
 pub use model::{Draft, Envelope, Flags, VERSION, new_id, now_ms};

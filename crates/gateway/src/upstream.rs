@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use hmac::{Hmac, Mac};
-use serde::Serialize;
 use serde_json::{Value, json};
 use sha2::Sha256;
 
@@ -163,35 +162,8 @@ pub struct UpstreamConfig {
     pub webhook: Option<WebhookConfig>,
 }
 
-/// What a service receives for one client event (the stream entry's `event` field, or
-/// the webhook's body): JSON.
-#[derive(Debug, Clone, Serialize)]
-pub struct UpstreamEvent {
-    /// Format version, 1.
-    pub v: u32,
-    /// Unique id of this forwarding (not the stream entry id).
-    pub id: String,
-    /// When the node received the event, ms since the Unix epoch.
-    pub ts: u64,
-    /// The node the client is connected to.
-    pub node: String,
-    /// Namespace.
-    pub ns: String,
-    /// The client's Socket.IO socket id: reply to it with `socket` in an envelope.
-    pub sid: String,
-    /// The sender's user id (token subject).
-    pub user: String,
-    /// The sender's tenant, if its token has one.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub tenant: Option<String>,
-    /// Event name.
-    pub event: String,
-    /// The event's arguments, as the client sent them (without its ack callback).
-    pub args: Vec<Value>,
-    /// W3C `traceparent`, when tracing is on.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub trace: Option<String>,
-}
+/// What a service receives for one client event: [`envelope::ClientEvent`].
+pub type UpstreamEvent = envelope::ClientEvent;
 
 /// The header carrying the webhook signature: `t=<unix seconds>,v1=<hex HMAC-SHA256 of
 /// "<t>.<body>">`.

@@ -130,12 +130,7 @@ async fn a_chat_crosses_nodes_within_its_tenant_in_order_and_claims_decide_who_p
     .await;
     assert_eq!(ack["ok"], true);
 
-    let metrics = reqwest::get(format!("{}/metrics", nodes[1].url()))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = nodes[1].metrics().await.unwrap();
     assert!(
         metrics.contains(
             "roomcast_refusals_total{server_id=\"redis-node-1\",reason=\"publish_denied\"} 1"

@@ -17,12 +17,7 @@ use testkit::{SioClient, TEST_KEY, TestNode, publish, spawn_memory_cluster, toke
 /// The series of a scrape, keyed `name{label="value",…}` without `server_id` (which
 /// every series must carry, equal to the node's id).
 async fn scrape(node: &TestNode) -> (String, BTreeMap<String, f64>) {
-    let text = reqwest::get(format!("{}/metrics", node.url()))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = node.metrics().await.unwrap();
     let id = format!("server_id=\"{}\"", node.cluster.node_id());
     let mut series = BTreeMap::new();
     for line in text

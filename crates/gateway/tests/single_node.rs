@@ -342,12 +342,7 @@ async fn health_endpoints_describe_the_node() {
             200
         );
     }
-    let metrics = reqwest::get(format!("{}/metrics", node.url()))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = node.metrics().await.unwrap();
     assert!(
         metrics.contains("socketio_connections_total{server_id=\"test-node-0\"} 1"),
         "{metrics}"

@@ -195,6 +195,22 @@ await runCase("chat: client publish across nodes", async () => {
   close(a, b);
 });
 
+await runCase("events to services: stream consumer and webhook", async () => {
+  const c = await open(1, tokenOf(users.alice));
+  // Through the Redis Stream: acked once appended, confirmed by the service to this socket.
+  const queued = await c.socket.timeout(5000).emitWithAck("notification_read", { id: 7 });
+  check(queued.ok === true && typeof queued.id === "string", JSON.stringify(queued));
+  const { args } = await c.rec.expect("notification_read_confirmed");
+  check(args[0].id === 7, JSON.stringify(args));
+  // Through the webhook: the service's answer is the ack.
+  const answer = await c.socket.timeout(5000).emitWithAck("rpc.echo", 1, "two");
+  check(answer.ok === true && answer.user === users.alice, JSON.stringify(answer));
+  check(JSON.stringify(answer.echo) === JSON.stringify([1, "two"]), JSON.stringify(answer));
+  const unrouted = await c.socket.timeout(5000).emitWithAck("nobody_listens", 1);
+  check(unrouted.ok === false && /no handler/.test(unrouted.error), JSON.stringify(unrouted));
+  close(c);
+});
+
 await runCase("namespaces", async () => {
   const root = await open(0, tokenOf(users.alice));
   const ns = await open(1, tokenOf(users.alice), {}, cfg.namespace);

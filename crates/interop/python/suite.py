@@ -265,6 +265,23 @@ def chat():
     b.close()
 
 
+def services():
+    c = Conn()
+    c.connect(1, token(ALICE))
+    # Through the Redis Stream: acked once appended, confirmed by the service to this socket.
+    queued = c.call("notification_read", {"id": 7})
+    check(queued["ok"] is True and isinstance(queued.get("id"), str), str(queued))
+    args, _ = c.expect("notification_read_confirmed")
+    check(args[0]["id"] == 7, str(args))
+    # Through the webhook: the service's answer is the ack.
+    answer = c.sio.call("rpc.echo", (1, "two"), namespace="/", timeout=WAIT)
+    check(answer["ok"] is True and answer["user"] == ALICE, str(answer))
+    check(answer["echo"] == [1, "two"], str(answer))
+    unrouted = c.call("nobody_listens", 1)
+    check(unrouted["ok"] is False and "no handler" in unrouted["error"], str(unrouted))
+    c.close()
+
+
 def namespaces():
     root, ns = Conn(), Conn(CFG["namespace"])
     root.connect(0, token(ALICE))
@@ -339,6 +356,7 @@ CASES = [
     ("join/leave with acks (client emitWithAck)", join_leave),
     ("cross-node delivery", cross_node),
     ("chat: client publish across nodes", chat),
+    ("events to services: stream consumer and webhook", services),
     ("namespaces", namespaces),
     ("binary payloads over websocket", lambda: binary("websocket")),
     ("binary payloads over polling", lambda: binary("polling")),

@@ -15,6 +15,8 @@ use tokio::time::Instant;
 pub(crate) struct Secrets {
     pub(crate) jwt: String,
     pub(crate) publish_key: String,
+    /// Routes of client events to services, and the webhook (URL, secret), if any.
+    pub(crate) upstream: Option<(String, String)>,
 }
 
 /// One gateway process.
@@ -130,6 +132,13 @@ impl Cluster {
             .env("NAMESPACES", format!("/,{EXTRA_NAMESPACE}"))
             .env("NODE_TTL_SECS", "6")
             .env("RUST_LOG", "info")
+            .envs(self.secrets.upstream.iter().flat_map(|(url, secret)| {
+                [
+                    ("UPSTREAM_ROUTES", crate::service::ROUTES),
+                    ("UPSTREAM_WEBHOOK_URL", url.as_str()),
+                    ("UPSTREAM_WEBHOOK_SECRET", secret.as_str()),
+                ]
+            }))
             .stdout(Stdio::from(log.try_clone()?))
             .stderr(Stdio::from(log))
             .kill_on_drop(true)

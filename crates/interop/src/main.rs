@@ -18,6 +18,7 @@
 mod cluster;
 mod report;
 mod rust_client;
+mod service;
 
 use std::path::{Path, PathBuf};
 use std::process::{ExitCode, Stdio};
@@ -91,9 +92,13 @@ impl Paths {
 async fn run() -> anyhow::Result<bool> {
     let paths = Paths::discover()?;
     let redis = testkit::RedisServer::start()?;
+    let hook_secret = random_hex()?;
+    let hook = service::webhook(hook_secret.clone()).await?;
+    service::consumer(redis.url()).await?;
     let secrets = Secrets {
         jwt: random_hex()?,
         publish_key: random_hex()?,
+        upstream: Some((hook, hook_secret)),
     };
     eprintln!(
         "==> interop: Redis on {}, starting 3 gateway nodes",
@@ -190,6 +195,7 @@ async fn dev_cluster() -> anyhow::Result<()> {
     let secrets = Secrets {
         jwt: random_hex()?,
         publish_key: random_hex()?,
+        upstream: None,
     };
     let cluster = Cluster::start(
         &paths.gateway,

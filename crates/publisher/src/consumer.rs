@@ -3,41 +3,10 @@
 
 use std::time::Duration;
 
+pub use envelope::ClientEvent;
 use redis::AsyncCommands as _;
 use redis::aio::MultiplexedConnection;
 use redis::streams::{StreamAutoClaimReply, StreamReadOptions, StreamReadReply};
-use serde::Deserialize;
-use serde_json::Value;
-
-/// One client event, as the gateway forwarded it.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-pub struct ClientEvent {
-    /// Format version (1).
-    pub v: u32,
-    /// Unique id of the forwarding.
-    pub id: String,
-    /// When the gateway received it, ms since the Unix epoch.
-    pub ts: u64,
-    /// The gateway node the client is connected to.
-    pub node: String,
-    /// Namespace.
-    pub ns: String,
-    /// The client's socket id.
-    pub sid: String,
-    /// The sender's user id.
-    pub user: String,
-    /// The sender's tenant, if any.
-    #[serde(default)]
-    pub tenant: Option<String>,
-    /// Event name.
-    pub event: String,
-    /// The event's arguments.
-    #[serde(default)]
-    pub args: Vec<Value>,
-    /// W3C `traceparent`, when the gateway traces.
-    #[serde(default)]
-    pub trace: Option<String>,
-}
 
 /// A stream entry handed to this consumer; [`Consumer::ack`] it once handled.
 #[derive(Debug, Clone, PartialEq)]

@@ -52,6 +52,15 @@ impl TestNode {
             .ok_or_else(|| anyhow::anyhow!("202 without an id: {res}"))
     }
 
+    /// `GET /metrics`, the exposition text.
+    pub async fn metrics(&self) -> anyhow::Result<String> {
+        Ok(reqwest::get(format!("{}/metrics", self.url()))
+            .await?
+            .error_for_status()?
+            .text()
+            .await?)
+    }
+
     /// `GET /health`, as JSON.
     pub async fn health(&self) -> anyhow::Result<Value> {
         Ok(reqwest::get(format!("{}/health", self.url()))

@@ -26,6 +26,22 @@ async fn on_connect(cluster: Arc<Cluster>, s: SocketRef<BusAdapter>, auth: Optio
             }
         },
     );
+    // The gateway's client publish path: an envelope delivered locally (the sender
+    // excluded) and sent on the bus, as `publish {to, event, data}` does.
+    let publishing = cluster.clone();
+    s.on(
+        "client_publish",
+        move |s: SocketRef<BusAdapter>, Data(p): Data<Value>| {
+            let cluster = publishing.clone();
+            async move {
+                if let Some(room) = p["room"].as_str() {
+                    let env = envelope::Envelope::new(cluster.node_id(), "msg", p["data"].clone())
+                        .to_rooms([room]);
+                    let _ = cluster.publish_from(&env, Some(&s)).await;
+                }
+            }
+        },
+    );
     let room = auth
         .as_ref()
         .and_then(|a| a["room"].as_str())
