@@ -86,19 +86,32 @@ pub(crate) fn publish(
             return;
         }
     };
-    let (env, include_self) = env;
+    let (mut env, include_self) = env;
+    // A trace starts here, like an HTTP publish's; its context travels in the envelope.
+    let span = tracing::info_span!(
+        "publish",
+        server_id = %cluster.node_id(),
+        id = %env.id,
+        event = %env.event,
+        sid = %s.id,
+        client = true
+    );
+    env.trace = crate::telemetry::traceparent_of(&span);
     let cluster = cluster.clone();
     let sender = s.clone();
     Queue::push(s, ack, move |ack| {
-        Box::pin(async move {
-            let excluded = (!include_self).then_some(&sender);
-            let reply = match cluster.publish_from(&env, excluded).await {
-                Ok(()) => json!({"ok": true, "id": env.id}),
-                // Local sockets got it; other nodes did not.
-                Err(e) => json!({"ok": false, "id": env.id, "error": e.to_string()}),
-            };
-            ack.send(&reply).ok();
-        })
+        Box::pin(tracing::Instrument::instrument(
+            async move {
+                let excluded = (!include_self).then_some(&sender);
+                let reply = match cluster.publish_from(&env, excluded).await {
+                    Ok(()) => json!({"ok": true, "id": env.id}),
+                    // Local sockets got it; other nodes did not.
+                    Err(e) => json!({"ok": false, "id": env.id, "error": e.to_string()}),
+                };
+                ack.send(&reply).ok();
+            },
+            span,
+        ))
     });
 }
 
@@ -158,7 +171,6 @@ fn client_envelope(
     env.to = to;
     env.tenant = identity.tenant_id.as_ref().map(|t| t.as_str().to_owned());
     env.flags.volatile = volatile;
-    env.trace = crate::telemetry::traceparent_of(&tracing::Span::current());
     Ok((env, include_self))
 }
 
@@ -200,6 +212,14 @@ pub(crate) fn forward(
         return;
     }
     let transport = ev.transport;
+    // The service continues this trace from the event's `trace`.
+    let span = tracing::info_span!(
+        "forward",
+        server_id = %cluster.node_id(),
+        event = %ev.event,
+        sid = %s.id,
+        transport = ?transport
+    );
     let ev = UpstreamEvent {
         v: 1,
         id: envelope::new_id(),
@@ -211,26 +231,29 @@ pub(crate) fn forward(
         tenant: identity.tenant_id.as_ref().map(|t| t.as_str().to_owned()),
         event: ev.event,
         args: ev.args,
-        trace: crate::telemetry::traceparent_of(&tracing::Span::current()),
+        trace: crate::telemetry::traceparent_of(&span),
     };
     let cluster = cluster.clone();
     let upstream = upstream.clone();
     Queue::push(s, ack, move |ack| {
-        Box::pin(async move {
-            let reply = match transport {
-                Transport::Stream => {
-                    let stream = cluster.channels().upstream(&ev.ns);
-                    upstream
-                        .to_stream(cluster.bus().as_ref(), &stream, &ev)
-                        .await
+        Box::pin(tracing::Instrument::instrument(
+            async move {
+                let reply = match transport {
+                    Transport::Stream => {
+                        let stream = cluster.channels().upstream(&ev.ns);
+                        upstream
+                            .to_stream(cluster.bus().as_ref(), &stream, &ev)
+                            .await
+                    }
+                    Transport::Webhook => upstream.to_webhook(&ev).await,
+                };
+                if reply.get("ok") == Some(&Value::Bool(false)) {
+                    tracing::info!(event = %ev.event, sid = %ev.sid, error = %reply["error"], "a client event did not reach its service");
                 }
-                Transport::Webhook => upstream.to_webhook(&ev).await,
-            };
-            if reply.get("ok") == Some(&Value::Bool(false)) {
-                tracing::info!(event = %ev.event, sid = %ev.sid, error = %reply["error"], "a client event did not reach its service");
-            }
-            ack.send(&reply).ok();
-        })
+                ack.send(&reply).ok();
+            },
+            span,
+        ))
     });
 }
 

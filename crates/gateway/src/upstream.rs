@@ -238,15 +238,17 @@ impl Upstream {
                 tokio::time::sleep(Duration::from_millis(100 << attempt.min(6))).await;
             }
             let now = crate::auth::unix_now();
-            let sent = self
+            let mut req = self
                 .http
                 .post(&hook.url)
                 .timeout(hook.timeout)
                 .header(reqwest::header::CONTENT_TYPE, "application/json")
-                .header(SIGNATURE_HEADER, sign(hook.secret.as_bytes(), now, &body))
-                .body(body.clone())
-                .send()
-                .await;
+                .header(SIGNATURE_HEADER, sign(hook.secret.as_bytes(), now, &body));
+            // The service continues the client event's trace.
+            if let Some(tp) = &ev.trace {
+                req = req.header(crate::telemetry::TRACEPARENT, tp);
+            }
+            let sent = req.body(body.clone()).send().await;
             let res = match sent {
                 Ok(res) => res,
                 Err(e) if e.is_timeout() => {

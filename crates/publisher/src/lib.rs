@@ -156,7 +156,7 @@ impl Publisher {
     /// is sent until [`Batch::commit`]; dropping the batch (a rollback) sends nothing.
     ///
     /// ```
-    /// # async fn demo(p: publisher::Publisher) -> Result<(), publisher::PublishError> {
+    /// # async fn demo(p: publisher::Publisher) -> Result<(), Box<dyn std::error::Error>> {
     /// let mut batch = p.batch();
     /// p.to_doc("Task", "T-1").stage(&mut batch, "doc_update", &1)?;
     /// p.to_user("ann").stage(&mut batch, "notification", &"T-1 changed")?;
