@@ -50,6 +50,10 @@ pub struct Cluster {
     /// Counters exported on `/health` and `/metrics`.
     pub stats: Stats,
     metrics: Metrics,
+    /// Set once shutdown began: the node wants no new clients.
+    draining: std::sync::atomic::AtomicBool,
+    /// Set once the bus was up: until then a new node is of no use to the cluster.
+    bus_seen_up: std::sync::atomic::AtomicBool,
 }
 
 /// Node counters.
@@ -124,6 +128,8 @@ impl Cluster {
         let registry = Registry::new(outbox.bus().clone(), outbox.channels(), &node_id);
         let metrics = Metrics::new(&node_id, settings.max_event_types);
         Self {
+            draining: std::sync::atomic::AtomicBool::new(false),
+            bus_seen_up: std::sync::atomic::AtomicBool::new(false),
             metrics,
             node_id,
             outbox,
@@ -157,6 +163,59 @@ impl Cluster {
     /// Decoding limits.
     pub fn limits(&self) -> Limits {
         self.limits
+    }
+
+    /// Whether a load balancer should send this node new clients, and if not why:
+    /// not while shutting down, not at its connection cap, and not before its bus was up
+    /// once. A later Redis outage does not make a node unready: it keeps serving its
+    /// own clients, and pulling every node out of the balancer at once would help no one.
+    pub fn readiness(&self) -> Result<(), &'static str> {
+        if self.draining.load(Ordering::Relaxed) {
+            return Err("shutting down");
+        }
+        if !self.note_bus_up() {
+            return Err("the bus has not connected yet");
+        }
+        if self.membership.check_capacity(None).is_err() {
+            return Err("at its connection cap");
+        }
+        Ok(())
+    }
+
+    /// Whether the bus was ever up (checked now, and every second by the expiry task).
+    fn note_bus_up(&self) -> bool {
+        if self.bus_seen_up.load(Ordering::Relaxed) {
+            return true;
+        }
+        let up = self.bus().health().is_up();
+        if up {
+            self.bus_seen_up.store(true, Ordering::Relaxed);
+        }
+        up
+    }
+
+    /// Marks the node as shutting down: not ready from now on.
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+    }
+
+    /// Tells every socket the node is going away (`disconnect_reason {reason:
+    /// "server_shutting_down"}`) without disconnecting it: a server-side disconnect would
+    /// stop Socket.IO clients from reconnecting, while a dropped connection makes them
+    /// reconnect — to another node.
+    pub fn announce_shutdown(&self) {
+        let Some(io) = self.io.get() else {
+            return;
+        };
+        let reason = serde_json::json!({
+            "reason": "server_shutting_down",
+            "message": "this node is shutting down; the client reconnects to another node",
+        });
+        for (ns, sid) in self.membership.sockets() {
+            if let Some(socket) = io.of(&*ns).and_then(|op| op.get_socket(sid)) {
+                socket.emit(DISCONNECT_REASON_EVENT, &reason).ok();
+            }
+        }
     }
 
     /// This node's Prometheus metrics.
@@ -314,6 +373,7 @@ impl Cluster {
         loop {
             tick.tick().await;
             ticks += 1;
+            self.note_bus_up();
             if ticks.is_multiple_of(30) {
                 self.sweep();
             }

@@ -143,6 +143,9 @@ pub struct Args {
     /// On SIGTERM: stop accepting, give in-flight HTTP requests this long, then exit; open sockets drop and their clients reconnect elsewhere [default: 2000]
     #[arg(long, env = "SHUTDOWN_GRACE_MS", default_value_t = 2000)]
     pub shutdown_grace_ms: u64,
+    /// On SIGTERM, first answer /health/ready 503 this long while still serving, so the load balancer stops sending new clients before the node stops accepting [default: 3000 in production, 0 in development]
+    #[arg(long, env = "SHUTDOWN_DRAIN_MS")]
+    pub shutdown_drain_ms: Option<u64>,
     /// Address other nodes and operators see for this node in GET /v1/cluster [default: http://HOST:PORT]
     #[arg(long, env = "ADVERTISED_URL")]
     pub advertised_url: Option<String>,
@@ -368,6 +371,8 @@ pub struct Config {
     pub node_ttl: Duration,
     /// How long a stopping node waits for in-flight requests before it exits.
     pub shutdown_grace: Duration,
+    /// How long the node is not-ready but serving, on shutdown, before it stops accepting.
+    pub shutdown_drain: Duration,
     /// Advertised address; `None`: derived from the bound address.
     pub advertised_url: Option<String>,
     /// WebSocket read buffer per connection.
@@ -847,6 +852,12 @@ impl Config {
             legacy_channel,
             node_ttl: Duration::from_secs(args.node_ttl_secs),
             shutdown_grace: Duration::from_millis(args.shutdown_grace_ms),
+            shutdown_drain: Duration::from_millis(args.shutdown_drain_ms.unwrap_or(
+                match args.mode {
+                    Mode::Production => 3000,
+                    Mode::Development => 0,
+                },
+            )),
             advertised_url: args.advertised_url,
             ws_read_buffer: args.ws_read_buffer_bytes,
             socket_buffer: args.socket_buffer_packets,

@@ -119,10 +119,9 @@ async fn health(State(ctx): State<Arc<HttpCtx>>) -> impl IntoResponse {
 }
 
 async fn ready(State(ctx): State<Arc<HttpCtx>>) -> impl IntoResponse {
-    if ctx.cluster.bus().health().is_up() {
-        (StatusCode::OK, "ready")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "bus unavailable")
+    match ctx.cluster.readiness() {
+        Ok(()) => (StatusCode::OK, "ready"),
+        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, why),
     }
 }
 

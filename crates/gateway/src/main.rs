@@ -7,6 +7,10 @@ use gateway::{Config, Mode};
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
+    // `gateway healthcheck`: for container HEALTHCHECKs, with no shell or curl in the image.
+    if std::env::args().nth(1).as_deref() == Some("healthcheck") {
+        return healthcheck().await;
+    }
     let args = gateway::Args::parse();
     let config = match gateway::Config::from_args(args) {
         Ok(config) => config,
@@ -55,6 +59,38 @@ async fn main() -> std::process::ExitCode {
         Err(e) => {
             eprintln!("error: {e}");
             std::process::ExitCode::from(1)
+        }
+    }
+}
+
+/// `GET /health/live` on `127.0.0.1:$PORT` (3000): exit 0 when it answers 200 within 3 s.
+async fn healthcheck() -> std::process::ExitCode {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let port = std::env::var("PORT")
+        .ok()
+        .and_then(|p| p.parse::<u16>().ok())
+        .unwrap_or(3000);
+    let check = async {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+        s.write_all(b"GET /health/live HTTP/1.0\r\nHost: localhost\r\n\r\n")
+            .await?;
+        let mut head = [0u8; 12];
+        s.read_exact(&mut head).await?;
+        std::io::Result::Ok(head.starts_with(b"HTTP/1.0 200") || head.starts_with(b"HTTP/1.1 200"))
+    };
+    match tokio::time::timeout(std::time::Duration::from_secs(3), check).await {
+        Ok(Ok(true)) => std::process::ExitCode::SUCCESS,
+        Ok(Ok(false)) => {
+            eprintln!("unhealthy: /health/live did not answer 200");
+            std::process::ExitCode::FAILURE
+        }
+        Ok(Err(e)) => {
+            eprintln!("unhealthy: {e}");
+            std::process::ExitCode::FAILURE
+        }
+        Err(_) => {
+            eprintln!("unhealthy: no answer within 3 s");
+            std::process::ExitCode::FAILURE
         }
     }
 }

@@ -50,6 +50,8 @@ pub struct Node {
     node_ttl: std::time::Duration,
     advertised_url: Option<String>,
     header_timeout: Duration,
+    /// Not ready but serving this long after the shutdown signal.
+    shutdown_drain: Duration,
     /// The node's background tasks (bus dispatcher, token expiry); stopped when the
     /// node is dropped, so a stopped node leaves nothing running.
     tasks: Tasks,
@@ -197,6 +199,7 @@ impl Node {
             node_ttl: config.node_ttl,
             advertised_url: config.advertised_url.clone(),
             header_timeout: config.header_timeout,
+            shutdown_drain: config.shutdown_drain,
             tasks,
         })
     }
@@ -230,6 +233,23 @@ impl Node {
         };
         let header_timeout = self.header_timeout;
         let router = self.router;
+        let cluster = self.cluster.clone();
+        let drain_first = self.shutdown_drain;
+        // On the signal: not ready at once, still serving while the balancer notices.
+        let shutdown = {
+            let cluster = cluster.clone();
+            async move {
+                shutdown.await;
+                cluster.start_draining();
+                if !drain_first.is_zero() {
+                    tracing::info!(
+                        drain_ms = drain_first.as_millis() as u64,
+                        "shutting down: not ready; serving until the load balancer notices"
+                    );
+                    tokio::time::sleep(drain_first).await;
+                }
+            }
+        };
         let server = async move {
             let graceful = accept(listener, router, shutdown, header_timeout).await;
             match drain {
@@ -244,6 +264,7 @@ impl Node {
                         grace_ms = grace.as_millis() as u64,
                         "shutting down: no new connections; open sockets drop when the process exits"
                     );
+                    cluster.announce_shutdown();
                     let _ = tokio::time::timeout(grace, graceful.shutdown()).await;
                 }
             }
