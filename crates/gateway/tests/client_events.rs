@@ -234,6 +234,22 @@ async fn a_stream_consumer_confirms_to_the_sender_and_reclaims_a_crashed_consume
         .0;
     assert_eq!(count, 0, "nothing left pending");
 
+    // A blocking read longer than the Redis client's default 500 ms response timeout
+    // still gets what arrives meanwhile (and leaves nothing pending behind).
+    let emitting = async {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        client
+            .emit_with_ack("notification_read", &[json!({"id": 8})])
+            .await
+            .unwrap()
+    };
+    let (got, ack) = tokio::join!(worker.next(Duration::from_secs(3), 10), emitting);
+    assert_eq!(ack[0]["ok"], true);
+    let got = got.unwrap();
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0].event.as_ref().unwrap().args, vec![json!({"id": 8})]);
+    worker.ack(&got[0]).await.unwrap();
+
     // An event no route names is refused, not dropped.
     let ack = client.emit_with_ack("unrouted", &[json!(1)]).await.unwrap();
     assert_eq!(ack[0]["ok"], false);

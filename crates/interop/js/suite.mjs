@@ -270,9 +270,11 @@ await runCase("auto-reconnect after its node stops", async () => {
     transports: ["websocket"],
   });
   const dropped = withTimeout(new Promise((r) => c.socket.once("disconnect", r)), "disconnect", 15000);
+  // Listening before the restart: the client may be back before the control call returns.
+  const reconnected = withTimeout(new Promise((r) => c.socket.once("connected", r)), "reconnect", 20000);
   await restartNode(2);
   const reason = await dropped;
-  const again = await withTimeout(new Promise((r) => c.socket.once("connected", r)), "reconnect", 15000);
+  const again = await reconnected;
   check(again.node_id === cfg.node_ids[2], `reconnected to ${again.node_id}`);
   await accepted(0, { event: "welcome-back", to: [`user:${users.alice}`], data: 1 });
   await c.rec.expect("welcome-back");

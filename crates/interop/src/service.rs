@@ -51,8 +51,18 @@ pub(crate) async fn consumer(redis_url: String) -> anyhow::Result<()> {
         .with_origin("interop-service");
     tokio::spawn(async move {
         loop {
-            let batch = match consumer.next(Duration::from_secs(1), 100).await {
-                Ok(b) => b,
+            // Entries left unacked for 2 s (a read that failed half-way), then new ones.
+            let batch = match consumer.reclaim(Duration::from_secs(2), 100).await {
+                Ok(mut b) => match consumer.next(Duration::from_secs(1), 100).await {
+                    Ok(fresh) => {
+                        b.extend(fresh);
+                        b
+                    }
+                    Err(e) => {
+                        eprintln!("interop service: {e}");
+                        b
+                    }
+                },
                 Err(e) => {
                     eprintln!("interop service: {e}");
                     tokio::time::sleep(Duration::from_millis(500)).await;

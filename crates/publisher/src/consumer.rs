@@ -22,6 +22,19 @@ pub struct Delivery {
 #[error("Redis stream: {0}")]
 pub struct ConsumeError(String);
 
+/// Limit of one command (besides a read's blocking time).
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// `fut`, or a [`ConsumeError`] after `limit`.
+async fn timeout<T>(
+    limit: Duration,
+    fut: impl std::future::Future<Output = T>,
+) -> Result<T, ConsumeError> {
+    tokio::time::timeout(limit, fut)
+        .await
+        .map_err(|_| ConsumeError(format!("no answer from Redis within {limit:?}")))
+}
+
 impl From<redis::RedisError> for ConsumeError {
     fn from(e: redis::RedisError) -> Self {
         Self(e.to_string())
@@ -85,8 +98,16 @@ impl Consumer {
         name: &str,
     ) -> Result<Self, ConsumeError> {
         let client = redis::Client::open(redis_url)?;
-        // Its own connection: a blocking read must not hold up other commands.
-        let mut conn = client.get_multiplexed_async_connection().await?;
+        // Its own connection: a blocking read must not hold up other commands. No
+        // client-side response timeout (the library's default is 500 ms, shorter than a
+        // blocking read, and an XREADGROUP given up on the client would leave its
+        // entries pending); each call has its own limit instead.
+        let config = redis::AsyncConnectionConfig::new().set_response_timeout(None);
+        let mut conn = timeout(
+            COMMAND_TIMEOUT,
+            client.get_multiplexed_async_connection_with_config(&config),
+        )
+        .await??;
         let stream = rooms::Channels::new(prefix).upstream(ns);
         let created: Result<(), redis::RedisError> = redis::cmd("XGROUP")
             .arg("CREATE")
@@ -125,10 +146,11 @@ impl Consumer {
             .group(&self.group, &self.name)
             .count(count)
             .block(block.as_millis().try_into().unwrap_or(usize::MAX));
-        let reply: Option<StreamReadReply> = self
-            .conn
-            .xread_options(&[&self.stream], &[">"], &options)
-            .await?;
+        let reply: Option<StreamReadReply> = timeout(
+            block + COMMAND_TIMEOUT,
+            self.conn.xread_options(&[&self.stream], &[">"], &options),
+        )
+        .await??;
         Ok(reply
             .into_iter()
             .flat_map(|r| r.keys)
@@ -144,16 +166,16 @@ impl Consumer {
         min_idle: Duration,
         count: usize,
     ) -> Result<Vec<Delivery>, ConsumeError> {
-        let reply: StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
-            .arg(&self.stream)
+        let mut cmd = redis::cmd("XAUTOCLAIM");
+        cmd.arg(&self.stream)
             .arg(&self.group)
             .arg(&self.name)
             .arg(u64::try_from(min_idle.as_millis()).unwrap_or(u64::MAX))
             .arg("0-0")
             .arg("COUNT")
-            .arg(count)
-            .query_async(&mut self.conn)
-            .await?;
+            .arg(count);
+        let reply: StreamAutoClaimReply =
+            timeout(COMMAND_TIMEOUT, cmd.query_async(&mut self.conn)).await??;
         Ok(reply
             .claimed
             .into_iter()
@@ -163,12 +185,9 @@ impl Consumer {
 
     /// Marks `d` handled: it is not delivered again.
     pub async fn ack(&mut self, d: &Delivery) -> Result<(), ConsumeError> {
-        let _: i64 = redis::cmd("XACK")
-            .arg(&self.stream)
-            .arg(&self.group)
-            .arg(&d.entry)
-            .query_async(&mut self.conn)
-            .await?;
+        let mut cmd = redis::cmd("XACK");
+        cmd.arg(&self.stream).arg(&self.group).arg(&d.entry);
+        let _: i64 = timeout(COMMAND_TIMEOUT, cmd.query_async(&mut self.conn)).await??;
         Ok(())
     }
 }
