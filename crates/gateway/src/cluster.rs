@@ -530,10 +530,15 @@ impl Cluster {
         except: &[ScopedRoom],
         sid: &str,
     ) {
+        // Not a socket id: nothing here can match it.
+        let Ok(sid) = sid.parse::<socketioxide::socket::Sid>() else {
+            return;
+        };
+        // Only if that socket is among the targets (its user's room, say).
         let Some(socket) = self
             .operator(env, to, except, None)
             .map(|op| op.local().sockets())
-            .and_then(|sockets| sockets.into_iter().find(|s| s.id.to_string() == sid))
+            .and_then(|sockets| sockets.into_iter().find(|s| s.id == sid))
         else {
             return;
         };

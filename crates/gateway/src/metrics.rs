@@ -11,7 +11,7 @@
 //! milliseconds), although Prometheus' naming lint objects to them; every other series
 //! follows the lint. `docs/operations.md` lists them all with healthy values.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
 
 use metrics::{Key, Label, Metadata, Recorder, SharedString, Unit};
@@ -80,6 +80,21 @@ impl Refusal {
     }
 }
 
+impl EventCounters {
+    fn register(recorder: &PrometheusRecorder, event_type: SharedString) -> Self {
+        let counter = |name: &'static str| {
+            recorder.register_counter(
+                &Key::from_parts(name, vec![Label::new("event_type", event_type.clone())]),
+                &META,
+            )
+        };
+        Self {
+            published: counter("socketio_messages_published"),
+            delivered: counter("socketio_messages_delivered"),
+        }
+    }
+}
+
 /// Point-in-time values read when `/metrics` is scraped.
 #[derive(Debug, Default, Clone)]
 pub struct Snapshot {
@@ -96,7 +111,17 @@ pub struct Metrics {
     recorder: PrometheusRecorder,
     handle: PrometheusHandle,
     max_event_types: usize,
-    event_types: Mutex<HashSet<String>>,
+    /// The published and delivered counters of each event name seen (at most
+    /// `max_event_types`), and of `other`: registered once, then only incremented.
+    event_counters: Mutex<HashMap<String, EventCounters>>,
+    other: EventCounters,
+}
+
+/// `socketio_messages_published` and `socketio_messages_delivered` of one `event_type`.
+#[derive(Clone)]
+struct EventCounters {
+    published: metrics::Counter,
+    delivered: metrics::Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -130,7 +155,9 @@ impl Metrics {
             .unwrap_or_else(|_| PrometheusBuilder::new().add_global_label("server_id", server_id))
             .build_recorder();
         let handle = recorder.handle();
+        let other = EventCounters::register(&recorder, SharedString::const_str(OTHER_EVENT));
         let m = Self {
+            other,
             server_id: server_id
                 .replace('\\', "\\\\")
                 .replace('"', "\\\"")
@@ -138,7 +165,7 @@ impl Metrics {
             recorder,
             handle,
             max_event_types,
-            event_types: Mutex::new(HashSet::new()),
+            event_counters: Mutex::new(HashMap::new()),
         };
         m.describe();
         // The latency histogram exists before the first message, for dashboards.
@@ -187,20 +214,21 @@ impl Metrics {
         );
     }
 
-    /// The label for `event`: itself while fewer than the cap are known, else `other`.
-    fn event_type(&self, event: &str) -> SharedString {
+    /// The counters of `event`: its own while fewer than the cap are known, else `other`.
+    fn event_counters(&self, event: &str) -> EventCounters {
         let mut known = self
-            .event_types
+            .event_counters
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        if known.contains(event) {
-            return SharedString::from(event.to_owned());
+        if let Some(c) = known.get(event) {
+            return c.clone();
         }
         if known.len() < self.max_event_types && event != OTHER_EVENT {
-            known.insert(event.to_owned());
-            return SharedString::from(event.to_owned());
+            let c = EventCounters::register(&self.recorder, SharedString::from(event.to_owned()));
+            known.insert(event.to_owned(), c.clone());
+            return c;
         }
-        SharedString::const_str(OTHER_EVENT)
+        self.other.clone()
     }
 
     fn counter(&self, name: &'static str, labels: Vec<Label>) -> metrics::Counter {
@@ -217,9 +245,7 @@ impl Metrics {
 
     /// A message published by this node.
     pub fn published(&self, event: &str) {
-        let label = Label::new("event_type", self.event_type(event));
-        self.counter("socketio_messages_published", vec![label])
-            .increment(1);
+        self.event_counters(event).published.increment(1);
     }
 
     /// A message written to `sockets` local sockets.
@@ -227,9 +253,7 @@ impl Metrics {
         if sockets == 0 {
             return;
         }
-        let label = Label::new("event_type", self.event_type(event));
-        self.counter("socketio_messages_delivered", vec![label])
-            .increment(sockets);
+        self.event_counters(event).delivered.increment(sockets);
     }
 
     /// A message received from the bus `ms` after it was published.
