@@ -433,7 +433,7 @@ async fn slowloris(a: &Node) -> anyhow::Result<(String, bool)> {
     ))
 }
 
-async fn redis_paused(a: &Node, redis: &RedisServer) -> anyhow::Result<(String, bool)> {
+async fn redis_paused(a: &Node, b: &Node, redis: &RedisServer) -> anyhow::Result<(String, bool)> {
     let pid = redis.pid().context("redis pid")?;
     let signal = |sig: &str| Command::new("kill").args([sig, &pid.to_string()]).status();
     signal("-STOP")?;
@@ -488,14 +488,32 @@ async fn redis_paused(a: &Node, redis: &RedisServer) -> anyhow::Result<(String, 
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    let published = resumed.elapsed();
+    // Cross-node delivery resumes: both nodes' subscriber connections are back (each was
+    // somewhere in its reconnect backoff when Redis resumed).
+    let subscribed = loop {
+        if counter(a, "roomcast_bus_subscriber_up").await? == 1
+            && counter(b, "roomcast_bus_subscriber_up").await? == 1
+        {
+            break Some(resumed.elapsed());
+        }
+        if Instant::now() >= deadline {
+            break None;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     let only_answers = statuses.keys().all(|s| *s == 202 || *s == 503);
     Ok((
         format!(
-            "Redis stopped 30 s under 500 publishes/s: answers {statuses:?}, {unanswered} unanswered, slowest {:.1}s; recovered {:.1}s after resume",
+            "Redis stopped 30 s under 500 publishes/s: answers {statuses:?}, {unanswered} unanswered, slowest {:.1}s; publishes back {:.1}s after resume, both nodes subscribed again {}",
             slowest.as_secs_f64(),
-            resumed.elapsed().as_secs_f64()
+            published.as_secs_f64(),
+            subscribed.map_or("never (15 s)".to_owned(), |t| format!(
+                "after {:.1}s",
+                t.as_secs_f64()
+            )),
         ),
-        unanswered == 0 && only_answers,
+        unanswered == 0 && only_answers && subscribed.is_some(),
     ))
 }
 
@@ -533,7 +551,7 @@ async fn main() -> anyhow::Result<()> {
             1 => flood(&b).await,
             2 => unauthenticated_binary(&a).await,
             3 => slowloris(&a).await,
-            4 => redis_paused(&a, &redis).await,
+            4 => redis_paused(&a, &b, &redis).await,
             _ => slow_readers(&a, &b).await,
         };
         let after = (a.rss_kib(), b.rss_kib());
