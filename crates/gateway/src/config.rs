@@ -146,6 +146,12 @@ pub struct Args {
     /// On SIGTERM, first answer /health/ready 503 this long while still serving, so the load balancer stops sending new clients before the node stops accepting [default: 3000 in production, 0 in development]
     #[arg(long, env = "SHUTDOWN_DRAIN_MS")]
     pub shutdown_drain_ms: Option<u64>,
+    /// PEM certificate chain: serve `https://` and `wss://` on PORT (with TLS_KEY_FILE) [default: plain HTTP]
+    #[arg(long, env = "TLS_CERT_FILE", requires = "tls_key_file")]
+    pub tls_cert_file: Option<std::path::PathBuf>,
+    /// PEM private key of TLS_CERT_FILE
+    #[arg(long, env = "TLS_KEY_FILE", requires = "tls_cert_file")]
+    pub tls_key_file: Option<std::path::PathBuf>,
     /// Address other nodes and operators see for this node in GET /v1/cluster [default: http://HOST:PORT]
     #[arg(long, env = "ADVERTISED_URL")]
     pub advertised_url: Option<String>,
@@ -375,6 +381,8 @@ pub struct Config {
     pub shutdown_drain: Duration,
     /// Advertised address; `None`: derived from the bound address.
     pub advertised_url: Option<String>,
+    /// Native TLS; `None`: plain HTTP (TLS terminated by a proxy, or none).
+    pub tls: Option<crate::TlsFiles>,
     /// WebSocket read buffer per connection.
     pub ws_read_buffer: usize,
     /// Packets queued per socket.
@@ -859,6 +867,10 @@ impl Config {
                 },
             )),
             advertised_url: args.advertised_url,
+            tls: args
+                .tls_cert_file
+                .zip(args.tls_key_file)
+                .map(|(cert, key)| crate::TlsFiles { cert, key }),
             ws_read_buffer: args.ws_read_buffer_bytes,
             socket_buffer: args.socket_buffer_packets,
             socket_buffer_bytes: args.socket_buffer_bytes,

@@ -52,6 +52,7 @@ mod registry;
 mod server;
 mod sio;
 mod telemetry;
+mod tls;
 mod upstream;
 
 pub use adapter::{BusAdapter, ClusterError, InitRes};
@@ -73,6 +74,7 @@ pub use telemetry::{
     TRACEPARENT, Telemetry, TelemetryError, context_from_traceparent, continue_trace,
     traceparent_of,
 };
+pub use tls::TlsFiles;
 pub use upstream::{
     RESERVED_EVENTS, Routes, SIGNATURE_HEADER, Transport, Upstream, UpstreamConfig, UpstreamEvent,
     WebhookConfig, sign,

@@ -65,31 +65,36 @@ async fn main() -> std::process::ExitCode {
 
 /// `GET /health/live` on `127.0.0.1:$PORT` (3000): exit 0 when it answers 200 within 3 s.
 async fn healthcheck() -> std::process::ExitCode {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let port = std::env::var("PORT")
         .ok()
         .and_then(|p| p.parse::<u16>().ok())
         .unwrap_or(3000);
-    let check = async {
-        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
-        s.write_all(b"GET /health/live HTTP/1.0\r\nHost: localhost\r\n\r\n")
-            .await?;
-        let mut head = [0u8; 12];
-        s.read_exact(&mut head).await?;
-        std::io::Result::Ok(head.starts_with(b"HTTP/1.0 200") || head.starts_with(b"HTTP/1.1 200"))
-    };
-    match tokio::time::timeout(std::time::Duration::from_secs(3), check).await {
-        Ok(Ok(true)) => std::process::ExitCode::SUCCESS,
-        Ok(Ok(false)) => {
-            eprintln!("unhealthy: /health/live did not answer 200");
-            std::process::ExitCode::FAILURE
-        }
-        Ok(Err(e)) => {
+    // With native TLS the node is asked over TLS; it checks itself on loopback, so the
+    // certificate (issued for a public name) is not verified.
+    let tls = std::env::var_os("TLS_CERT_FILE").is_some_and(|f| !f.is_empty());
+    let url = format!(
+        "{}://127.0.0.1:{port}/health/live",
+        if tls { "https" } else { "http" }
+    );
+    let client = match reqwest::Client::builder()
+        .danger_accept_invalid_certs(tls)
+        .timeout(std::time::Duration::from_secs(3))
+        .build()
+    {
+        Ok(c) => c,
+        Err(e) => {
             eprintln!("unhealthy: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match client.get(&url).send().await {
+        Ok(r) if r.status().is_success() => std::process::ExitCode::SUCCESS,
+        Ok(r) => {
+            eprintln!("unhealthy: {url} answered {}", r.status());
             std::process::ExitCode::FAILURE
         }
-        Err(_) => {
-            eprintln!("unhealthy: no answer within 3 s");
+        Err(e) => {
+            eprintln!("unhealthy: {url}: {e}");
             std::process::ExitCode::FAILURE
         }
     }
@@ -175,7 +180,12 @@ fn banner(config: &Config, addr: SocketAddr) -> String {
     } else {
         addr.ip().to_string()
     };
-    let base = format!("http://{host}:{}", addr.port());
+    let scheme = if config.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let base = format!("{scheme}://{host}:{}", addr.port());
     let mut out = format!(
         "Roomcast gateway {} listening on {base} ({} mode, {bus_kind})\n  Socket.IO path: {}  namespaces: {}\n",
         config.node_id,

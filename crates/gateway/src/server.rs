@@ -33,6 +33,9 @@ pub enum StartError {
     /// Another live node holds this node's id.
     #[error(transparent)]
     Registry(#[from] RegistryError),
+    /// The TLS certificate or key is unusable.
+    #[error("{0}")]
+    Tls(String),
     /// Serving failed.
     #[error("server error: {0}")]
     Io(#[from] std::io::Error),
@@ -50,6 +53,8 @@ pub struct Node {
     node_ttl: std::time::Duration,
     advertised_url: Option<String>,
     header_timeout: Duration,
+    /// Native TLS on every accepted connection.
+    tls: Option<Arc<rustls::ServerConfig>>,
     /// Not ready but serving this long after the shutdown signal.
     shutdown_drain: Duration,
     /// The node's background tasks (bus dispatcher, token expiry); stopped when the
@@ -112,6 +117,10 @@ impl Node {
     where
         F: FnOnce(&SocketIo<BusAdapter>, Arc<Cluster>) -> Vec<InitRes>,
     {
+        let tls = match &config.tls {
+            Some(files) => Some(crate::tls::server_config(files).map_err(StartError::Tls)?),
+            None => None,
+        };
         let limits = Limits::default().with_max_size(config.max_payload);
         let outbox = Outbox::new(bus, Channels::new(config.channel_prefix.clone()));
         let cluster = Arc::new(Cluster::new(
@@ -199,6 +208,7 @@ impl Node {
             node_ttl: config.node_ttl,
             advertised_url: config.advertised_url.clone(),
             header_timeout: config.header_timeout,
+            tls,
             shutdown_drain: config.shutdown_drain,
             tasks,
         })
@@ -228,10 +238,12 @@ impl Node {
             Some(url) => url.clone(),
             None => {
                 let addr = listener.local_addr()?;
-                format!("http://{addr}")
+                let scheme = if self.tls.is_some() { "https" } else { "http" };
+                format!("{scheme}://{addr}")
             }
         };
         let header_timeout = self.header_timeout;
+        let tls = self.tls.clone().map(tokio_rustls::TlsAcceptor::from);
         let router = self.router;
         let cluster = self.cluster.clone();
         let drain_first = self.shutdown_drain;
@@ -251,7 +263,7 @@ impl Node {
             }
         };
         let server = async move {
-            let graceful = accept(listener, router, shutdown, header_timeout).await;
+            let graceful = accept(listener, router, shutdown, header_timeout, tls).await;
             match drain {
                 Drain::CloseSockets => {
                     tracing::info!("shutting down: disconnecting sockets");
@@ -284,24 +296,26 @@ impl Node {
 }
 
 /// Accepts connections on `listener` and serves `router` on each (HTTP/1 with upgrades
-/// for WebSocket, and HTTP/2) until `shutdown` resolves; returns the handle that waits for
-/// the connections still open. A client must send a whole request head within
-/// `header_timeout` (slowloris), and each connection costs one task.
+/// for WebSocket, and HTTP/2; over TLS when `tls` is set) until `shutdown` resolves;
+/// returns the handle that waits for the connections still open. A client must finish
+/// its TLS handshake and send a whole request head within `header_timeout` (slowloris),
+/// and each connection costs one task.
 async fn accept(
     listener: TcpListener,
     router: axum::Router,
     shutdown: impl Future<Output = ()>,
     header_timeout: Duration,
+    tls: Option<tokio_rustls::TlsAcceptor>,
 ) -> hyper_util::server::graceful::GracefulShutdown {
-    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    use hyper_util::rt::{TokioExecutor, TokioTimer};
     use hyper_util::server::conn::auto::Builder;
-    use hyper_util::service::TowerToHyperService;
 
     let mut builder = Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(header_timeout);
+    let builder = Arc::new(builder);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
@@ -317,18 +331,40 @@ async fn accept(
             },
             () = &mut shutdown => break,
         };
-        let service = TowerToHyperService::new(router.clone());
-        let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
-            .into_owned();
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "connection ended with an error");
+        let (builder, router, watcher) = (builder.clone(), router.clone(), graceful.watcher());
+        match &tls {
+            None => {
+                tokio::spawn(serve_connection(builder, router, watcher, stream));
             }
-        });
+            Some(acceptor) => {
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    match tokio::time::timeout(header_timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(stream)) => serve_connection(builder, router, watcher, stream).await,
+                        Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::debug!("TLS handshake timed out"),
+                    }
+                });
+            }
+        }
     }
     graceful
+}
+
+async fn serve_connection<S>(
+    builder: Arc<hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>>,
+    router: axum::Router,
+    watcher: hyper_util::server::graceful::Watcher,
+    stream: S,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper_util::service::TowerToHyperService::new(router);
+    let conn =
+        builder.serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(stream), service);
+    if let Err(e) = watcher.watch(conn.into_owned()).await {
+        tracing::debug!(error = %e, "connection ended with an error");
+    }
 }
 
 /// What a stopping node does with the sockets still open.

@@ -36,7 +36,7 @@ pub fn keypair(kind: KeyKind) -> anyhow::Result<KeyPair> {
     })
 }
 
-fn openssl(args: &[&str], input: Option<&[u8]>) -> anyhow::Result<Vec<u8>> {
+pub(crate) fn openssl(args: &[&str], input: Option<&[u8]>) -> anyhow::Result<Vec<u8>> {
     use std::io::Write as _;
     let mut child = Command::new("openssl")
         .args(args)

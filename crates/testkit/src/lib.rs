@@ -5,12 +5,14 @@
 //! The client speaks Engine.IO v4 / Socket.IO v5 frames itself so tests see exactly what
 //! crosses the wire, and so nothing here depends on another Socket.IO implementation.
 
+mod ca;
 mod client;
 mod keys;
 mod node;
 mod otlp;
 mod redis;
 
+pub use ca::TestCa;
 pub use client::{ConnectError, DEFAULT_WAIT, Event, SioClient};
 pub use keys::{KeyKind, KeyPair, keypair};
 pub use node::{
