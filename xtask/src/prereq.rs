@@ -84,6 +84,18 @@ const NEEDS: &[Need] = &[
         present: || runs("promtool", &["--version"]),
     },
     Need {
+        what: "nginx (the deploy/nginx configurations)",
+        package: "nginx",
+        suites: "interop (nginx)",
+        present: || runs("nginx", &["-v"]) || runs("/usr/sbin/nginx", &["-v"]),
+    },
+    Need {
+        what: "docker-compose (deploy/compose)",
+        package: "docker-compose",
+        suites: "e2e (Compose)",
+        present: || runs("docker-compose", &["version"]),
+    },
+    Need {
         what: "Docker engine (dockerd)",
         package: "docker.io",
         suites: "e2e",

@@ -55,3 +55,33 @@ export async function restartNode(i) {
   const res = await fetch(`${cfg.control}/restart/${i}`, { method: "POST" });
   check(res.ok, `restart of node ${i} failed: ${await res.text()}`);
 }
+
+/** Records every event a socket receives, in order. */
+export class Recorder {
+  constructor(socket) {
+    this.events = [];
+    this.wake = () => {};
+    socket.onAny((event, ...args) => {
+      this.events.push({ event, args });
+      this.wake();
+    });
+  }
+
+  /** The next event called `name`, and the events received before it. */
+  async expect(name) {
+    return withTimeout(
+      new Promise((resolve) => {
+        const look = () => {
+          const at = this.events.findIndex((e) => e.event === name);
+          if (at < 0) return false;
+          this.wake = () => {};
+          const before = this.events.splice(0, at + 1);
+          resolve({ args: before.pop().args, before });
+          return true;
+        };
+        if (!look()) this.wake = look;
+      }),
+      `event "${name}"`,
+    );
+  }
+}

@@ -1,40 +1,10 @@
 // Interop cases for the official socket.io-client (Node.js) against a running Roomcast
 // cluster. One JSON line per case on stdout; the harness draws the table.
 import { io } from "socket.io-client";
-import { accepted, cfg, check, publish, restartNode, runCase, withTimeout } from "./lib.mjs";
+import { Recorder, accepted, cfg, check, publish, restartNode, runCase, withTimeout } from "./lib.mjs";
 
 const users = cfg.users; // { alice, bob }: user ids the harness minted tokens for
 const opened = [];
-
-/** Records every event a socket receives, in order. */
-class Recorder {
-  constructor(socket) {
-    this.events = [];
-    this.wake = () => {};
-    socket.onAny((event, ...args) => {
-      this.events.push({ event, args });
-      this.wake();
-    });
-  }
-
-  /** The next event called `name`, and the events received before it. */
-  async expect(name) {
-    return withTimeout(
-      new Promise((resolve) => {
-        const look = () => {
-          const at = this.events.findIndex((e) => e.event === name);
-          if (at < 0) return false;
-          this.wake = () => {};
-          const before = this.events.splice(0, at + 1);
-          resolve({ args: before.pop().args, before });
-          return true;
-        };
-        if (!look()) this.wake = look;
-      }),
-      `event "${name}"`,
-    );
-  }
-}
 
 /** Connects to node `i` (optionally a namespace) and waits for `connected`. */
 async function open(i, token, options = {}, ns = "") {

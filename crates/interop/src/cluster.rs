@@ -25,6 +25,8 @@ struct Node {
     id: String,
     port: u16,
     child: Option<Child>,
+    /// Native TLS: the certificate and key files.
+    tls: Option<(PathBuf, PathBuf)>,
 }
 
 /// The running cluster.
@@ -70,23 +72,43 @@ impl Cluster {
                 id: format!("node-{i}"),
                 port,
                 child: None,
+                tls: None,
             });
             cluster.spawn(i).await?;
         }
         Ok(cluster)
     }
 
-    /// The nodes' base URLs.
+    /// Adds a node that serves `https://` and `wss://` itself with `cert` and `key`;
+    /// returns its base URL (`https://localhost:PORT`, the name on the certificate).
+    pub(crate) async fn add_tls_node(&mut self, cert: &Path, key: &Path) -> anyhow::Result<String> {
+        let port = testkit::free_port()?;
+        self.nodes.push(Node {
+            id: format!("node-{}", self.nodes.len()),
+            port,
+            child: None,
+            tls: Some((cert.to_owned(), key.to_owned())),
+        });
+        self.spawn(self.nodes.len() - 1).await?;
+        Ok(format!("https://localhost:{port}"))
+    }
+
+    /// The plain-HTTP nodes' base URLs.
     pub(crate) fn urls(&self) -> Vec<String> {
         self.nodes
             .iter()
+            .filter(|n| n.tls.is_none())
             .map(|n| format!("http://127.0.0.1:{}", n.port))
             .collect()
     }
 
     /// The nodes' ids.
     pub(crate) fn ids(&self) -> Vec<String> {
-        self.nodes.iter().map(|n| n.id.clone()).collect()
+        self.nodes
+            .iter()
+            .filter(|n| n.tls.is_none())
+            .map(|n| n.id.clone())
+            .collect()
     }
 
     /// Stops node `i` the way an orchestrator does (SIGTERM, then SIGKILL after 10 s)
@@ -139,17 +161,30 @@ impl Cluster {
                     ("UPSTREAM_WEBHOOK_SECRET", secret.as_str()),
                 ]
             }))
+            .envs(node.tls.iter().flat_map(|(cert, key)| {
+                [
+                    ("TLS_CERT_FILE", cert.as_os_str()),
+                    ("TLS_KEY_FILE", key.as_os_str()),
+                ]
+            }))
             .stdout(Stdio::from(log.try_clone()?))
             .stderr(Stdio::from(log))
             .kill_on_drop(true)
             .spawn()
             .with_context(|| format!("starting {}", self.binary.display()))?;
-        let url = format!("http://127.0.0.1:{}/health/ready", node.port);
+        let scheme = if node.tls.is_some() { "https" } else { "http" };
+        let url = format!("{scheme}://127.0.0.1:{}/health/ready", node.port);
         let id = node.id.clone();
+        // Readiness only: the certificate is checked by the clients under test.
+        let probe = reqwest::Client::builder()
+            .danger_accept_invalid_certs(true)
+            .build()?;
         self.nodes[i].child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if reqwest::get(&url)
+            if probe
+                .get(&url)
+                .send()
                 .await
                 .is_ok_and(|r| r.status().is_success())
             {

@@ -16,6 +16,7 @@
 //! nodes, on ports 3001–3003 when free, prints demo-page links and runs until Ctrl-C.
 
 mod cluster;
+mod nginx;
 mod report;
 mod rust_client;
 mod service;
@@ -114,7 +115,8 @@ async fn run() -> anyhow::Result<bool> {
     )
     .await?;
     let (urls, ids) = (cluster.urls(), cluster.ids());
-    let control = serve_control(Arc::new(Mutex::new(cluster))).await?;
+    let cluster = Arc::new(Mutex::new(cluster));
+    let control = serve_control(cluster.clone()).await?;
     let config = |prefix: &str| client_config(prefix, &urls, &ids, &secrets, &control);
 
     // INTEROP_ONLY=js,python,rust,browser runs a subset (for working on one client).
@@ -157,6 +159,29 @@ async fn run() -> anyhow::Result<bool> {
         outcomes.iter().for_each(Outcome::progress);
         record("rust_socketio 0.6", outcomes);
     }
+    if wanted("nginx") {
+        eprintln!("==> nginx (deploy/nginx) and native TLS, socket.io-client");
+        let outcomes = match (&npm, behind_nginx(&paths, &cluster, &urls).await) {
+            (Ok(()), Ok((nginx, native, ca, other))) => {
+                let mut suite = config("ngx")?;
+                if let (Some(suite), Value::Object(extra)) = (
+                    suite.as_object_mut(),
+                    nginx.config(&native, &ca.ca_file(), &other.ca_file()),
+                ) {
+                    suite.extend(extra);
+                }
+                let mut cmd = node_cmd(&js, "nginx.mjs");
+                // Trusted like a company CA installed on the client machine.
+                cmd.env("NODE_EXTRA_CA_CERTS", ca.ca_file());
+                let outcomes = run_script("nginx", cmd, &suite, &paths).await;
+                drop(nginx);
+                outcomes
+            }
+            (Err(e), _) => vec![Outcome::failed("(npm ci)", format!("{e:#}"))],
+            (_, Err(e)) => vec![Outcome::failed("(nginx set-up)", format!("{e:#}"))],
+        };
+        record("nginx + socket.io-client", outcomes);
+    }
     if !wanted("browser") {
         return finish(&paths, &rows);
     }
@@ -172,6 +197,28 @@ async fn run() -> anyhow::Result<bool> {
     };
     record("Chromium + demo page", outcomes);
     finish(&paths, &rows)
+}
+
+/// nginx in front of the three nodes, a fourth node with native TLS, and the CA that
+/// issued both certificates (plus another CA, which must be refused).
+async fn behind_nginx(
+    paths: &Paths,
+    cluster: &Mutex<Cluster>,
+    urls: &[String],
+) -> anyhow::Result<(nginx::Nginx, String, testkit::TestCa, testkit::TestCa)> {
+    let (ca, other) = (testkit::TestCa::new()?, testkit::TestCa::new()?);
+    let native = cluster
+        .lock()
+        .await
+        .add_tls_node(&ca.cert_file(), &ca.key_file())
+        .await?;
+    let gateways: Vec<String> = urls
+        .iter()
+        .map(|u| u.trim_start_matches("http://").to_owned())
+        .collect();
+    let deploy = paths.krate.join("../../deploy/nginx");
+    let nginx = nginx::start(&deploy, &paths.out.join("nginx"), &gateways, &ca).await?;
+    Ok((nginx, native, ca, other))
 }
 
 /// Prints the table, writes the summary; true when every cell passed.

@@ -1,0 +1,145 @@
+// The shipped nginx configurations (deploy/nginx) in front of three Roomcast nodes, and a
+// node with native TLS, driven by the official socket.io-client. One JSON line per case.
+// The harness passes the site URLs, the native TLS node, and the CA files; the test CA is
+// trusted through NODE_EXTRA_CA_CERTS, as a company CA installed on the machine would be.
+import { readFileSync } from "node:fs";
+import { io } from "socket.io-client";
+import { Recorder, cfg, check, runCase, withTimeout } from "./lib.mjs";
+
+const token = cfg.tokens[cfg.users.alice];
+const sites = cfg.sites;
+const opened = [];
+
+/** Connects through `url` and waits for `connected`; rejects with the connect_error. */
+async function open(url, options = {}) {
+  const socket = io(url, {
+    path: cfg.path,
+    auth: { token },
+    reconnection: false,
+    forceNew: true,
+    ...options,
+  });
+  opened.push(socket);
+  const rec = new Recorder(socket);
+  const connected = await withTimeout(
+    new Promise((resolve, reject) => {
+      socket.once("connected", resolve);
+      socket.once("connect_error", (err) => reject(new Error(`connect_error: ${err.message}`)));
+    }),
+    `"connected" through ${url}`,
+  );
+  return { socket, rec, connected };
+}
+
+/** Publishes through `base` (nginx lets loopback reach /v1/); insists on 202. */
+async function publish(base, room, event, data) {
+  const res = await fetch(`${base}/v1/publish`, {
+    method: "POST",
+    headers: { "Content-Type": "application/json", Authorization: `Bearer ${cfg.key}` },
+    body: JSON.stringify({ tenant: cfg.tenant, event, to: [room], data }),
+  });
+  check(res.status === 202, `publish through ${base}: ${res.status} ${await res.text()}`);
+}
+
+/** `count` clients through `url` join `room`; `events` publishes reach each, in order. */
+async function roomThrough(url, room, count, events, options) {
+  const clients = [];
+  for (let i = 0; i < count; i++) clients.push(await open(url, options));
+  for (const c of clients) {
+    const ack = await c.socket.timeout(5000).emitWithAck("join", room);
+    check(ack.ok === true, `join: ${JSON.stringify(ack)}`);
+  }
+  for (let n = 0; n < events; n++) await publish(sites.websocket, room, "through-nginx", n);
+  for (const c of clients) {
+    for (let n = 0; n < events; n++) {
+      const { args } = await c.rec.expect("through-nginx");
+      check(args[0] === n, `expected ${n}, got ${JSON.stringify(args)}`);
+    }
+  }
+  const transports = new Set(clients.map((c) => c.socket.io.engine.transport.name));
+  const nodes = [...new Set(clients.map((c) => c.connected.node_id))].sort();
+  clients.forEach((c) => c.socket.disconnect());
+  return { nodes, transports: [...transports] };
+}
+
+await runCase("websocket.conf: WebSocket clients, no stickiness", async () => {
+  const { nodes } = await roomThrough(sites.websocket, "room:ngx-ws", 6, 3, {
+    transports: ["websocket"],
+  });
+  check(nodes.length >= 2, `all 6 clients landed on ${nodes}: the balancer did not spread them`);
+  return `6 clients spread over ${nodes.join(", ")}; 3 events each, in order`;
+});
+
+await runCase("sticky-ip-hash.conf: long-polling clients", async () => {
+  const { nodes, transports } = await roomThrough(sites["sticky-ip-hash"], "room:ngx-ip", 3, 5, {
+    transports: ["polling"],
+    upgrade: false,
+  });
+  check(transports.join() === "polling", `transports ${transports}`);
+  return `3 polling clients on ${nodes.join(", ")} (one client address); 5 events each`;
+});
+
+await runCase("sticky-cookie.conf: long-polling clients, then upgrade", async () => {
+  const polling = await roomThrough(sites["sticky-cookie"], "room:ngx-cookie", 6, 5, {
+    transports: ["polling"],
+    upgrade: false,
+    withCredentials: true,
+  });
+  // The client default: polling first, then the upgrade, which must reach the same node.
+  const upgrading = await roomThrough(sites["sticky-cookie"], "room:ngx-cookie-up", 3, 2, {
+    withCredentials: true,
+  });
+  return `6 polling clients over ${polling.nodes.join(", ")}; 3 default clients (${upgrading.transports}) over ${upgrading.nodes.join(", ")}`;
+});
+
+await runCase("websocket.conf: long-polling fails without stickiness (documented)", async () => {
+  const errors = [];
+  for (let i = 0; i < 5; i++) {
+    try {
+      const c = await open(sites.websocket, { transports: ["polling"], upgrade: false });
+      // Connected by luck of the balancer: it cannot last past the next requests.
+      await withTimeout(
+        new Promise((resolve) => c.socket.once("disconnect", (why) => resolve(why))),
+        "the disconnect of a session split across nodes",
+      ).then((why) => errors.push(`disconnect: ${why}`));
+    } catch (err) {
+      errors.push(err.message);
+    }
+  }
+  check(errors.length === 5, `only ${errors.length} of 5 polling sessions failed`);
+  return `5 of 5 failed: ${[...new Set(errors)].join(" / ")}`;
+});
+
+await runCase("websocket-tls.conf: wss:// through nginx", async () => {
+  const { nodes } = await roomThrough(sites["websocket-tls"], "room:ngx-wss", 3, 2, {
+    transports: ["websocket"],
+  });
+  return `3 wss:// clients on ${nodes.join(", ")}, certificate from the test CA`;
+});
+
+await runCase("native TLS: wss:// straight to a node", async () => {
+  const c = await open(cfg.native_tls, { transports: ["websocket"] });
+  const ack = await c.socket.timeout(5000).emitWithAck("join", "room:ngx-native");
+  check(ack.ok === true, `join: ${JSON.stringify(ack)}`);
+  // Published on a plain-HTTP node: the event crosses the cluster to the TLS node.
+  await publish(sites.websocket, "room:ngx-native", "through-nginx", "native");
+  const { args } = await c.rec.expect("through-nginx");
+  check(args[0] === "native", JSON.stringify(args));
+  c.socket.disconnect();
+  return `connected to ${c.connected.node_id} over wss://, event from another node received`;
+});
+
+await runCase("native TLS: a client trusting another CA is refused", async () => {
+  try {
+    await open(cfg.native_tls, {
+      transports: ["websocket"],
+      ca: readFileSync(cfg.other_ca_file),
+    });
+  } catch (err) {
+    check(/connect_error/.test(err.message), err.message);
+    return `refused by the client's TLS check: ${err.message}`;
+  }
+  throw new Error("connected although the client trusts another CA");
+});
+
+opened.forEach((s) => s.disconnect());

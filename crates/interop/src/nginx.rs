@@ -1,0 +1,157 @@
+//! The shipped nginx configurations (`deploy/nginx`) in front of the three nodes, with
+//! Debian's nginx on loopback, and a fourth node with native TLS: the official JS client
+//! through each site (`js/nginx.mjs`).
+//!
+//! The files are used as shipped; the harness only writes what a user edits — the
+//! gateway list (`snippets/roomcast-servers.conf`), the certificate (`tls/`), the sites
+//! enabled (`conf.d/`) — and moves each site's `listen` to a free loopback port.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use anyhow::{Context, bail, ensure};
+use serde_json::{Value, json};
+use tokio::process::{Child, Command};
+
+/// A running nginx; stopped when dropped.
+pub(crate) struct Nginx {
+    _child: Child,
+    /// Base URL of each site, by its file name.
+    pub(crate) sites: Vec<(String, String)>,
+}
+
+fn nginx_binary() -> PathBuf {
+    ["/usr/sbin/nginx", "/usr/local/sbin/nginx"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+        .unwrap_or_else(|| PathBuf::from("nginx"))
+}
+
+fn copy_dir(from: &Path, to: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            copy_dir(&entry.path(), &target)?;
+        } else {
+            std::fs::copy(entry.path(), &target)?;
+        }
+    }
+    Ok(())
+}
+
+/// Prepares `dir` from `deploy/nginx` for `gateways` (host:port each), checks it with
+/// `nginx -t`, and starts nginx.
+pub(crate) async fn start(
+    deploy: &Path,
+    dir: &Path,
+    gateways: &[String],
+    ca: &testkit::TestCa,
+) -> anyhow::Result<Nginx> {
+    if dir.exists() {
+        std::fs::remove_dir_all(dir)?;
+    }
+    copy_dir(deploy, dir)?;
+    for extra in ["conf.d", "tls", "logs"] {
+        std::fs::create_dir_all(dir.join(extra))?;
+    }
+    std::fs::copy("/etc/nginx/mime.types", dir.join("mime.types"))
+        .context("/etc/nginx/mime.types (Debian's nginx package)")?;
+    std::fs::copy(ca.cert_file(), dir.join("tls/cert.pem"))?;
+    std::fs::copy(ca.key_file(), dir.join("tls/key.pem"))?;
+    let servers: String = gateways
+        .iter()
+        .map(|g| format!("server {g} max_fails=1 fail_timeout=5s;\n"))
+        .collect();
+    std::fs::write(dir.join("snippets/roomcast-servers.conf"), servers)?;
+    let mut sites = Vec::new();
+    for site in [
+        "websocket.conf",
+        "websocket-tls.conf",
+        "sticky-ip-hash.conf",
+        "sticky-cookie.conf",
+    ] {
+        let text = std::fs::read_to_string(dir.join("sites").join(site))?;
+        let port = testkit::free_port()?;
+        let (from, to, url) = if text.contains("listen 443 ssl;") {
+            (
+                "listen 443 ssl;",
+                format!("listen 127.0.0.1:{port} ssl;"),
+                format!("https://localhost:{port}"),
+            )
+        } else {
+            (
+                "listen 80;",
+                format!("listen 127.0.0.1:{port};"),
+                format!("http://127.0.0.1:{port}"),
+            )
+        };
+        ensure!(text.contains(from), "{site} has no `{from}`");
+        std::fs::write(dir.join("conf.d").join(site), text.replace(from, &to))?;
+        sites.push((site.to_owned(), url));
+    }
+    let conf = dir.join("nginx.conf");
+    let globals = format!("user root; pid {};", dir.join("nginx.pid").display());
+    let test = Command::new(nginx_binary())
+        .arg("-t")
+        .arg("-p")
+        .arg(dir)
+        .arg("-c")
+        .arg(&conf)
+        .args(["-g", &globals])
+        .output()
+        .await
+        .context("running nginx -t")?;
+    if !test.status.success() {
+        bail!("nginx -t: {}", String::from_utf8_lossy(&test.stderr));
+    }
+    let log = std::fs::File::create(dir.join("logs/nginx.log"))?;
+    let child = Command::new(nginx_binary())
+        .arg("-p")
+        .arg(dir)
+        .arg("-c")
+        .arg(&conf)
+        .args(["-g", &format!("daemon off; {globals}")])
+        .stdout(Stdio::from(log.try_clone()?))
+        .stderr(Stdio::from(log))
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting nginx")?;
+    // Ready when the first site answers.
+    let probe = format!("{}/health/live", sites[0].1);
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !reqwest::get(&probe)
+        .await
+        .is_ok_and(|r| r.status().is_success())
+    {
+        ensure!(
+            tokio::time::Instant::now() < deadline,
+            "nginx did not answer within 10 s (see {})",
+            dir.join("logs/nginx.log").display()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    Ok(Nginx {
+        _child: child,
+        sites,
+    })
+}
+
+impl Nginx {
+    /// What `js/nginx.mjs` is told besides the suite configuration.
+    pub(crate) fn config(&self, native_tls: &str, ca: &Path, other_ca: &Path) -> Value {
+        let sites: serde_json::Map<String, Value> = self
+            .sites
+            .iter()
+            .map(|(name, url)| (name.trim_end_matches(".conf").to_owned(), json!(url)))
+            .collect();
+        json!({
+            "sites": sites,
+            "native_tls": native_tls,
+            "ca_file": ca,
+            "other_ca_file": other_ca,
+        })
+    }
+}
