@@ -1,5 +1,5 @@
 //! `cargo xtask ci`: what CI runs, in the order that fails fastest: prerequisites, format, clippy,
-//! docs, the test suite, the interop suite (other people's clients and a browser), the
+//! docs, the test suite, the deploy/ linters, the interop suite (other people's clients and a browser), the
 //! end-to-end matrix on containers, and a benchmark smoke run.
 
 use std::process::Command;
@@ -51,7 +51,14 @@ pub(crate) fn run() -> anyhow::Result<()> {
         eprintln!("==> {name}: ok in {:.1}s", started.elapsed().as_secs_f64());
     }
     let started = Instant::now();
-    eprintln!("==> interop: JS, Python and Rust clients and Chromium on a 3-node cluster");
+    eprintln!("==> lint-deploy: Dockerfiles, YAML, Kubernetes schemas, Compose");
+    crate::deploy::lint()?;
+    eprintln!(
+        "==> lint-deploy: ok in {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+    let started = Instant::now();
+    eprintln!("==> interop: JS, Python and Rust clients, Chromium and nginx on a 3-node cluster");
     crate::e2e::interop()?;
     eprintln!("==> interop: ok in {:.1}s", started.elapsed().as_secs_f64());
     let started = Instant::now();

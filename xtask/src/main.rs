@@ -5,6 +5,7 @@
 
 mod bench;
 mod ci;
+mod deploy;
 mod e2e;
 mod prereq;
 
@@ -26,6 +27,10 @@ tasks:
                   a few hundred)
   bench [--quick] Roomcast against the reference stacks, side by side (--quick: a smoke
                   run on debug builds, part of ci; no speed verdict)
+  image           the runtime image (deploy/image/Dockerfile) from a release build, as
+                  roomcast/gateway:latest and :<version>
+  lint-deploy     hadolint, yamllint, kubernetes-validate and docker-compose config on
+                  everything under deploy/ (part of ci)
   cluster         Redis and three development nodes until Ctrl-C, with demo-page links
   doctor          what each suite needs from this machine, and whether it is here";
 
@@ -54,6 +59,8 @@ fn run() -> anyhow::Result<()> {
         ["bench"] => bench::run(false),
         ["bench", "--quick"] => bench::run(true),
         ["cluster"] => e2e::cluster(),
+        ["image"] => deploy::image(),
+        ["lint-deploy"] => deploy::lint(),
         ["doctor"] => prereq::doctor(),
         ["-h" | "--help" | "help"] => {
             println!("{USAGE}");

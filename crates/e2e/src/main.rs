@@ -6,6 +6,7 @@
 //! Images are assembled locally from the gateway binary and Debian's `redis-server`
 //! (see `images.rs`); nothing is pulled.
 
+mod deploy;
 mod images;
 mod scenarios;
 
@@ -20,11 +21,12 @@ use testcontainers::runners::AsyncRunner;
 use testcontainers::{ContainerAsync, GenericImage, ImageExt};
 
 /// Label put on every container and network of a run, to clean up after crashed runs.
-const LABEL: &str = "roomcast-e2e";
+pub(crate) const LABEL: &str = "roomcast-e2e";
 
 /// One running cluster.
 pub(crate) struct Env {
     pub(crate) network: String,
+    pub(crate) run: String,
     pub(crate) prefix: String,
     pub(crate) redis: ContainerAsync<GenericImage>,
     pub(crate) redis_port: u16,
@@ -38,6 +40,8 @@ pub(crate) struct Node {
     pub(crate) id: String,
     pub(crate) container: ContainerAsync<GenericImage>,
     pub(crate) url: String,
+    /// Fixed address on the run's network.
+    pub(crate) ip: String,
 }
 
 impl Env {
@@ -52,7 +56,7 @@ pub(crate) struct Outcome {
     pub(crate) details: Value,
 }
 
-fn target_dir() -> PathBuf {
+pub(crate) fn target_dir() -> PathBuf {
     // <target>/debug/e2e → <target>
     std::env::current_exe()
         .ok()
@@ -60,7 +64,7 @@ fn target_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("target"))
 }
 
-fn docker(args: &[&str]) -> anyhow::Result<String> {
+pub(crate) fn docker(args: &[&str]) -> anyhow::Result<String> {
     let out = Command::new("docker")
         .args(args)
         .output()
@@ -101,21 +105,40 @@ impl Drop for Cleanup {
     }
 }
 
-fn free_port() -> anyhow::Result<u16> {
+pub(crate) fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())
 }
 
+/// Creates the run's network with a subnet of its own, so that nodes keep fixed addresses
+/// across restarts (nginx resolves its upstreams once); returns the subnet's first three
+/// octets.
+fn create_network(run: &str, network: &str) -> anyhow::Result<String> {
+    let seed = u32::from_str_radix(run, 16).unwrap_or(0);
+    let mut last = None;
+    for attempt in 0..8 {
+        let base = format!("10.{}.{}", 200 + (seed + attempt) % 50, (seed >> 8) % 250);
+        match docker(&[
+            "network",
+            "create",
+            "--subnet",
+            &format!("{base}.0/24"),
+            "--label",
+            &format!("{LABEL}={run}"),
+            network,
+        ]) {
+            Ok(_) => return Ok(base),
+            // Another network holds that range: try the next.
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| anyhow::anyhow!("no free subnet")))
+}
+
 async fn start(run: &str) -> anyhow::Result<Env> {
     let network = format!("roomcast-e2e-{run}");
-    docker(&[
-        "network",
-        "create",
-        "--label",
-        &format!("{LABEL}={run}"),
-        &network,
-    ])?;
+    let subnet = create_network(run, &network)?;
     let redis_name = format!("roomcast-e2e-{run}-redis");
     let redis_port = free_port()?;
     let (name, tag) = images::REDIS_IMAGE;
@@ -165,16 +188,19 @@ async fn start(run: &str) -> anyhow::Result<Env> {
             .start()
             .await
             .with_context(|| format!("starting gateway {id}"))?;
-        docker(&["network", "connect", &network, container.id()])?;
+        let ip = format!("{subnet}.{}", 10 + i);
+        docker(&["network", "connect", "--ip", &ip, &network, container.id()])?;
         let port = container.get_host_port_ipv4(3000.tcp()).await?;
         nodes.push(Node {
             id,
             container,
             url: format!("http://127.0.0.1:{port}"),
+            ip,
         });
     }
     let env = Env {
         network,
+        run: run.to_owned(),
         prefix,
         redis,
         redis_port,
@@ -212,7 +238,24 @@ async fn main() -> std::process::ExitCode {
     }
 }
 
+/// `e2e --image BINARY NAME:TAG`: only builds the gateway image (`cargo xtask image`).
+fn image_only(args: &[String]) -> anyhow::Result<bool> {
+    let [binary, image] = args else {
+        bail!("usage: e2e --image BINARY NAME:TAG");
+    };
+    let (name, tag) = image.split_once(':').unwrap_or((image.as_str(), "latest"));
+    images::check_docker()?;
+    let work = target_dir().join("image");
+    images::gateway_image(&work, std::path::Path::new(binary), (name, tag))?;
+    println!("built {name}:{tag} from {binary}");
+    Ok(true)
+}
+
 async fn run() -> anyhow::Result<bool> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("--image") {
+        return image_only(&args[1..]);
+    }
     images::check_docker()?;
     let out_dir = target_dir().join("e2e");
     std::fs::create_dir_all(&out_dir)?;
@@ -224,6 +267,8 @@ async fn run() -> anyhow::Result<bool> {
         );
     }
     remove_leftovers(&format!("label={LABEL}"));
+    // Compose stacks of crashed runs (their project names start with this).
+    remove_leftovers("name=roomcast-e2e-compose-");
     let started = Instant::now();
     eprintln!("e2e: building images from local binaries");
     images::build_all(&out_dir.join("images"), &gateway)?;

@@ -17,19 +17,29 @@ type Scenario = for<'a> fn(
 
 /// Runs every scenario in order; a failure does not stop the others.
 pub(crate) async fn run_all(env: &mut Env) -> Vec<(&'static str, anyhow::Result<Outcome>)> {
-    let matrix: [(&'static str, Scenario); 9] = [
+    let matrix: [(&'static str, Scenario); 12] = [
         ("cross-node delivery", |e| Box::pin(cross_node(e))),
         ("one trace, 3 nodes", |e| Box::pin(one_trace(e))),
         ("user targeting", |e| Box::pin(user_targeting(e))),
         ("document subscription", |e| Box::pin(document(e))),
         ("high volume", |e| Box::pin(high_volume(e))),
         ("connection cleanup", |e| Box::pin(cleanup(e))),
+        ("image", |e| Box::pin(crate::deploy::image(e))),
         ("redis failover", |e| Box::pin(failover(e))),
         ("partition", |e| Box::pin(partition(e))),
+        ("rolling restart", |e| {
+            Box::pin(crate::deploy::rolling_restart(e))
+        }),
         ("node loss", |e| Box::pin(node_loss(e))),
+        ("compose up", |e| Box::pin(crate::deploy::compose(e))),
     ];
+    // E2E_ONLY=name,name runs a subset (for working on one scenario).
+    let only = std::env::var("E2E_ONLY").unwrap_or_default();
     let mut results = Vec::new();
     for (name, scenario) in matrix {
+        if !only.is_empty() && !only.split(',').any(|o| name.contains(o.trim())) {
+            continue;
+        }
         eprintln!("e2e: {name} ...");
         let started = Instant::now();
         let result = match tokio::time::timeout(Duration::from_secs(120), scenario(env)).await {
@@ -426,7 +436,14 @@ async fn partition(env: &mut Env) -> anyhow::Result<Outcome> {
     on1.expect("during")
         .await
         .context("delivery among the connected nodes during the partition")?;
-    docker(&["network", "connect", &env.network, isolated.container.id()])?;
+    docker(&[
+        "network",
+        "connect",
+        "--ip",
+        &isolated.ip,
+        &env.network,
+        isolated.container.id(),
+    ])?;
     let healed_from = Instant::now();
     let healed = wait_health(isolated, "ok", Duration::from_secs(30)).await?;
     accepted(
