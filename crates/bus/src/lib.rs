@@ -33,7 +33,7 @@ use tokio::sync::mpsc;
 
 pub use health::{Health, LinkState};
 pub use memory::{MemoryBus, MemoryHub};
-pub use outbox::{Outbox, SendError, targets};
+pub use outbox::{Outbox, Recording, SendError, targets};
 pub use redis::{RedisBus, RedisConfig, RedisSetupError, mask_url};
 
 /// A message received on a subscribed channel.
@@ -92,6 +92,57 @@ pub type BusFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 
 /// A pub/sub transport between nodes.
 ///
+/// Where a recorded publish keeps its history (see [`Bus::publish_recorded`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct History {
+    /// The stream's key.
+    pub stream: String,
+    /// About this many entries are kept.
+    pub max_len: usize,
+    /// The stream expires this long after its last entry.
+    pub ttl: Duration,
+}
+
+/// The first byte of a recorded message on a channel: `o<offset> <payload>`. Never the
+/// first byte of an envelope (JSON starts with `{`, MessagePack maps with `0x80`-`0x8f`
+/// or `0xde`/`0xdf`).
+pub const RECORDED_MARK: u8 = b'o';
+
+/// Splits a recorded message into its offset and payload; `None` for anything else.
+///
+/// ```
+/// assert_eq!(bus::recorded_frame(b"o1700000000000-3 {}"), Some(("1700000000000-3", &b"{}"[..])));
+/// assert_eq!(bus::recorded_frame(b"{}"), None);
+/// ```
+pub fn recorded_frame(message: &[u8]) -> Option<(&str, &[u8])> {
+    let rest = message.strip_prefix(&[RECORDED_MARK])?;
+    let space = rest.iter().position(|&b| b == b' ')?;
+    let offset = std::str::from_utf8(&rest[..space]).ok()?;
+    is_offset(offset).then_some((offset, &rest[space + 1..]))
+}
+
+/// Whether `s` has the form of a stream offset (`<ms>-<seq>`, digits).
+pub fn is_offset(s: &str) -> bool {
+    s.split_once('-').is_some_and(|(ms, seq)| {
+        !ms.is_empty()
+            && !seq.is_empty()
+            && ms.len() <= 20
+            && seq.len() <= 20
+            && ms.bytes().all(|b| b.is_ascii_digit())
+            && seq.bytes().all(|b| b.is_ascii_digit())
+    })
+}
+
+/// Orders two stream offsets (`<ms>-<seq>`); offsets that do not parse compare as zero.
+pub fn offset_cmp(a: &str, b: &str) -> std::cmp::Ordering {
+    fn parts(s: &str) -> (u64, u64) {
+        s.split_once('-')
+            .and_then(|(ms, seq)| Some((ms.parse().ok()?, seq.parse().ok()?)))
+            .unwrap_or((0, 0))
+    }
+    parts(a).cmp(&parts(b))
+}
+
 /// Every operation is *ordered when it is called*, not when its future is first polled:
 /// two calls made one after the other reach the transport in that order even if their
 /// futures are awaited in another order (or not at all). Callers rely on this to compute
@@ -140,6 +191,48 @@ pub trait Bus: Send + Sync + fmt::Debug + 'static {
         let _ = (key, max_len, field, value);
         Box::pin(std::future::ready(Err(PublishError::Unsupported(
             "streams need Redis (set REDIS_URL)",
+        ))))
+    }
+
+    /// A recorded publish (connection state recovery): appends `payload` to the history
+    /// stream `history.stream` (trimmed to about `history.max_len` entries, expiring
+    /// `history.ttl` after the last append) and publishes it on `channel` framed with the
+    /// entry id (see [`recorded_frame`]), both in one atomic step, so the stream's order is
+    /// the order every subscriber receives. Resolves to the entry id (the offset). Buses
+    /// without streams refuse with [`PublishError::Unsupported`].
+    fn publish_recorded(
+        &self,
+        channel: &str,
+        payload: Bytes,
+        history: &History,
+    ) -> BusFuture<Result<String, PublishError>> {
+        let _ = (channel, payload, history);
+        Box::pin(std::future::ready(Err(PublishError::Unsupported(
+            "connection state recovery needs Redis (set REDIS_URL)",
+        ))))
+    }
+
+    /// Up to `count` entries of the history stream `stream` from the offset `from`
+    /// (inclusive, so a caller sees whether it is still there), oldest first, as
+    /// (offset, payload).
+    fn history(
+        &self,
+        stream: &str,
+        from: &str,
+        count: usize,
+    ) -> BusFuture<Result<Vec<(String, Bytes)>, PublishError>> {
+        let _ = (stream, from, count);
+        Box::pin(std::future::ready(Err(PublishError::Unsupported(
+            "history needs Redis (set REDIS_URL)",
+        ))))
+    }
+
+    /// Reads and removes the value stored under `key` with [`Bus::register`] (Redis
+    /// `GETDEL`): a recovery session is restored once.
+    fn take(&self, key: &str) -> BusFuture<Result<Option<Bytes>, PublishError>> {
+        let _ = key;
+        Box::pin(std::future::ready(Err(PublishError::Unsupported(
+            "sessions need Redis (set REDIS_URL)",
         ))))
     }
 

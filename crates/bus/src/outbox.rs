@@ -25,16 +25,56 @@ pub enum SendError {
 
 /// Publishes envelopes on the channel their target maps to (see
 /// [`Channels::for_target`]), encoded as MessagePack.
+///
+/// In namespaces with connection state recovery ([`Outbox::with_recording`]) every
+/// envelope is a recorded publish ([`Bus::publish_recorded`]): kept in the namespace's
+/// history stream and delivered with its offset.
 #[derive(Debug, Clone)]
 pub struct Outbox {
     bus: Arc<dyn Bus>,
     channels: Channels,
+    recording: Option<Arc<Recording>>,
+}
+
+/// Which namespaces keep a history, and how much.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recording {
+    /// Namespaces whose messages are recorded.
+    pub namespaces: Vec<String>,
+    /// About this many messages are kept per namespace.
+    pub max_len: usize,
+    /// How long a history outlives its last message (the recovery window).
+    pub ttl: std::time::Duration,
 }
 
 impl Outbox {
     /// An outbox over `bus` with `channels` naming.
     pub fn new(bus: Arc<dyn Bus>, channels: Channels) -> Self {
-        Self { bus, channels }
+        Self {
+            bus,
+            channels,
+            recording: None,
+        }
+    }
+
+    /// Records the messages of `recording.namespaces` (none when empty).
+    pub fn with_recording(mut self, recording: Recording) -> Self {
+        self.recording = (!recording.namespaces.is_empty()).then(|| Arc::new(recording));
+        self
+    }
+
+    /// Where messages of `ns` are recorded, if they are.
+    pub fn history(&self, ns: &str) -> Option<crate::History> {
+        let recording = self.recording.as_ref()?;
+        recording
+            .namespaces
+            .iter()
+            .any(|n| n == ns)
+            .then(|| crate::History {
+                stream: self.channels.history(ns),
+                max_len: recording.max_len,
+                ttl: recording.ttl,
+            })
     }
 
     /// The bus underneath.
@@ -59,7 +99,22 @@ impl Outbox {
     pub async fn send_to(&self, env: &Envelope, to: &Audience) -> Result<usize, SendError> {
         let channel = self.channels.for_target(&env.ns, to);
         let payload = Bytes::from(env.to_msgpack()?);
+        if let Some(history) = self.history(&env.ns) {
+            self.bus
+                .publish_recorded(&channel, payload, &history)
+                .await?;
+            // Recorded publishes do not count their receivers.
+            return Ok(0);
+        }
         Ok(self.bus.publish(&channel, payload).await?)
+    }
+
+    /// Whether `env` is recorded (its namespace keeps a history): then every node, the
+    /// publishing one included, delivers it from the bus, in the history's order.
+    pub fn records(&self, ns: &str) -> bool {
+        self.recording
+            .as_ref()
+            .is_some_and(|r| r.namespaces.iter().any(|n| n == ns))
     }
 }
 

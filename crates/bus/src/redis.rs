@@ -146,7 +146,10 @@ pub struct RedisBus {
 struct PublishRequest {
     channel: String,
     payload: Bytes,
-    reply: oneshot::Sender<Result<usize, PublishError>>,
+    /// A recorded publish: the history it is appended to.
+    record: Option<crate::History>,
+    /// Subscribers reached, and the entry id of a recorded publish.
+    reply: oneshot::Sender<Result<(usize, Option<String>), PublishError>>,
     /// Past this the caller has its answer (a timeout); the publish is not attempted.
     deadline: Instant,
 }
@@ -404,20 +407,72 @@ async fn publish_batch(
     pool: &Pool,
     batch: &[PublishRequest],
     limit: Duration,
-) -> Result<Vec<usize>, String> {
+) -> Result<Vec<(usize, Option<String>)>, String> {
     let mut conn = timeout(limit, pool.get())
         .await
         .map_err(|_| "timed out connecting to Redis".to_owned())?
         .map_err(|e| format!("cannot connect to Redis: {e}"))?;
     let mut pipe = redis::pipe();
     for req in batch {
-        pipe.cmd("PUBLISH").arg(&req.channel).arg(&req.payload[..]);
+        match &req.record {
+            None => {
+                pipe.cmd("PUBLISH").arg(&req.channel).arg(&req.payload[..]);
+            }
+            Some(history) => {
+                let ttl_ms = u64::try_from(history.ttl.as_millis())
+                    .unwrap_or(u64::MAX)
+                    .max(1);
+                pipe.cmd("EVAL")
+                    .arg(RECORDED_PUBLISH)
+                    .arg(1)
+                    .arg(&history.stream)
+                    .arg(history.max_len)
+                    .arg(&req.payload[..])
+                    .arg(&req.channel)
+                    .arg(ttl_ms);
+            }
+        }
     }
-    let counts: Vec<usize> = timeout(limit, pipe.query_async(&mut conn))
+    let answers: Vec<redis::Value> = timeout(limit, pipe.query_async(&mut conn))
         .await
         .map_err(|_| "timed out publishing to Redis".to_owned())?
         .map_err(|e| format!("publish failed: {e}"))?;
-    Ok(counts)
+    answers.into_iter().map(publish_answer).collect()
+}
+
+/// One `XRANGE` entry: its id and its fields.
+type StreamEntry = (String, Vec<(String, Vec<u8>)>);
+
+/// XADD + PEXPIRE + PUBLISH of the framed entry, atomically: the stream's order is the
+/// channel's order. Returns {id, receivers}.
+const RECORDED_PUBLISH: &str = r"
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'e', ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+local n = redis.call('PUBLISH', ARGV[3], 'o' .. id .. ' ' .. ARGV[2])
+return {id, n}
+";
+
+/// One pipeline answer: a PUBLISH count, or a recorded publish's {id, count}.
+fn publish_answer(value: redis::Value) -> Result<(usize, Option<String>), String> {
+    use redis::Value;
+    let count = |v: &Value| match v {
+        Value::Int(n) => usize::try_from(*n).ok(),
+        _ => None,
+    };
+    match &value {
+        Value::Int(_) => Ok((count(&value).unwrap_or(0), None)),
+        Value::Array(items) => match items.as_slice() {
+            [Value::BulkString(id), n] => Ok((
+                count(n).unwrap_or(0),
+                Some(String::from_utf8_lossy(id).into_owned()),
+            )),
+            _ => Err(format!(
+                "unexpected answer to a recorded publish: {value:?}"
+            )),
+        },
+        Value::ServerError(e) => Err(format!("publish failed: {e:?}")),
+        other => Err(format!("unexpected answer to a publish: {other:?}")),
+    }
 }
 
 struct Subscriber {
@@ -671,30 +726,55 @@ impl Subscriber {
 
 impl Bus for RedisBus {
     fn publish(&self, channel: &str, payload: Bytes) -> BusFuture<Result<usize, PublishError>> {
-        let (reply, rx) = oneshot::channel();
-        let deadline = Instant::now() + self.publish_deadline;
-        let sent = self.publish_tx.try_send(PublishRequest {
-            channel: channel.to_owned(),
-            payload,
-            reply,
-            deadline,
-        });
+        let answer = self.enqueue(channel, payload, None);
+        Box::pin(async move { answer.await.map(|(n, _)| n) })
+    }
+
+    fn publish_recorded(
+        &self,
+        channel: &str,
+        payload: Bytes,
+        history: &crate::History,
+    ) -> BusFuture<Result<String, PublishError>> {
+        let answer = self.enqueue(channel, payload, Some(history.clone()));
         Box::pin(async move {
-            match sent {
-                Ok(()) => {}
-                Err(mpsc::error::TrySendError::Full(_)) => {
-                    return Err(PublishError::Unavailable(
-                        "publish queue full: Redis is not keeping up".into(),
-                    ));
-                }
-                Err(mpsc::error::TrySendError::Closed(_)) => return Err(PublishError::Closed),
-            }
-            match tokio::time::timeout_at(deadline, rx).await {
-                Ok(answer) => answer.map_err(|_| PublishError::Closed)?,
-                Err(_) => Err(PublishError::Unavailable(
-                    "Redis did not answer in time".into(),
+            match answer.await? {
+                (_, Some(id)) => Ok(id),
+                (_, None) => Err(PublishError::Unavailable(
+                    "Redis did not return the entry id".into(),
                 )),
             }
+        })
+    }
+
+    fn history(
+        &self,
+        stream: &str,
+        from: &str,
+        count: usize,
+    ) -> BusFuture<Result<Vec<(String, Bytes)>, PublishError>> {
+        let pool = self.pool.clone();
+        let mut cmd = redis::cmd("XRANGE");
+        cmd.arg(stream).arg(from).arg("+").arg("COUNT").arg(count);
+        with_timeout(self.command_timeout, async move {
+            let mut conn = pool.get().await.map_err(unavailable)?;
+            let entries: Vec<StreamEntry> =
+                cmd.query_async(&mut conn).await.map_err(unavailable)?;
+            Ok(entries
+                .into_iter()
+                .filter_map(|(id, mut fields)| Some((id, Bytes::from(fields.pop()?.1))))
+                .collect())
+        })
+    }
+
+    fn take(&self, key: &str) -> BusFuture<Result<Option<Bytes>, PublishError>> {
+        let pool = self.pool.clone();
+        let mut cmd = redis::cmd("GETDEL");
+        cmd.arg(key);
+        with_timeout(self.command_timeout, async move {
+            let mut conn = pool.get().await.map_err(unavailable)?;
+            let value: Option<Vec<u8>> = cmd.query_async(&mut conn).await.map_err(unavailable)?;
+            Ok(value.map(Bytes::from))
         })
     }
 
@@ -833,6 +913,41 @@ fn escape_glob(s: &str) -> String {
 }
 
 impl RedisBus {
+    /// Queues a publish for the publisher task, in call order.
+    fn enqueue(
+        &self,
+        channel: &str,
+        payload: Bytes,
+        record: Option<crate::History>,
+    ) -> BusFuture<Result<(usize, Option<String>), PublishError>> {
+        let (reply, rx) = oneshot::channel();
+        let deadline = Instant::now() + self.publish_deadline;
+        let sent = self.publish_tx.try_send(PublishRequest {
+            channel: channel.to_owned(),
+            payload,
+            record,
+            reply,
+            deadline,
+        });
+        Box::pin(async move {
+            match sent {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    return Err(PublishError::Unavailable(
+                        "publish queue full: Redis is not keeping up".into(),
+                    ));
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => return Err(PublishError::Closed),
+            }
+            match tokio::time::timeout_at(deadline, rx).await {
+                Ok(answer) => answer.map_err(|_| PublishError::Closed)?,
+                Err(_) => Err(PublishError::Unavailable(
+                    "Redis did not answer in time".into(),
+                )),
+            }
+        })
+    }
+
     /// Runs one command on a pooled connection, ignoring its reply.
     fn run(&self, cmd: redis::Cmd) -> BusFuture<Result<(), PublishError>> {
         let pool = self.pool.clone();

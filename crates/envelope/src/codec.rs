@@ -460,7 +460,7 @@ mod tests {
             Envelope {
                 v: VERSION, id, ts, origin, ns, tenant, event,
                 data: payload.0, args: payload.1, attachments, to, except,
-                flags: Flags { volatile, local }, trace, socket: None,
+                flags: Flags { volatile, local }, trace, socket: None, sender: None,
             }
         }
     }

@@ -72,6 +72,11 @@ pub struct Envelope {
     /// to all of `to`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub socket: Option<String>,
+    /// The socket id that published this (a client publish that leaves out its sender):
+    /// it does not receive the message. Set only on namespaces with connection state
+    /// recovery, where the sender's node delivers from the bus like every other node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sender: Option<String>,
 }
 
 /// Delivery flags of an [`Envelope`]. Unknown flags are ignored on decode.
@@ -165,6 +170,7 @@ impl Draft {
             flags: self.flags,
             trace: self.trace,
             socket: self.socket,
+            sender: None,
         }
     }
 }
@@ -195,6 +201,7 @@ impl Envelope {
             flags: Flags::default(),
             trace: None,
             socket: None,
+            sender: None,
         }
     }
 

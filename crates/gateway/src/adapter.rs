@@ -588,6 +588,7 @@ fn to_envelope(
         flags,
         trace: None,
         socket: None,
+        sender: None,
     };
     Some((env, audience))
 }

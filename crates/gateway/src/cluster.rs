@@ -54,6 +54,8 @@ pub struct Cluster {
     draining: std::sync::atomic::AtomicBool,
     /// Set once the bus was up: until then a new node is of no use to the cluster.
     bus_seen_up: std::sync::atomic::AtomicBool,
+    /// Connection state recovery.
+    recovery: crate::recovery::Recovery,
 }
 
 /// Node counters.
@@ -112,6 +114,8 @@ pub struct ClusterSettings {
     pub require_tenant: bool,
     /// Distinct `event_type` labels in the metrics before new names count as `other`.
     pub max_event_types: usize,
+    /// Connection state recovery.
+    pub recovery: crate::RecoveryConfig,
 }
 
 /// The event a socket receives just before the node disconnects it, saying why.
@@ -142,7 +146,13 @@ impl Cluster {
             io: OnceLock::new(),
             adapters: Mutex::default(),
             stats: Stats::default(),
+            recovery: crate::recovery::Recovery::new(settings.recovery),
         }
+    }
+
+    /// Connection state recovery.
+    pub(crate) fn recovery(&self) -> &crate::recovery::Recovery {
+        &self.recovery
     }
 
     /// This node's id.
@@ -216,6 +226,11 @@ impl Cluster {
                 socket.emit(DISCONNECT_REASON_EVENT, &reason).ok();
             }
         }
+        // Their connections drop with the process: each session stays recoverable for
+        // a window from now.
+        for (pid, record) in self.recovery.all() {
+            self.save_session(pid, Some(record));
+        }
     }
 
     /// This node's Prometheus metrics.
@@ -286,6 +301,14 @@ impl Cluster {
                 cluster.stats.connections.fetch_sub(1, Ordering::Relaxed);
                 if reason == DisconnectReason::SlowConsumer {
                     cluster.stats.slow_consumers.fetch_add(1, Ordering::Relaxed);
+                }
+                if let Some((pid, record)) = cluster.recovery.untrack(s.id) {
+                    // Kept for a window unless the client left on purpose or was sent away.
+                    let keep = !matches!(
+                        reason,
+                        DisconnectReason::ClientNSDisconnect | DisconnectReason::ServerNSDisconnect
+                    );
+                    cluster.save_session(pid, keep.then_some(record));
                 }
                 tracing::info!(sid = %s.id, ns = s.ns(), reason = ?reason, detail = %reason, "client disconnected");
             }
@@ -441,7 +464,17 @@ impl Cluster {
             server_id = %self.node_id,
             "realtime_publish"
         );
-        self.deliver_resolved(env, &to, &except, sender).await;
+        if self.outbox.records(&env.ns) && !env.flags.local {
+            // Recorded: every node, this one too, delivers it from the bus in the
+            // history's order, with its offset.
+            if let Some(sender) = sender {
+                let mut env = env.clone();
+                env.sender = Some(sender.id.to_string());
+                return self.send_to_bus(&env, &to).await;
+            }
+            return self.send_to_bus(env, &to).await;
+        }
+        self.deliver_resolved(env, &to, &except, sender, None).await;
         if env.flags.local {
             self.metrics.published(&env.event);
             return Ok(());
@@ -467,8 +500,14 @@ impl Cluster {
 
     /// Delivers `env` to the local sockets it targets.
     pub async fn deliver_local(&self, env: &Envelope) {
+        self.deliver_at(env, None).await;
+    }
+
+    /// [`Cluster::deliver_local`] of a recorded message, whose offset every delivered
+    /// event carries as its last argument.
+    async fn deliver_at(&self, env: &Envelope, offset: Option<&str>) {
         match bus::targets(env) {
-            Ok((to, except)) => self.deliver_resolved(env, &to, &except, None).await,
+            Ok((to, except)) => self.deliver_resolved(env, &to, &except, None, offset).await,
             Err(e) => {
                 self.stats.rejected.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(id = %env.id, error = %e, "dropped a message with invalid targets");
@@ -483,21 +522,41 @@ impl Cluster {
         to: &Audience,
         except: &[ScopedRoom],
         sender: Option<&SocketRef<BusAdapter>>,
+        offset: Option<&str>,
     ) {
         if let Some(sid) = &env.socket {
-            return self.deliver_to_socket(env, to, except, sid).await;
+            return self.deliver_to_socket(env, to, except, sid, offset).await;
         }
-        let Some(op) = self.operator(env, to, except, sender) else {
+        // A recorded client publish: its sender, if on this node, is left out.
+        let recorded_sender = match (sender, &env.sender) {
+            (None, Some(sid)) => self.local_socket(&env.ns, sid),
+            _ => None,
+        };
+        let sender = sender.or(recorded_sender.as_ref());
+        // Recovering sockets skip what their replay covers.
+        let held = match offset {
+            Some(offset) => self.hand_over(&env.ns, offset),
+            None => Vec::new(),
+        };
+        let operator = || {
+            self.operator(env, to, except, sender).map(|op| {
+                if held.is_empty() {
+                    op
+                } else {
+                    op.except(held.clone())
+                }
+            })
+        };
+        let Some(op) = operator() else {
             return;
         };
         let args = Args {
             args: env.arguments(),
             attachments: &env.attachments,
+            offset,
         };
         // Counted once per socket written to: the targets, less those that failed.
-        let targets = self
-            .operator(env, to, except, sender)
-            .map_or(0, |op| op.local().sockets().len());
+        let targets = operator().map_or(0, |op| op.local().sockets().len());
         // A child of the publish span, whichever node published.
         let span = tracing::info_span!(
             "deliver",
@@ -529,6 +588,7 @@ impl Cluster {
         to: &Audience,
         except: &[ScopedRoom],
         sid: &str,
+        offset: Option<&str>,
     ) {
         // Not a socket id: nothing here can match it.
         let Ok(sid) = sid.parse::<socketioxide::socket::Sid>() else {
@@ -545,6 +605,7 @@ impl Cluster {
         let args = Args {
             args: env.arguments(),
             attachments: &env.attachments,
+            offset,
         };
         let sent = if env.flags.volatile {
             socket.volatile().emit(&env.event, &args)
@@ -573,6 +634,7 @@ impl Cluster {
         let args = Args {
             args: env.arguments(),
             attachments: &env.attachments,
+            offset: None,
         };
         let stream = op
             .timeout(timeout)
@@ -651,6 +713,9 @@ impl Cluster {
             }
             ChannelKind::Event | ChannelKind::Other => {}
         }
+        if let Some((offset, payload)) = bus::recorded_frame(&msg.payload) {
+            return self.on_recorded(&msg.channel, offset, payload).await;
+        }
         let env = match Envelope::decode(&msg.payload, self.limits) {
             Ok(env) => env,
             Err(e) => {
@@ -668,6 +733,208 @@ impl Cluster {
             .bus_latency(envelope::now_ms().saturating_sub(env.ts) as f64);
         self.stats.delivered.fetch_add(1, Ordering::Relaxed);
         self.deliver_local(&env).await;
+    }
+
+    /// A recorded message: delivered by every node, its publisher's included, with its
+    /// offset, at the hand-over point with replays.
+    async fn on_recorded(&self, channel: &str, offset: &str, payload: &[u8]) {
+        let env = match Envelope::decode(payload, self.limits) {
+            Ok(env) => env,
+            Err(e) => {
+                self.stats.rejected.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(%channel, error = %e, "dropped an undecodable recorded message");
+                return;
+            }
+        };
+        if env.origin != self.node_id {
+            self.metrics
+                .bus_latency(envelope::now_ms().saturating_sub(env.ts) as f64);
+        }
+        self.stats.delivered.fetch_add(1, Ordering::Relaxed);
+        let _turn = self.recovery.dispatch.lock().await;
+        self.deliver_at(&env, Some(offset)).await;
+    }
+
+    /// Takes the recoverable session `pid` of a client of `user`/`tenant` reconnecting to
+    /// `ns` after `offset`: the record, if it exists, belongs to them, and the history
+    /// still holds `offset` (nothing was trimmed away since). Taken once: a second
+    /// attempt with the same pid finds nothing.
+    pub(crate) async fn take_session(
+        &self,
+        ns: &str,
+        pid: &str,
+        offset: &str,
+        user: &str,
+        tenant: Option<&str>,
+    ) -> Option<crate::recovery::SessionRecord> {
+        let bytes = match self.bus().take(&self.channels().session(pid)).await {
+            Ok(Some(bytes)) => bytes,
+            Ok(None) => return None,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read a recovery session; starting a new one");
+                return None;
+            }
+        };
+        let record: crate::recovery::SessionRecord = serde_json::from_slice(&bytes).ok()?;
+        if record.ns != ns || record.user != user || record.tenant.as_deref() != tenant {
+            tracing::info!(%ns, %user, "a recovery session of another user or namespace was presented; starting a new one");
+            return None;
+        }
+        let history = self.channels().history(ns);
+        match self.bus().history(&history, offset, 1).await {
+            Ok(page) if page.first().is_some_and(|(id, _)| id == offset) => Some(record),
+            Ok(_) => {
+                tracing::info!(%ns, %offset, "the offset is no longer in the history; starting a new session");
+                None
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the history; starting a new session");
+                None
+            }
+        }
+    }
+
+    /// Replays to `socket` what its namespace's history holds after `offset` for the
+    /// scoped `rooms` it is in (and the replies addressed to its previous id), in order,
+    /// each with its offset; then releases it to live delivery from where the replay
+    /// ended. Runs at the dispatcher's hand-over point. Returns how many events it sent.
+    pub(crate) async fn replay(
+        &self,
+        socket: &SocketRef<BusAdapter>,
+        offset: &str,
+        old_sid: &str,
+        rooms: &std::collections::HashSet<String>,
+    ) -> Result<usize, String> {
+        let stream = self.channels().history(socket.ns());
+        let page_size = self.recovery.page();
+        let _turn = self.recovery.dispatch.lock().await;
+        let mut from = offset.to_owned();
+        let (mut sent, mut read) = (0, 0);
+        loop {
+            let page = self
+                .bus()
+                .history(&stream, &from, page_size + 1)
+                .await
+                .map_err(|e| e.to_string())?;
+            let full = page.len() > page_size;
+            for (id, bytes) in page {
+                // The range starts at `from` itself, already handled.
+                if bus::offset_cmp(&id, &from).is_le() {
+                    continue;
+                }
+                read += 1;
+                if let Ok(env) = Envelope::decode(&bytes, self.limits)
+                    && reaches(&env, rooms, old_sid)
+                {
+                    let args = Args {
+                        args: env.arguments(),
+                        attachments: &env.attachments,
+                        offset: Some(&id),
+                    };
+                    socket.emit(&*env.event, &args).map_err(|e| e.to_string())?;
+                    sent += 1;
+                }
+                from = id;
+            }
+            if !full {
+                break;
+            }
+            if read > self.recovery.max_replay() {
+                return Err(format!("more than {read} messages to replay"));
+            }
+        }
+        self.recovery.replayed(socket.id, from);
+        self.metrics.delivered_replay(sent as u64);
+        Ok(sent)
+    }
+
+    /// Keeps the session of `socket` (a recovery namespace) as it is now: its rooms.
+    pub(crate) fn session_changed(&self, socket: &SocketRef<BusAdapter>) {
+        if !self.recovery.enabled(socket.ns()) {
+            return;
+        }
+        let rooms = socket
+            .rooms()
+            .into_iter()
+            .filter(|r| !r.starts_with('~'))
+            .filter_map(|r| {
+                rooms::ScopedRoom::parse(&r)
+                    .ok()
+                    .map(|s| s.room().to_owned())
+            })
+            .collect();
+        if let Some((pid, bytes)) = self.recovery.update_rooms(socket.id, rooms) {
+            self.save_session(pid, Some(bytes));
+        }
+    }
+
+    /// Writes (for one window) or removes a session record, in the background.
+    pub(crate) fn save_session(&self, pid: String, record: Option<Bytes>) {
+        let bus = self.bus().clone();
+        let key = self.channels().session(&pid);
+        let window = self.recovery.window();
+        tokio::spawn(async move {
+            let result = match record {
+                Some(bytes) => bus.register(&key, bytes, window).await,
+                None => bus.unregister(&key).await,
+            };
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "could not store a recovery session");
+            }
+        });
+    }
+
+    /// Refreshes every live session's record each third of the window, so that the
+    /// sessions of a node that dies stay recoverable for a window.
+    pub(crate) async fn refresh_sessions(self: Arc<Self>) {
+        let period = self.recovery.window() / 3;
+        loop {
+            tokio::time::sleep(period.max(Duration::from_secs(1))).await;
+            for (pid, bytes) in self.recovery.all() {
+                let key = self.channels().session(&pid);
+                if let Err(e) = self
+                    .bus()
+                    .register(&key, bytes, self.recovery.window())
+                    .await
+                {
+                    tracing::debug!(error = %e, "could not refresh a recovery session");
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Holds a recovering socket: live recorded messages skip it until its replay is
+    /// done (it is in its node-local hold room, which deliveries exclude).
+    pub(crate) fn hold(&self, socket: &SocketRef<BusAdapter>) {
+        self.recovery.hold(socket.id);
+        #[allow(
+            clippy::disallowed_methods,
+            reason = "the hold room is node-local: no membership, no bus channel"
+        )]
+        socket.join(crate::recovery::hold_room(socket.id));
+    }
+
+    /// The local socket `sid` of namespace `ns`, if it is here.
+    fn local_socket(&self, ns: &str, sid: &str) -> Option<SocketRef<BusAdapter>> {
+        let sid = sid.parse::<socketioxide::socket::Sid>().ok()?;
+        self.io.get()?.of(ns)?.get_socket(sid)
+    }
+
+    /// For a recorded message at `offset`: the hold rooms of recovering sockets that
+    /// must skip it; sockets whose replay it passes leave theirs.
+    fn hand_over(&self, ns: &str, offset: &str) -> Vec<String> {
+        let (held, released) = self.recovery.skip(offset);
+        for sid in released {
+            if let Some(s) = self.local_socket(ns, &sid.to_string()) {
+                #[allow(
+                    clippy::disallowed_methods,
+                    reason = "the hold room is node-local: no membership, no bus channel"
+                )]
+                s.leave(crate::recovery::hold_room(sid));
+            }
+        }
+        held
     }
 
     /// This node's registry record now.
@@ -757,6 +1024,23 @@ impl Cluster {
     }
 }
 
+/// Whether the recorded `env` was for a socket in the scoped `rooms` whose id was
+/// `old_sid`.
+fn reaches(env: &Envelope, rooms: &std::collections::HashSet<String>, old_sid: &str) -> bool {
+    if env.sender.as_deref() == Some(old_sid) || env.socket.as_deref().is_some_and(|s| s != old_sid)
+    {
+        return false;
+    }
+    let Ok((to, except)) = bus::targets(env) else {
+        return false;
+    };
+    let targeted = match &to {
+        Audience::Everyone => true,
+        Audience::Rooms(targets) => targets.iter().any(|r| rooms.contains(r.as_str())),
+    };
+    targeted && !except.iter().any(|r| rooms.contains(r.as_str()))
+}
+
 /// How membership names a socket.
 fn key(socket: &SocketRef<BusAdapter>) -> SocketKey {
     (Arc::from(socket.ns()), socket.id)
@@ -768,17 +1052,24 @@ fn key(socket: &SocketRef<BusAdapter>) -> SocketKey {
 pub(crate) struct Args<'a> {
     pub(crate) args: &'a [Value],
     pub(crate) attachments: &'a [Bytes],
+    /// The message's offset in its namespace history (connection state recovery): sent
+    /// as the last argument, where Socket.IO clients look for it.
+    pub(crate) offset: Option<&'a str>,
 }
 
 impl Serialize for Args<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut tuple = serializer.serialize_tuple(self.args.len())?;
+        let len = self.args.len() + usize::from(self.offset.is_some());
+        let mut tuple = serializer.serialize_tuple(len)?;
         for arg in self.args {
             if self.attachments.is_empty() {
                 tuple.serialize_element(arg)?;
             } else {
                 tuple.serialize_element(&WithBinary(arg, self.attachments))?;
             }
+        }
+        if let Some(offset) = self.offset {
+            tuple.serialize_element(offset)?;
         }
         tuple.end()
     }
@@ -850,6 +1141,7 @@ mod tests {
         let args = Args {
             args: &args,
             attachments: &attachments,
+            offset: None,
         };
         // serde_json writes bytes as an array of numbers, which makes the swap visible.
         assert_eq!(

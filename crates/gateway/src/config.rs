@@ -146,6 +146,15 @@ pub struct Args {
     /// On SIGTERM, first answer /health/ready 503 this long while still serving, so the load balancer stops sending new clients before the node stops accepting [default: 3000 in production, 0 in development]
     #[arg(long, env = "SHUTDOWN_DRAIN_MS")]
     pub shutdown_drain_ms: Option<u64>,
+    /// Namespaces with connection state recovery (comma-separated, e.g. `/`): a client that reconnects within RECOVERY_WINDOW_MS gets what it missed; needs Redis [default: none]
+    #[arg(long, env = "RECOVERY_NAMESPACES", default_value = "")]
+    pub recovery_namespaces: String,
+    /// How long after a disconnect a client can recover its session [default: 120000]
+    #[arg(long, env = "RECOVERY_WINDOW_MS", default_value_t = 120_000)]
+    pub recovery_window_ms: u64,
+    /// Messages kept per recovery namespace's history (about) [default: 10000]
+    #[arg(long, env = "RECOVERY_MAX_MESSAGES", default_value_t = 10_000)]
+    pub recovery_max_messages: usize,
     /// PEM certificate chain: serve `https://` and `wss://` on PORT (with TLS_KEY_FILE) [default: plain HTTP]
     #[arg(long, env = "TLS_CERT_FILE", requires = "tls_key_file")]
     pub tls_cert_file: Option<std::path::PathBuf>,
@@ -383,6 +392,8 @@ pub struct Config {
     pub advertised_url: Option<String>,
     /// Native TLS; `None`: plain HTTP (TLS terminated by a proxy, or none).
     pub tls: Option<crate::TlsFiles>,
+    /// Connection state recovery.
+    pub recovery: crate::RecoveryConfig,
     /// WebSocket read buffer per connection.
     pub ws_read_buffer: usize,
     /// Packets queued per socket.
@@ -786,6 +797,42 @@ impl Config {
             }
             _ => None,
         };
+        let recovery = {
+            let mut list: Vec<String> = Vec::new();
+            for ns in args
+                .recovery_namespaces
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+            {
+                if !namespaces.iter().any(|n| n == ns) {
+                    return Err(invalid(
+                        "RECOVERY_NAMESPACES",
+                        format!("{ns:?} is not one of NAMESPACES"),
+                    ));
+                }
+                if !list.iter().any(|n| n == ns) {
+                    list.push(ns.to_owned());
+                }
+            }
+            if !list.is_empty() && redis_url.is_none() {
+                return Err(invalid(
+                    "RECOVERY_NAMESPACES",
+                    "connection state recovery keeps its history in Redis: set REDIS_URL",
+                ));
+            }
+            if args.recovery_window_ms < 1000 || args.recovery_max_messages == 0 {
+                return Err(invalid(
+                    "RECOVERY_WINDOW_MS/RECOVERY_MAX_MESSAGES",
+                    "the window must be at least 1000 ms and the history at least 1 message",
+                ));
+            }
+            crate::RecoveryConfig {
+                namespaces: list,
+                window: Duration::from_millis(args.recovery_window_ms),
+                max_len: args.recovery_max_messages,
+            }
+        };
         if let Some(url) = &redis_url {
             if production && url.contains("#insecure") {
                 return Err(invalid(
@@ -867,6 +914,7 @@ impl Config {
                 },
             )),
             advertised_url: args.advertised_url,
+            recovery,
             tls: args
                 .tls_cert_file
                 .zip(args.tls_key_file)

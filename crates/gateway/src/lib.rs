@@ -48,6 +48,7 @@ mod http;
 mod limits;
 mod membership;
 mod metrics;
+mod recovery;
 mod registry;
 mod server;
 mod sio;
@@ -68,6 +69,7 @@ pub use config::{
 pub use limits::RateLimits;
 pub use membership::{AttachRefused, ConnectionLimits, JoinRefused, Membership, UserKey};
 pub use metrics::{Metrics, OTHER_EVENT, Refusal, Snapshot};
+pub use recovery::RecoveryConfig;
 pub use registry::{Registry, RegistryError};
 pub use server::{Node, StartError, connect_bus, run};
 pub use telemetry::{

@@ -200,6 +200,14 @@ impl Metrics {
             "roomcast_http_requests_total",
             "HTTP API requests, by route and status.",
         );
+        c(
+            "roomcast_recoveries_total",
+            "Reconnecting clients that asked for connection state recovery, by result: recovered, or fresh (session expired, unknown, another user's, or the offset left the history).",
+        );
+        c(
+            "roomcast_replayed_messages_total",
+            "Messages replayed to recovered sockets.",
+        );
         r.describe_histogram(
             "socketio_redis_latency_ms".into(),
             Some(Unit::Milliseconds),
@@ -241,6 +249,22 @@ impl Metrics {
             "roomcast_refusals_total",
             vec![Label::new("reason", reason.as_str())],
         )
+    }
+
+    /// A recovery request and whether it recovered.
+    pub fn recovery(&self, recovered: bool) {
+        let result = if recovered { "recovered" } else { "fresh" };
+        self.counter(
+            "roomcast_recoveries_total",
+            vec![Label::new("result", result)],
+        )
+        .increment(1);
+    }
+
+    /// Messages replayed to a recovered socket.
+    pub fn delivered_replay(&self, messages: u64) {
+        self.counter("roomcast_replayed_messages_total", Vec::new())
+            .increment(messages);
     }
 
     /// A message published by this node.

@@ -122,7 +122,13 @@ impl Node {
             None => None,
         };
         let limits = Limits::default().with_max_size(config.max_payload);
-        let outbox = Outbox::new(bus, Channels::new(config.channel_prefix.clone()));
+        let outbox = Outbox::new(bus, Channels::new(config.channel_prefix.clone())).with_recording(
+            bus::Recording {
+                namespaces: config.recovery.namespaces.clone(),
+                max_len: config.recovery.max_len,
+                ttl: config.recovery.window,
+            },
+        );
         let cluster = Arc::new(Cluster::new(
             config.node_id.clone(),
             outbox,
@@ -133,6 +139,7 @@ impl Node {
                 connection_limits: config.connection_limits,
                 require_tenant: config.token_rules.require_tenant,
                 max_event_types: config.max_event_types,
+                recovery: config.recovery.clone(),
             },
         ));
         cluster.registry().check_unique(config.node_ttl).await?;
@@ -165,10 +172,15 @@ impl Node {
         for ready in namespaces(&io, cluster.clone()) {
             ready.await;
         }
-        let tasks = Tasks(vec![
+        let mut tasks = Tasks(vec![
             tokio::spawn(cluster.clone().dispatch(inbox)),
             tokio::spawn(cluster.clone().expire_tokens()),
         ]);
+        if !config.recovery.namespaces.is_empty() {
+            tasks
+                .0
+                .push(tokio::spawn(cluster.clone().refresh_sessions()));
+        }
 
         let http_ctx = Arc::new(http::HttpCtx {
             cluster: cluster.clone(),

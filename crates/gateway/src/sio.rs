@@ -22,6 +22,7 @@ use crate::cluster::Cluster;
 use crate::limits::{RateLimits, SocketLimiter, Verdict};
 use crate::membership::{AttachRefused, JoinRefused};
 use crate::metrics::Refusal;
+use crate::recovery;
 
 /// What the namespace handlers share.
 #[derive(Debug)]
@@ -77,6 +78,11 @@ async fn authenticate(
         tracing::info!(sid = %s.id, ns = %s.ns(), error = %e, "refused a connection");
         e
     };
+    let recovering = ctx
+        .cluster
+        .recovery()
+        .enabled(s.ns())
+        .then(|| recovery::requested(auth.as_ref()));
     let identity = verify(ctx, s, auth).await.map_err(|e| refused(e.into()))?;
     // The caps' early answer, as the client's connect error; `attach` in the connect
     // handler decides (two handshakes racing for the last place: one is disconnected
@@ -84,6 +90,30 @@ async fn authenticate(
     ctx.cluster
         .check_capacity(Some(&user_key(&identity)))
         .map_err(|e| refused(e.into()))?;
+    // Connection state recovery: the session the client asks for, if it is still there
+    // and its own; else a new one. The CONNECT reply carries the pid either way.
+    if let Some(requested) = recovering {
+        let mut pid = None;
+        if let Some((asked, offset)) = requested {
+            let record = ctx
+                .cluster
+                .take_session(
+                    s.ns(),
+                    &asked,
+                    &offset,
+                    &identity.user_id,
+                    identity.tenant_id.as_ref().map(rooms::TenantId::as_str),
+                )
+                .await;
+            ctx.cluster.metrics().recovery(record.is_some());
+            if let Some(record) = record {
+                s.extensions
+                    .insert(Arc::new(recovery::Plan { offset, record }));
+                pid = Some(asked);
+            }
+        }
+        s.set_recovery_pid(pid.unwrap_or_else(recovery::new_pid));
+    }
     s.extensions.insert(Arc::new(identity));
     s.extensions
         .insert(Arc::new(SocketLimiter::new(&ctx.rate_limits)));
@@ -160,6 +190,9 @@ async fn on_connect(ctx: Arc<SocketCtx>, s: SocketRef<BusAdapter>) {
                 // Synchronous: the membership change happens in packet order.
                 let pending =
                     limit(&cluster, &s, true).and_then(|()| join(&cluster, &s, room.ok()));
+                if pending.is_ok() {
+                    cluster.session_changed(&s);
+                }
                 async move {
                     let reply = match pending {
                         Ok((room, confirmation)) => match confirmation.await {
@@ -183,7 +216,10 @@ async fn on_connect(ctx: Arc<SocketCtx>, s: SocketRef<BusAdapter>) {
                 let reply = match limit(&cluster, &s, false)
                     .and_then(|()| leave(&cluster, &s, room.ok()))
                 {
-                    Ok(room) => json!({"ok": true, "room": room}),
+                    Ok(room) => {
+                        cluster.session_changed(&s);
+                        json!({"ok": true, "room": room})
+                    }
                     Err(error) => json!({"ok": false, "error": error}),
                 };
                 async move {
@@ -283,7 +319,7 @@ async fn on_connect(ctx: Arc<SocketCtx>, s: SocketRef<BusAdapter>) {
         );
     }
 
-    let rooms = match identity.auto_rooms() {
+    let mut rooms = match identity.auto_rooms() {
         Ok(rooms) => rooms,
         Err(e) => {
             // Checked when the token was verified; kept as a guard.
@@ -292,17 +328,39 @@ async fn on_connect(ctx: Arc<SocketCtx>, s: SocketRef<BusAdapter>) {
             return;
         }
     };
+    let auto = rooms.len();
+    // A recovered session: held from live recorded deliveries until its replay is done,
+    // and back in the rooms it had that the (new) token still allows.
+    let plan = s.extensions.get::<Arc<recovery::Plan>>();
+    if let Some(plan) = &plan {
+        cluster.hold(&s);
+        for name in &plan.record.rooms {
+            if let Ok(room) = Room::parse(name)
+                && !rooms.contains(&room)
+                && identity.may_join(&room).is_ok()
+            {
+                rooms.push(room);
+            }
+        }
+    }
     let mut confirmations = Vec::with_capacity(rooms.len());
-    for room in &rooms {
+    let mut scoped_names = std::collections::HashSet::with_capacity(rooms.len());
+    for (i, room) in rooms.iter().enumerate() {
         let joined = identity
             .scope(room)
             .map_err(|e| e.to_string())
-            .and_then(|scoped| cluster.join(&s, &scoped).map_err(|e| e.to_string()));
+            .and_then(|scoped| {
+                scoped_names.insert(scoped.as_str().to_owned());
+                cluster.join(&s, &scoped).map_err(|e| e.to_string())
+            });
         match joined {
             Ok(confirmation) => confirmations.push(confirmation),
-            Err(e) => {
+            Err(e) if i < auto => {
                 tracing::debug!(sid = %s.id, room = %room, error = %e, "automatic room not joined");
                 return;
+            }
+            Err(e) => {
+                tracing::debug!(sid = %s.id, room = %room, error = %e, "room of a recovered session not joined");
             }
         }
     }
@@ -318,6 +376,7 @@ async fn on_connect(ctx: Arc<SocketCtx>, s: SocketRef<BusAdapter>) {
         "node_id": cluster.node_id(),
         "rooms": rooms.iter().map(Room::as_str).collect::<Vec<_>>(),
         "expires_at": identity.expires_at,
+        "recovered": plan.is_some(),
     });
     if s.emit("connected", &connected).is_err() {
         // The connection is gone although the socket was connected: socketioxide admits
@@ -325,6 +384,35 @@ async fn on_connect(ctx: Arc<SocketCtx>, s: SocketRef<BusAdapter>) {
         // a socket is never closed by it. Close it, which runs the disconnect hook.
         tracing::debug!(sid = %s.id, "connection gone during the handshake; closing the socket");
         s.disconnect().ok();
+        return;
+    }
+    if let Some(plan) = &plan {
+        match cluster
+            .replay(&s, &plan.offset, &plan.record.sid, &scoped_names)
+            .await
+        {
+            Ok(sent) => {
+                tracing::info!(sid = %s.id, previous = %plan.record.sid, replayed = sent, "session recovered")
+            }
+            Err(e) => {
+                // Better a fresh session (the client reconnects) than a silent gap.
+                tracing::warn!(sid = %s.id, error = %e, "replay failed; disconnecting");
+                s.disconnect().ok();
+                return;
+            }
+        }
+    }
+    if let Some(pid) = s.recovery_pid() {
+        let record = recovery::SessionRecord {
+            ns: s.ns().to_owned(),
+            user: identity.user_id.clone(),
+            tenant: identity.tenant_id.as_ref().map(|t| t.as_str().to_owned()),
+            sid: s.id.to_string(),
+            rooms: rooms.iter().map(|r| r.as_str().to_owned()).collect(),
+        };
+        if let Some(bytes) = cluster.recovery().track(s.id, pid, record) {
+            cluster.save_session(pid.to_owned(), Some(bytes));
+        }
     }
 }
 

@@ -42,6 +42,9 @@ pub(crate) struct Cluster {
 /// The namespaces every node serves besides `/`.
 pub(crate) const EXTRA_NAMESPACE: &str = "/notifications";
 
+/// The namespace with connection state recovery.
+pub(crate) const RECOVERY_NAMESPACE: &str = "/recovery";
+
 impl Cluster {
     /// Starts `n` nodes and waits until each is ready: on ports `first_port..` when given
     /// and all free, else on any free ports.
@@ -151,7 +154,11 @@ impl Cluster {
             .env("REDIS_URL", &self.redis_url)
             .env("JWT_SECRET", &self.secrets.jwt)
             .env("PUBLISH_API_KEY", &self.secrets.publish_key)
-            .env("NAMESPACES", format!("/,{EXTRA_NAMESPACE}"))
+            .env(
+                "NAMESPACES",
+                format!("/,{EXTRA_NAMESPACE},{RECOVERY_NAMESPACE}"),
+            )
+            .env("RECOVERY_NAMESPACES", RECOVERY_NAMESPACE)
             .env("NODE_TTL_SECS", "6")
             .env("RUST_LOG", "info")
             .envs(self.secrets.upstream.iter().flat_map(|(url, secret)| {

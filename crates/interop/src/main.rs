@@ -35,7 +35,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::Command;
 use tokio::sync::Mutex;
 
-use cluster::{Cluster, EXTRA_NAMESPACE, Secrets};
+use cluster::{Cluster, EXTRA_NAMESPACE, RECOVERY_NAMESPACE, Secrets};
 use report::Outcome;
 
 /// Longest a client suite may run before it is stopped and marked failed.
@@ -308,6 +308,7 @@ fn client_config(
         "control": control,
         "path": "/socket.io/",
         "namespace": EXTRA_NAMESPACE,
+        "recovery_namespace": RECOVERY_NAMESPACE,
         "tenant": tenant,
         "users": {"alice": alice, "bob": bob},
         "tokens": {

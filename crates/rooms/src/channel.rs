@@ -91,6 +91,25 @@ impl Channels {
         format!("{}:upstream:{ns}", self.prefix)
     }
 
+    /// The history stream of a namespace with connection state recovery: every message
+    /// published in it, with its offset (a stream key, not a pub/sub channel).
+    ///
+    /// ```
+    /// assert_eq!(rooms::Channels::new("p").history("/"), "p:history:/");
+    /// ```
+    pub fn history(&self, ns: &str) -> String {
+        format!("{}:history:{ns}", self.prefix)
+    }
+
+    /// The key of a recoverable session, by its private id.
+    ///
+    /// ```
+    /// assert_eq!(rooms::Channels::new("p").session("abc"), "p:session:abc");
+    /// ```
+    pub fn session(&self, pid: &str) -> String {
+        format!("{}:session:{pid}", self.prefix)
+    }
+
     /// Which kind of channel `channel` is, and its namespace for adapter channels.
     ///
     /// ```

@@ -49,6 +49,8 @@ pub struct SioClient {
     ns: String,
     /// The Socket.IO session id.
     pub sid: String,
+    /// The private session id of connection state recovery, when the server sent one.
+    pub pid: Option<String>,
     events: VecDeque<Event>,
     acks: VecDeque<(u64, Vec<Value>)>,
     next_ack: u64,
@@ -89,6 +91,7 @@ impl SioClient {
             ws,
             ns: ns.to_owned(),
             sid: String::new(),
+            pid: None,
             events: VecDeque::new(),
             acks: VecDeque::new(),
             next_ack: 1,
@@ -118,6 +121,7 @@ impl SioClient {
                     let v: Value =
                         serde_json::from_str(body).map_err(|e| ConnectError::Other(e.into()))?;
                     client.sid = v["sid"].as_str().unwrap_or_default().to_owned();
+                    client.pid = v["pid"].as_str().map(str::to_owned);
                     return Ok(client);
                 }
                 Some((b'4', body)) => {

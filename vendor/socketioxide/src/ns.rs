@@ -17,7 +17,7 @@ use crate::{
 use socketioxide_core::{
     Sid, Str, Uid, Value,
     adapter::{BroadcastIter, CoreLocalAdapter, RemoteSocketData, SocketEmitter},
-    packet::{ConnectPacket, Packet, PacketData},
+    packet::{Packet, PacketData},
     parser::Parse,
 };
 
@@ -177,7 +177,17 @@ impl<A: Adapter> Namespace<A> {
         }
 
         let protocol = esocket.protocol.into();
-        let payload = ConnectPacket { sid: socket.id };
+        // Roomcast patch: `pid` for connection state recovery, when a middleware set one.
+        #[derive(serde::Serialize)]
+        struct ConnectReply<'a> {
+            sid: Sid,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            pid: Option<&'a str>,
+        }
+        let payload = ConnectReply {
+            sid: socket.id,
+            pid: socket.recovery_pid(),
+        };
         let payload = match protocol {
             ProtocolVersion::V5 => Some(self.parser.encode_default(&payload).unwrap()),
             ProtocolVersion::V4 => None,

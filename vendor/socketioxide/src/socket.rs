@@ -314,6 +314,9 @@ pub struct Socket<A: Adapter = LocalAdapter> {
     #[cfg(feature = "extensions")]
     pub extensions: Extensions,
     esocket: Arc<engineioxide::Socket<SocketData<A>>>,
+    /// Roomcast patch: the private session id of connection state recovery, sent in the
+    /// CONNECT reply (`{"sid", "pid"}`) when a middleware set it.
+    recovery_pid: std::sync::OnceLock<String>,
 }
 
 impl<A: Adapter> Socket<A> {
@@ -337,7 +340,22 @@ impl<A: Adapter> Socket<A> {
             #[cfg(feature = "extensions")]
             extensions: Extensions::new(),
             esocket,
+            recovery_pid: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Roomcast patch: sets the private session id (`pid`) of Socket.IO's connection
+    /// state recovery, which the CONNECT reply carries; call it from a connect
+    /// middleware. A client that reconnects with the same `pid` in its auth payload and
+    /// gets it back in the reply reports `socket.recovered === true`. Only the first call
+    /// counts.
+    pub fn set_recovery_pid(&self, pid: String) {
+        let _ = self.recovery_pid.set(pid);
+    }
+
+    /// Roomcast patch: the `pid` set with [`Socket::set_recovery_pid`].
+    pub fn recovery_pid(&self) -> Option<&str> {
+        self.recovery_pid.get().map(String::as_str)
     }
 
     /// # Registers a [`MessageHandler`] for the given event.

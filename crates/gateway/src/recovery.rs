@@ -1,0 +1,283 @@
+//! Connection state recovery across nodes, in Socket.IO v4's own protocol.
+//!
+//! In a namespace with recovery (`RECOVERY_NAMESPACES`) every message is a recorded
+//! publish: appended to the namespace's history stream in Redis and published with its
+//! offset in one atomic step ([`bus::Bus::publish_recorded`]), so the stream's order is
+//! the order every node delivers in. Each delivered event carries its offset as its last
+//! argument; the CONNECT reply carries a private session id (`pid`). A client that comes
+//! back within the window sends `{pid, offset}` in its auth payload, to any node; that
+//! node takes the session record (`GETDEL`, so it is restored once), checks it belongs to
+//! the same user and tenant, rejoins its rooms (still allowed by the new token), replays
+//! what the history holds after `offset` for those rooms in order, and answers with the
+//! same `pid` (the client then reports `socket.recovered === true`).
+//!
+//! The hand-over from replay to live delivery is exact: the recovering socket joins its
+//! rooms first but is held (excluded from live recorded deliveries); the replay reads
+//! the history while the dispatcher is paused between two messages; afterwards live
+//! messages up to the last replayed offset still skip the socket (they may arrive after
+//! the replay, published just before it), and later ones reach it.
+//!
+//! Session records (`{prefix}:session:{pid}`) are written when a socket connects,
+//! joins or leaves, refreshed every third of the window while it is connected, on
+//! shutdown and on disconnect, and removed when the client leaves on purpose; each
+//! expires one window after its last write, so a crashed node's sessions stay
+//! recoverable for the window after its last refresh.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use socketioxide::socket::Sid;
+
+/// Which namespaces recover, and for how long.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecoveryConfig {
+    /// Namespaces with connection state recovery (none: off).
+    pub namespaces: Vec<String>,
+    /// How long after a disconnect a client can come back and recover (Socket.IO's
+    /// `maxDisconnectionDuration`).
+    pub window: Duration,
+    /// Messages kept per namespace history (about; Redis trims with `MAXLEN ~`).
+    pub max_len: usize,
+}
+
+impl Default for RecoveryConfig {
+    fn default() -> Self {
+        Self {
+            namespaces: Vec::new(),
+            window: Duration::from_secs(120),
+            max_len: 10_000,
+        }
+    }
+}
+
+/// Entries read from the history per request while replaying.
+const PAGE: usize = 500;
+
+/// A recoverable session as stored in Redis.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct SessionRecord {
+    /// Namespace.
+    pub(crate) ns: String,
+    /// User id and tenant the session belongs to.
+    pub(crate) user: String,
+    pub(crate) tenant: Option<String>,
+    /// The socket id it had (replies addressed to it are replayed too).
+    pub(crate) sid: String,
+    /// Its rooms, unscoped (`doc:Task:1`), automatic rooms included.
+    pub(crate) rooms: Vec<String>,
+}
+
+/// What a reconnecting socket restores, decided in the connect middleware.
+#[derive(Debug, Clone)]
+pub(crate) struct Plan {
+    /// The last offset the client received.
+    pub(crate) offset: String,
+    /// The session it had.
+    pub(crate) record: SessionRecord,
+}
+
+/// Where a recovering socket stands with live recorded deliveries.
+#[derive(Debug, Clone)]
+enum Marker {
+    /// Replay not done yet: no live recorded message.
+    Hold,
+    /// Replayed up to this offset: live messages up to it are skipped.
+    Upto(String),
+}
+
+/// The node's recovery state.
+#[derive(Debug)]
+pub(crate) struct Recovery {
+    config: RecoveryConfig,
+    /// Live local sockets with a session: their pid and record.
+    sessions: Mutex<HashMap<Sid, (String, SessionRecord)>>,
+    /// Recovering sockets and how far their replay went.
+    markers: Mutex<HashMap<Sid, Marker>>,
+    /// `markers.len()`, readable without the lock on the delivery path.
+    recovering: AtomicUsize,
+    /// Held by the dispatcher while it delivers one message, and by a replay while it
+    /// reads the history: the hand-over point between the two.
+    pub(crate) dispatch: tokio::sync::Mutex<()>,
+}
+
+/// The private room a recovering socket is in while it is held, so that deliveries can
+/// exclude it. `~` is not allowed in room kinds: no client can name it.
+pub(crate) fn hold_room(sid: Sid) -> String {
+    format!("~recovering:{sid}")
+}
+
+/// A fresh private session id (what Socket.IO calls `pid`).
+pub(crate) fn new_pid() -> String {
+    use rand::Rng as _;
+    let bytes: [u8; 16] = rand::rng().random();
+    hex::encode(bytes)
+}
+
+impl Recovery {
+    pub(crate) fn new(config: RecoveryConfig) -> Self {
+        Self {
+            config,
+            sessions: Mutex::default(),
+            markers: Mutex::default(),
+            recovering: AtomicUsize::new(0),
+            dispatch: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// Whether `ns` recovers.
+    pub(crate) fn enabled(&self, ns: &str) -> bool {
+        self.config.namespaces.iter().any(|n| n == ns)
+    }
+
+    /// The recovery window.
+    pub(crate) fn window(&self) -> Duration {
+        self.config.window
+    }
+
+    /// Remembers the session of a live local socket; returns the record's bytes.
+    pub(crate) fn track(&self, sid: Sid, pid: &str, record: SessionRecord) -> Option<Bytes> {
+        let bytes = serde_json::to_vec(&record).ok().map(Bytes::from);
+        lock(&self.sessions).insert(sid, (pid.to_owned(), record));
+        bytes
+    }
+
+    /// The pid and record of a live local socket, with its rooms replaced by `rooms`.
+    pub(crate) fn update_rooms(&self, sid: Sid, rooms: Vec<String>) -> Option<(String, Bytes)> {
+        let mut sessions = lock(&self.sessions);
+        let (pid, record) = sessions.get_mut(&sid)?;
+        record.rooms = rooms;
+        let bytes = serde_json::to_vec(record).ok()?;
+        Some((pid.clone(), Bytes::from(bytes)))
+    }
+
+    /// Forgets a socket that disconnected; returns its pid and record.
+    pub(crate) fn untrack(&self, sid: Sid) -> Option<(String, Bytes)> {
+        self.unhold(sid);
+        let (pid, record) = lock(&self.sessions).remove(&sid)?;
+        let bytes = serde_json::to_vec(&record).ok()?;
+        Some((pid, Bytes::from(bytes)))
+    }
+
+    /// Every live session (pid, record bytes), to refresh their expiry.
+    pub(crate) fn all(&self) -> Vec<(String, Bytes)> {
+        lock(&self.sessions)
+            .values()
+            .filter_map(|(pid, record)| {
+                Some((pid.clone(), Bytes::from(serde_json::to_vec(record).ok()?)))
+            })
+            .collect()
+    }
+
+    /// Holds `sid`: no live recorded message reaches it until [`Recovery::replayed`].
+    pub(crate) fn hold(&self, sid: Sid) {
+        let mut markers = lock(&self.markers);
+        markers.insert(sid, Marker::Hold);
+        self.recovering.store(markers.len(), Ordering::Relaxed);
+    }
+
+    /// The replay of `sid` reached `offset`.
+    pub(crate) fn replayed(&self, sid: Sid, offset: String) {
+        if let Some(marker) = lock(&self.markers).get_mut(&sid) {
+            *marker = Marker::Upto(offset);
+        }
+    }
+
+    fn unhold(&self, sid: Sid) {
+        let mut markers = lock(&self.markers);
+        markers.remove(&sid);
+        self.recovering.store(markers.len(), Ordering::Relaxed);
+    }
+
+    /// For a live recorded message at `offset`: the hold rooms of the sockets it must
+    /// skip. Sockets whose replay ended before `offset` are released (returned in the
+    /// second list: they leave their hold room).
+    pub(crate) fn skip(&self, offset: &str) -> (Vec<String>, Vec<Sid>) {
+        if self.recovering.load(Ordering::Relaxed) == 0 {
+            return (Vec::new(), Vec::new());
+        }
+        let mut markers = lock(&self.markers);
+        let mut skip = Vec::new();
+        let mut released = Vec::new();
+        for (sid, marker) in markers.iter() {
+            match marker {
+                Marker::Hold => skip.push(hold_room(*sid)),
+                Marker::Upto(upto) if bus::offset_cmp(offset, upto).is_le() => {
+                    skip.push(hold_room(*sid));
+                }
+                Marker::Upto(_) => released.push(*sid),
+            }
+        }
+        for sid in &released {
+            markers.remove(sid);
+        }
+        self.recovering.store(markers.len(), Ordering::Relaxed);
+        (skip, released)
+    }
+
+    /// Entries per history page.
+    pub(crate) fn page(&self) -> usize {
+        PAGE
+    }
+
+    /// How many history entries one replay may read at most.
+    pub(crate) fn max_replay(&self) -> usize {
+        self.config.max_len
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The `pid` and `offset` a reconnecting client sends in its auth payload (the official
+/// client merges them into `auth`); `None` unless both are well-formed.
+pub(crate) fn requested(auth: Option<&serde_json::Value>) -> Option<(String, String)> {
+    let auth = auth?;
+    let pid = auth.get("pid")?.as_str()?;
+    let offset = auth.get("offset")?.as_str()?;
+    let pid_ok = !pid.is_empty() && pid.len() <= 64 && pid.bytes().all(|b| b.is_ascii_hexdigit());
+    (pid_ok && bus::is_offset(offset)).then(|| (pid.to_owned(), offset.to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn only_well_formed_pids_and_offsets_are_requests() {
+        let ok = json!({"token": "t", "pid": "ab12", "offset": "1700000000000-0"});
+        assert_eq!(
+            requested(Some(&ok)),
+            Some(("ab12".into(), "1700000000000-0".into()))
+        );
+        for bad in [
+            json!({"pid": "ab12"}),
+            json!({"pid": "ab12", "offset": "yesterday"}),
+            json!({"pid": "../etc", "offset": "1-0"}),
+            json!({"pid": "", "offset": "1-0"}),
+            json!({"pid": 7, "offset": "1-0"}),
+        ] {
+            assert_eq!(requested(Some(&bad)), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn held_sockets_skip_everything_then_only_what_was_replayed() {
+        let recovery = Recovery::new(RecoveryConfig::default());
+        let sid = Sid::new();
+        let room = hold_room(sid);
+        assert_eq!(recovery.skip("5-0"), (vec![], vec![]));
+        recovery.hold(sid);
+        assert_eq!(recovery.skip("5-0").0, vec![room.clone()]);
+        recovery.replayed(sid, "7-0".into());
+        assert_eq!(recovery.skip("6-3").0, vec![room.clone()]);
+        assert_eq!(recovery.skip("7-0").0, vec![room]);
+        assert_eq!(recovery.skip("7-1"), (vec![], vec![sid]));
+        assert_eq!(recovery.skip("8-0"), (vec![], vec![]));
+    }
+}
