@@ -227,10 +227,27 @@ pub trait Bus: Send + Sync + fmt::Debug + 'static {
         ))))
     }
 
-    /// Reads and removes the value stored under `key` with [`Bus::register`] (Redis
-    /// `GETDEL`): a recovery session is restored once.
-    fn take(&self, key: &str) -> BusFuture<Result<Option<Bytes>, PublishError>> {
-        let _ = key;
+    /// Reads the value stored under `key` and leaves a tombstone for `ttl` in its place
+    /// (atomically): a recovery session is restored once, and
+    /// [`Bus::register_owned`] does not bring it back.
+    fn take(&self, key: &str, ttl: Duration) -> BusFuture<Result<Option<Bytes>, PublishError>> {
+        let _ = (key, ttl);
+        Box::pin(std::future::ready(Err(PublishError::Unsupported(
+            "sessions need Redis (set REDIS_URL)",
+        ))))
+    }
+
+    /// Stores `value` under `key` for `ttl` unless another owner's value or a
+    /// tombstone ([`Bus::take`]) is there: the current value must be absent or contain
+    /// `owner` (a marker unique to the writer). Resolves to whether it was written.
+    fn register_owned(
+        &self,
+        key: &str,
+        value: Bytes,
+        ttl: Duration,
+        owner: &str,
+    ) -> BusFuture<Result<bool, PublishError>> {
+        let _ = (key, value, ttl, owner);
         Box::pin(std::future::ready(Err(PublishError::Unsupported(
             "sessions need Redis (set REDIS_URL)",
         ))))

@@ -63,6 +63,11 @@ impl Outbox {
         self
     }
 
+    /// What is recorded, if anything.
+    pub fn recording(&self) -> Option<&Recording> {
+        self.recording.as_deref()
+    }
+
     /// Where messages of `ns` are recorded, if they are.
     pub fn history(&self, ns: &str) -> Option<crate::History> {
         let recording = self.recording.as_ref()?;

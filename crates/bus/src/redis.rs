@@ -440,6 +440,28 @@ async fn publish_batch(
     answers.into_iter().map(publish_answer).collect()
 }
 
+/// What [`Bus::take`] leaves in place of a value.
+const TOMBSTONE: &str = "taken";
+
+/// GET, then a tombstone for ARGV[1] ms.
+const TAKE: &str = r"
+local v = redis.call('GET', KEYS[1])
+if v then redis.call('SET', KEYS[1], 'taken', 'PX', ARGV[1]) end
+return v
+";
+
+/// SET unless the current value is a tombstone or lacks the owner marker ARGV[3].
+const REGISTER_OWNED: &str = r"
+local cur = redis.call('GET', KEYS[1])
+if cur and not string.find(cur, ARGV[3], 1, true) then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+";
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
 /// One `XRANGE` entry: its id and its fields.
 type StreamEntry = (String, Vec<(String, Vec<u8>)>);
 
@@ -767,14 +789,38 @@ impl Bus for RedisBus {
         })
     }
 
-    fn take(&self, key: &str) -> BusFuture<Result<Option<Bytes>, PublishError>> {
+    fn take(&self, key: &str, ttl: Duration) -> BusFuture<Result<Option<Bytes>, PublishError>> {
         let pool = self.pool.clone();
-        let mut cmd = redis::cmd("GETDEL");
-        cmd.arg(key);
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(TAKE).arg(1).arg(key).arg(millis(ttl));
         with_timeout(self.command_timeout, async move {
             let mut conn = pool.get().await.map_err(unavailable)?;
             let value: Option<Vec<u8>> = cmd.query_async(&mut conn).await.map_err(unavailable)?;
-            Ok(value.map(Bytes::from))
+            Ok(value
+                .filter(|v| v.as_slice() != TOMBSTONE.as_bytes())
+                .map(Bytes::from))
+        })
+    }
+
+    fn register_owned(
+        &self,
+        key: &str,
+        value: Bytes,
+        ttl: Duration,
+        owner: &str,
+    ) -> BusFuture<Result<bool, PublishError>> {
+        let pool = self.pool.clone();
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(REGISTER_OWNED)
+            .arg(1)
+            .arg(key)
+            .arg(&value[..])
+            .arg(millis(ttl))
+            .arg(owner);
+        with_timeout(self.command_timeout, async move {
+            let mut conn = pool.get().await.map_err(unavailable)?;
+            let written: i64 = cmd.query_async(&mut conn).await.map_err(unavailable)?;
+            Ok(written == 1)
         })
     }
 

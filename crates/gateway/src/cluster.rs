@@ -228,8 +228,8 @@ impl Cluster {
         }
         // Their connections drop with the process: each session stays recoverable for
         // a window from now.
-        for (pid, record) in self.recovery.all() {
-            self.save_session(pid, Some(record));
+        for (sid, pid, record) in self.recovery.all() {
+            self.save_session(pid, Some(record), Some(sid));
         }
     }
 
@@ -308,7 +308,7 @@ impl Cluster {
                         reason,
                         DisconnectReason::ClientNSDisconnect | DisconnectReason::ServerNSDisconnect
                     );
-                    cluster.save_session(pid, keep.then_some(record));
+                    cluster.save_session(pid, keep.then_some(record), Some(s.id));
                 }
                 tracing::info!(sid = %s.id, ns = s.ns(), reason = ?reason, detail = %reason, "client disconnected");
             }
@@ -767,7 +767,8 @@ impl Cluster {
         user: &str,
         tenant: Option<&str>,
     ) -> Option<crate::recovery::SessionRecord> {
-        let bytes = match self.bus().take(&self.channels().session(pid)).await {
+        let key = self.channels().session(pid);
+        let bytes = match self.bus().take(&key, self.recovery.window()).await {
             Ok(Some(bytes)) => bytes,
             Ok(None) => return None,
             Err(e) => {
@@ -864,19 +865,30 @@ impl Cluster {
             })
             .collect();
         if let Some((pid, bytes)) = self.recovery.update_rooms(socket.id, rooms) {
-            self.save_session(pid, Some(bytes));
+            self.save_session(pid, Some(bytes), Some(socket.id));
         }
     }
 
-    /// Writes (for one window) or removes a session record, in the background.
-    pub(crate) fn save_session(&self, pid: String, record: Option<Bytes>) {
+    /// Writes (for one window) or removes a session record, in the background. With
+    /// `owner`, only over that socket's own record (never over a tombstone left by a
+    /// recovery elsewhere, or over the record of the socket that recovered it).
+    pub(crate) fn save_session(
+        &self,
+        pid: String,
+        record: Option<Bytes>,
+        owner: Option<socketioxide::socket::Sid>,
+    ) {
         let bus = self.bus().clone();
         let key = self.channels().session(&pid);
         let window = self.recovery.window();
         tokio::spawn(async move {
-            let result = match record {
-                Some(bytes) => bus.register(&key, bytes, window).await,
-                None => bus.unregister(&key).await,
+            let result = match (record, owner) {
+                (Some(bytes), None) => bus.register(&key, bytes, window).await,
+                (Some(bytes), Some(sid)) => bus
+                    .register_owned(&key, bytes, window, &crate::recovery::owner(sid))
+                    .await
+                    .map(drop),
+                (None, _) => bus.unregister(&key).await,
             };
             if let Err(e) = result {
                 tracing::debug!(error = %e, "could not store a recovery session");
@@ -890,13 +902,11 @@ impl Cluster {
         let period = self.recovery.window() / 3;
         loop {
             tokio::time::sleep(period.max(Duration::from_secs(1))).await;
-            for (pid, bytes) in self.recovery.all() {
+            for (sid, pid, bytes) in self.recovery.all() {
                 let key = self.channels().session(&pid);
-                if let Err(e) = self
-                    .bus()
-                    .register(&key, bytes, self.recovery.window())
-                    .await
-                {
+                let owner = crate::recovery::owner(sid);
+                let window = self.recovery.window();
+                if let Err(e) = self.bus().register_owned(&key, bytes, window, &owner).await {
                     tracing::debug!(error = %e, "could not refresh a recovery session");
                     break;
                 }

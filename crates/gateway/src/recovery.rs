@@ -110,6 +110,12 @@ pub(crate) fn hold_room(sid: Sid) -> String {
     format!("~recovering:{sid}")
 }
 
+/// The marker of a record written by socket `sid` (see [`bus::Bus::register_owned`]):
+/// its `sid` field as serialized.
+pub(crate) fn owner(sid: Sid) -> String {
+    format!("\"sid\":\"{sid}\"")
+}
+
 /// A fresh private session id (what Socket.IO calls `pid`).
 pub(crate) fn new_pid() -> String {
     use rand::Rng as _;
@@ -162,12 +168,16 @@ impl Recovery {
         Some((pid, Bytes::from(bytes)))
     }
 
-    /// Every live session (pid, record bytes), to refresh their expiry.
-    pub(crate) fn all(&self) -> Vec<(String, Bytes)> {
+    /// Every live session (socket, pid, record bytes), to refresh their expiry.
+    pub(crate) fn all(&self) -> Vec<(Sid, String, Bytes)> {
         lock(&self.sessions)
-            .values()
-            .filter_map(|(pid, record)| {
-                Some((pid.clone(), Bytes::from(serde_json::to_vec(record).ok()?)))
+            .iter()
+            .filter_map(|(sid, (pid, record))| {
+                Some((
+                    *sid,
+                    pid.clone(),
+                    Bytes::from(serde_json::to_vec(record).ok()?),
+                ))
             })
             .collect()
     }

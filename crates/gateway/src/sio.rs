@@ -411,7 +411,7 @@ async fn on_connect(ctx: Arc<SocketCtx>, s: SocketRef<BusAdapter>) {
             rooms: rooms.iter().map(|r| r.as_str().to_owned()).collect(),
         };
         if let Some(bytes) = cluster.recovery().track(s.id, pid, record) {
-            cluster.save_session(pid.to_owned(), Some(bytes));
+            cluster.save_session(pid.to_owned(), Some(bytes), None);
         }
     }
 }

@@ -173,3 +173,32 @@ async fn past_the_window_or_with_someone_elses_session_a_client_starts_afresh() 
     assert_eq!(connected["recovered"], false);
     assert_ne!(fresh.pid.as_deref(), Some(pid.as_str()));
 }
+
+#[tokio::test]
+async fn what_the_sdk_publishes_while_a_client_is_away_is_recovered_too() {
+    let redis = RedisServer::start().unwrap();
+    let nodes = cluster(&redis, 60_000).await;
+    let prefix = nodes[0].cluster.channels().prefix().to_owned();
+    let sdk = publisher::Publisher::connect(&redis.url(), Duration::from_secs(2))
+        .unwrap()
+        .with_channel_prefix(&prefix)
+        .with_recovery(&["/"], Duration::from_secs(60), 10_000)
+        .in_tenant("acme");
+    let (mut c, _) = connect(&nodes[0], json!({"token": token(claims("dan"))})).await;
+    let pid = c.pid.clone().unwrap();
+    publish(&nodes[1], "user:dan", 0).await;
+    let (_, offset) = tick(&mut c).await;
+    c.abort();
+    for seq in 1..=3u64 {
+        sdk.to_user("dan")
+            .emit("tick", &json!({"seq": seq}))
+            .await
+            .unwrap();
+    }
+    let auth = json!({"token": token(claims("dan")), "pid": pid, "offset": offset});
+    let (mut back, connected) = connect(&nodes[1], auth).await;
+    assert_eq!(connected["recovered"], true);
+    for expected in 1..=3 {
+        assert_eq!(tick(&mut back).await.0, expected);
+    }
+}

@@ -105,8 +105,38 @@ impl Publisher {
 
     /// The same publisher with another channel prefix (it must match the gateways').
     pub fn with_channel_prefix(&self, prefix: &str) -> Self {
+        let mut outbox = Outbox::new(self.outbox.bus().clone(), Channels::new(prefix));
+        if let Some(recording) = self.outbox.recording() {
+            outbox = outbox.with_recording(recording.clone());
+        }
         Self {
-            outbox: Outbox::new(self.outbox.bus().clone(), Channels::new(prefix)),
+            outbox,
+            ..self.clone()
+        }
+    }
+
+    /// The same publisher, recording what it emits into `namespaces` for connection
+    /// state recovery, as the gateways do (give it the gateways' `RECOVERY_NAMESPACES`,
+    /// `RECOVERY_WINDOW_MS` and `RECOVERY_MAX_MESSAGES`): clients that were away then get
+    /// these messages too when they recover.
+    ///
+    /// ```
+    /// # fn demo(p: publisher::Publisher) {
+    /// let p = p.with_recovery(&["/"], std::time::Duration::from_secs(120), 10_000);
+    /// # }
+    /// ```
+    pub fn with_recovery(
+        &self,
+        namespaces: &[&str],
+        window: std::time::Duration,
+        max_len: usize,
+    ) -> Self {
+        Self {
+            outbox: self.outbox.clone().with_recording(bus::Recording {
+                namespaces: namespaces.iter().map(|n| (*n).to_owned()).collect(),
+                max_len,
+                ttl: window,
+            }),
             ..self.clone()
         }
     }

@@ -43,6 +43,15 @@ struct Cli {
     /// How long to keep retrying while Redis is unreachable, in ms [default: 5000]
     #[arg(long, default_value_t = 5000)]
     retry_ms: u64,
+    /// The gateways' namespaces with connection state recovery (comma-separated): what is published there is recorded [default: none]
+    #[arg(long, env = "RECOVERY_NAMESPACES", default_value = "")]
+    recovery_namespaces: String,
+    /// The gateways' recovery window, in ms [default: 120000]
+    #[arg(long, env = "RECOVERY_WINDOW_MS", default_value_t = 120_000)]
+    recovery_window_ms: u64,
+    /// The gateways' history length per recovery namespace [default: 10000]
+    #[arg(long, env = "RECOVERY_MAX_MESSAGES", default_value_t = 10_000)]
+    recovery_max_messages: usize,
 }
 
 #[tokio::main]
@@ -55,6 +64,21 @@ async fn main() -> anyhow::Result<()> {
             .with_channel_prefix(&cli.prefix)
             .with_origin(&cli.origin)
             .in_namespace(&cli.ns);
+    let recovery: Vec<&str> = cli
+        .recovery_namespaces
+        .split(',')
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+        .collect();
+    let publisher = if recovery.is_empty() {
+        publisher
+    } else {
+        publisher.with_recovery(
+            &recovery,
+            Duration::from_millis(cli.recovery_window_ms),
+            cli.recovery_max_messages,
+        )
+    };
     let publisher = match &cli.tenant {
         Some(tenant) => publisher.in_tenant(tenant),
         None => publisher,
