@@ -33,7 +33,7 @@ use tokio::sync::mpsc;
 
 pub use health::{Health, LinkState};
 pub use memory::{MemoryBus, MemoryHub};
-pub use outbox::{Outbox, Recording, SendError, targets};
+pub use outbox::{HistoryError, HistoryPage, Outbox, Recording, SendError, targets};
 pub use redis::{RedisBus, RedisConfig, RedisSetupError, mask_url};
 
 /// A message received on a subscribed channel.

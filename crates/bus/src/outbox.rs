@@ -123,6 +123,99 @@ impl Outbox {
     }
 }
 
+/// One page of a room's history ([`Outbox::room_history`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct HistoryPage {
+    /// The messages addressed to the room, oldest first, with their offsets.
+    pub messages: Vec<(String, Envelope)>,
+    /// Where the next page starts (pass it as `since`); `None` when the history was read
+    /// to its end.
+    pub next: Option<String>,
+}
+
+/// Why a history could not be read.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum HistoryError {
+    /// The namespace keeps no history (not a recovery namespace).
+    #[error("namespace {0:?} keeps no history (it is not one of RECOVERY_NAMESPACES)")]
+    NotRecorded(String),
+    /// The tenant or room is invalid.
+    #[error(transparent)]
+    InvalidTarget(#[from] TargetError),
+    /// The bus could not read it.
+    #[error(transparent)]
+    Bus(#[from] PublishError),
+}
+
+impl Outbox {
+    /// Up to `limit` messages addressed to `room` (of `tenant`, in namespace `ns`) after
+    /// the offset `since` (exclusive; `None`: from the oldest kept), oldest first. Reads
+    /// at most ten times `limit` entries of the namespace history per call; `next` then
+    /// says where to go on.
+    pub async fn room_history(
+        &self,
+        ns: &str,
+        tenant: Option<&str>,
+        room: &str,
+        since: Option<&str>,
+        limit: usize,
+    ) -> Result<HistoryPage, HistoryError> {
+        let history = self
+            .history(ns)
+            .ok_or_else(|| HistoryError::NotRecorded(ns.to_owned()))?;
+        let (target, _) = rooms::resolve_targets(tenant, &[room.to_owned()], &[])?;
+        let Audience::Rooms(target) = target else {
+            return Err(HistoryError::NotRecorded(ns.to_owned()));
+        };
+        let limit = limit.clamp(1, 1000);
+        let budget = limit.saturating_mul(10);
+        let mut from = since.unwrap_or("-").to_owned();
+        let mut messages = Vec::new();
+        let mut read = 0;
+        loop {
+            let page = self.bus.history(&history.stream, &from, limit + 1).await?;
+            let full = page.len() > limit;
+            for (id, bytes) in page {
+                if from != "-" && crate::offset_cmp(&id, &from).is_le() {
+                    continue;
+                }
+                read += 1;
+                from = id.clone();
+                let Ok(env) = Envelope::decode(&bytes, envelope::Limits::default()) else {
+                    continue;
+                };
+                let addressed = env.socket.is_none()
+                    && targets(&env).is_ok_and(|(to, _)| match to {
+                        Audience::Rooms(rooms) => rooms.iter().any(|r| target.contains(r)),
+                        Audience::Everyone => false,
+                    });
+                if addressed {
+                    messages.push((id, env));
+                    if messages.len() == limit {
+                        return Ok(HistoryPage {
+                            messages,
+                            next: Some(from),
+                        });
+                    }
+                }
+            }
+            if !full {
+                return Ok(HistoryPage {
+                    messages,
+                    next: None,
+                });
+            }
+            if read >= budget {
+                return Ok(HistoryPage {
+                    messages,
+                    next: Some(from),
+                });
+            }
+        }
+    }
+}
+
 /// Resolves the audience and the excluded rooms of `env` from its tenant, `to` and
 /// `except` (see [`rooms::resolve_targets`]), reporting the first invalid one.
 pub fn targets(env: &Envelope) -> Result<(Audience, Vec<ScopedRoom>), SendError> {

@@ -150,6 +150,11 @@ impl Cluster {
         }
     }
 
+    /// The outbox (publishing, and reading recovery histories).
+    pub fn outbox(&self) -> &Outbox {
+        &self.outbox
+    }
+
     /// Connection state recovery.
     pub(crate) fn recovery(&self) -> &crate::recovery::Recovery {
         &self.recovery

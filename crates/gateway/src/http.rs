@@ -85,6 +85,8 @@ pub(crate) fn router(ctx: Arc<HttpCtx>, max_payload: usize, timeout: Duration) -
         .route("/health/ready", get(ready))
         .route("/metrics", get(metrics))
         .route("/v1/cluster", get(cluster_view))
+        // Room names may hold `/`: the room is everything before the last segment.
+        .route("/v1/rooms/{*path}", get(room_resource))
         .route(
             "/v1/publish",
             // Twice the envelope limit, so a slightly oversize envelope gets the clear
@@ -299,6 +301,81 @@ async fn cluster_view(
         "count": nodes.len(),
         "nodes": nodes,
     })))
+}
+
+/// Query of `GET /v1/rooms/{room}/history`.
+#[derive(Debug, serde::Deserialize)]
+struct HistoryQuery {
+    /// The room's tenant (absent: the shared scope).
+    tenant: Option<String>,
+    /// Namespace [default: /].
+    ns: Option<String>,
+    /// Messages after this offset (exclusive) [default: from the oldest kept].
+    since: Option<String>,
+    /// At most this many messages, 1-1000 [default: 100].
+    limit: Option<usize>,
+}
+
+/// `GET /v1/rooms/{room}/history`: the messages addressed to a room of a recovery
+/// namespace, oldest first, with their offsets, a page at a time.
+async fn room_resource(
+    State(ctx): State<Arc<HttpCtx>>,
+    headers: HeaderMap,
+    axum::extract::Path(path): axum::extract::Path<String>,
+    axum::extract::Query(query): axum::extract::Query<HistoryQuery>,
+) -> Result<Response, ApiError> {
+    check_key(&ctx, &headers)?;
+    let Some(room) = path.strip_suffix("/history") else {
+        return Ok((
+            StatusCode::NOT_FOUND,
+            axum::Json(json!({"error": "unknown resource: use /v1/rooms/{room}/history"})),
+        )
+            .into_response());
+    };
+    if let Some(since) = &query.since
+        && !bus::is_offset(since)
+    {
+        return Err(ApiError::BadOption(format!(
+            "since {since:?} is not an offset (<ms>-<seq>, as delivered)"
+        )));
+    }
+    let ns = query.ns.as_deref().unwrap_or("/");
+    let page = ctx
+        .cluster
+        .outbox()
+        .room_history(
+            ns,
+            query.tenant.as_deref(),
+            room,
+            query.since.as_deref(),
+            query.limit.unwrap_or(100),
+        )
+        .await
+        .map_err(|e| match e {
+            bus::HistoryError::Bus(e) => ApiError::BusUnavailableRead(e.to_string()),
+            other => ApiError::BadRoom(other.to_string()),
+        })?;
+    let messages: Vec<serde_json::Value> = page
+        .messages
+        .iter()
+        .map(|(offset, env)| {
+            json!({
+                "offset": offset,
+                "id": env.id,
+                "ts": env.ts,
+                "event": env.event,
+                "args": env.arguments(),
+            })
+        })
+        .collect();
+    Ok(axum::Json(json!({
+        "room": room,
+        "ns": ns,
+        "tenant": query.tenant,
+        "messages": messages,
+        "next": page.next,
+    }))
+    .into_response())
 }
 
 /// Options of `POST /v1/publish` that are not part of the envelope.

@@ -166,6 +166,30 @@ impl Publisher {
         }
     }
 
+    /// One page of the messages addressed to `room` (in this publisher's namespace and
+    /// tenant) after the offset `since`, oldest first, from the namespace's recovery
+    /// history: for apps that catch up by themselves. Needs [`Publisher::with_recovery`]
+    /// naming the namespace.
+    ///
+    /// ```
+    /// # async fn demo(p: publisher::Publisher) -> Result<(), bus::HistoryError> {
+    /// let page = p.in_tenant("acme").history("doc:Task:1", None, 100).await?;
+    /// for (offset, message) in &page.messages {
+    ///     println!("{offset}: {}", message.event);
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn history(
+        &self,
+        room: &str,
+        since: Option<&str>,
+        limit: usize,
+    ) -> Result<bus::HistoryPage, bus::HistoryError> {
+        self.outbox
+            .room_history(&self.ns, self.tenant.as_deref(), room, since, limit)
+            .await
+    }
+
     /// The user who sent `event` (a [`ClientEvent`] from a [`Consumer`]), in its
     /// namespace and tenant: every socket of that user.
     pub fn reply_to_user(&self, event: &ClientEvent) -> Emit<'_> {
