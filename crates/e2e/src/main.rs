@@ -8,6 +8,7 @@
 
 mod deploy;
 mod images;
+mod recovery;
 mod scenarios;
 
 use std::path::PathBuf;
@@ -177,6 +178,8 @@ async fn start(run: &str) -> anyhow::Result<Env> {
             .with_env_var("REDIS_URL", format!("redis://{redis_name}:6379"))
             .with_env_var("REDIS_CHANNEL_PREFIX", &prefix)
             .with_env_var("NODE_TTL_SECS", "6")
+            .with_env_var("NAMESPACES", format!("/,{}", recovery::NAMESPACE))
+            .with_env_var("RECOVERY_NAMESPACES", recovery::NAMESPACE)
             .with_env_var("LOG_FORMAT", "json")
             .with_env_var("RUST_LOG", "info")
             .with_host("host.docker.internal", Host::HostGateway)

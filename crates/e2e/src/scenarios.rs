@@ -17,7 +17,7 @@ type Scenario = for<'a> fn(
 
 /// Runs every scenario in order; a failure does not stop the others.
 pub(crate) async fn run_all(env: &mut Env) -> Vec<(&'static str, anyhow::Result<Outcome>)> {
-    let matrix: [(&'static str, Scenario); 12] = [
+    let matrix: [(&'static str, Scenario); 13] = [
         ("cross-node delivery", |e| Box::pin(cross_node(e))),
         ("one trace, 3 nodes", |e| Box::pin(one_trace(e))),
         ("user targeting", |e| Box::pin(user_targeting(e))),
@@ -29,6 +29,9 @@ pub(crate) async fn run_all(env: &mut Env) -> Vec<(&'static str, anyhow::Result<
         ("partition", |e| Box::pin(partition(e))),
         ("rolling restart", |e| {
             Box::pin(crate::deploy::rolling_restart(e))
+        }),
+        ("recovery under kills", |e| {
+            Box::pin(crate::recovery::forced_disconnects(e))
         }),
         ("node loss", |e| Box::pin(node_loss(e))),
         ("compose up", |e| Box::pin(crate::deploy::compose(e))),
@@ -42,9 +45,9 @@ pub(crate) async fn run_all(env: &mut Env) -> Vec<(&'static str, anyhow::Result<
         }
         eprintln!("e2e: {name} ...");
         let started = Instant::now();
-        let result = match tokio::time::timeout(Duration::from_secs(120), scenario(env)).await {
+        let result = match tokio::time::timeout(Duration::from_secs(180), scenario(env)).await {
             Ok(r) => r,
-            Err(_) => Err(anyhow!("timed out after 120 s")),
+            Err(_) => Err(anyhow!("timed out after 180 s")),
         };
         match &result {
             Ok(o) => eprintln!(

@@ -762,8 +762,9 @@ impl Cluster {
 
     /// Takes the recoverable session `pid` of a client of `user`/`tenant` reconnecting to
     /// `ns` after `offset`: the record, if it exists, belongs to them, and the history
-    /// still holds `offset` (nothing was trimmed away since). Taken once: a second
-    /// attempt with the same pid finds nothing.
+    /// still holds `offset` (nothing was trimmed away since). Someone else's session is
+    /// left to its owner. The caller hands the session to its new socket
+    /// ([`Cluster::adopt_session`]) before answering.
     pub(crate) async fn take_session(
         &self,
         ns: &str,
@@ -784,6 +785,14 @@ impl Cluster {
         let record: crate::recovery::SessionRecord = serde_json::from_slice(&bytes).ok()?;
         if record.ns != ns || record.user != user || record.tenant.as_deref() != tenant {
             tracing::info!(%ns, %user, "a recovery session of another user or namespace was presented; starting a new one");
+            // Not theirs: it stays its owner's.
+            if let Err(e) = self
+                .bus()
+                .register(&key, bytes, self.recovery.window())
+                .await
+            {
+                tracing::debug!(error = %e, "could not put a recovery session back");
+            }
             return None;
         }
         let history = self.channels().history(ns);
@@ -849,9 +858,37 @@ impl Cluster {
                 return Err(format!("more than {read} messages to replay"));
             }
         }
+        tracing::debug!(sid = %socket.id, %offset, upto = %from, sent, "replayed");
         self.recovery.replayed(socket.id, from);
         self.metrics.delivered_replay(sent as u64);
         Ok(sent)
+    }
+
+    /// Makes the socket that recovers `record` its owner at once (same pid, its own id),
+    /// before the client hears back: if this node dies during the replay, the client
+    /// recovers again elsewhere, and writes from the session's previous socket no longer
+    /// land.
+    pub(crate) async fn adopt_session(
+        &self,
+        pid: &str,
+        record: &crate::recovery::SessionRecord,
+        sid: socketioxide::socket::Sid,
+    ) {
+        let adopted = crate::recovery::SessionRecord {
+            sid: sid.to_string(),
+            ..record.clone()
+        };
+        let Ok(bytes) = serde_json::to_vec(&adopted) else {
+            return;
+        };
+        let key = self.channels().session(pid);
+        if let Err(e) = self
+            .bus()
+            .register(&key, Bytes::from(bytes), self.recovery.window())
+            .await
+        {
+            tracing::warn!(error = %e, "could not keep a recovered session");
+        }
     }
 
     /// Keeps the session of `socket` (a recovery namespace) as it is now: its rooms.
@@ -874,46 +911,65 @@ impl Cluster {
         }
     }
 
-    /// Writes (for one window) or removes a session record, in the background. With
-    /// `owner`, only over that socket's own record (never over a tombstone left by a
-    /// recovery elsewhere, or over the record of the socket that recovered it).
+    /// Writes (for one window) or removes a session record, in the background, after
+    /// every write queued before. With `owner`, only over that socket's own record (never
+    /// over a tombstone left by a recovery elsewhere, or over the record of the socket
+    /// that recovered it).
     pub(crate) fn save_session(
         &self,
         pid: String,
         record: Option<Bytes>,
         owner: Option<socketioxide::socket::Sid>,
     ) {
-        let bus = self.bus().clone();
-        let key = self.channels().session(&pid);
-        let window = self.recovery.window();
-        tokio::spawn(async move {
-            let result = match (record, owner) {
-                (Some(bytes), None) => bus.register(&key, bytes, window).await,
-                (Some(bytes), Some(sid)) => bus
-                    .register_owned(&key, bytes, window, &crate::recovery::owner(sid))
-                    .await
-                    .map(drop),
-                (None, _) => bus.unregister(&key).await,
-            };
-            if let Err(e) = result {
-                tracing::debug!(error = %e, "could not store a recovery session");
-            }
-        });
+        let queued = self
+            .recovery
+            .queue(crate::recovery::SessionWrite { pid, record, owner });
+        if !queued {
+            tracing::debug!("recovery session writes are backing up; one dropped");
+        }
     }
 
-    /// Refreshes every live session's record each third of the window, so that the
-    /// sessions of a node that dies stay recoverable for a window.
-    pub(crate) async fn refresh_sessions(self: Arc<Self>) {
-        let period = self.recovery.window() / 3;
+    async fn write_session(&self, write: crate::recovery::SessionWrite) {
+        let key = self.channels().session(&write.pid);
+        let window = self.recovery.window();
+        let bus = self.bus();
+        let result = match (write.record, write.owner) {
+            (Some(bytes), None) => bus.register(&key, bytes, window).await,
+            (Some(bytes), Some(sid)) => bus
+                .register_owned(&key, bytes, window, &crate::recovery::owner(sid))
+                .await
+                .map(drop),
+            (None, _) => bus.unregister(&key).await,
+        };
+        if let Err(e) = result {
+            tracing::debug!(error = %e, "could not store a recovery session");
+        }
+    }
+
+    /// Applies session writes in order, and refreshes every live session's record each
+    /// third of the window, so that the sessions of a node that dies stay recoverable
+    /// for a window.
+    pub(crate) async fn sessions(self: Arc<Self>) {
+        let Some(mut writes) = self.recovery.take_queue() else {
+            return;
+        };
+        let period = (self.recovery.window() / 3).max(Duration::from_secs(1));
+        let mut refresh = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
         loop {
-            tokio::time::sleep(period.max(Duration::from_secs(1))).await;
-            for (sid, pid, bytes) in self.recovery.all() {
-                let key = self.channels().session(&pid);
-                let owner = crate::recovery::owner(sid);
-                let window = self.recovery.window();
-                if let Err(e) = self.bus().register_owned(&key, bytes, window, &owner).await {
-                    tracing::debug!(error = %e, "could not refresh a recovery session");
-                    break;
+            tokio::select! {
+                write = writes.recv() => match write {
+                    Some(write) => self.write_session(write).await,
+                    None => return,
+                },
+                _ = refresh.tick() => {
+                    for (sid, pid, record) in self.recovery.all() {
+                        let write = crate::recovery::SessionWrite {
+                            pid,
+                            record: Some(record),
+                            owner: Some(sid),
+                        };
+                        self.write_session(write).await;
+                    }
                 }
             }
         }

@@ -102,7 +102,25 @@ pub(crate) struct Recovery {
     /// Held by the dispatcher while it delivers one message, and by a replay while it
     /// reads the history: the hand-over point between the two.
     pub(crate) dispatch: tokio::sync::Mutex<()>,
+    /// Session record writes, applied in order by one task (a socket's later write
+    /// must never be overtaken by an earlier one).
+    writes: tokio::sync::mpsc::Sender<SessionWrite>,
+    pending: Mutex<Option<tokio::sync::mpsc::Receiver<SessionWrite>>>,
 }
+
+/// One write of a session record.
+#[derive(Debug)]
+pub(crate) struct SessionWrite {
+    pub(crate) pid: String,
+    /// `None`: remove it.
+    pub(crate) record: Option<Bytes>,
+    /// Only over this socket's own record.
+    pub(crate) owner: Option<Sid>,
+}
+
+/// Session writes waiting at most; past it they are dropped (Redis is not keeping up;
+/// the periodic refresh rewrites live sessions).
+const PENDING_WRITES: usize = 10_000;
 
 /// The private room a recovering socket is in while it is held, so that deliveries can
 /// exclude it. `~` is not allowed in room kinds: no client can name it.
@@ -125,13 +143,26 @@ pub(crate) fn new_pid() -> String {
 
 impl Recovery {
     pub(crate) fn new(config: RecoveryConfig) -> Self {
+        let (writes, pending) = tokio::sync::mpsc::channel(PENDING_WRITES);
         Self {
             config,
             sessions: Mutex::default(),
             markers: Mutex::default(),
             recovering: AtomicUsize::new(0),
             dispatch: tokio::sync::Mutex::new(()),
+            writes,
+            pending: Mutex::new(Some(pending)),
         }
+    }
+
+    /// Queues a session write; false when the queue is full.
+    pub(crate) fn queue(&self, write: SessionWrite) -> bool {
+        self.writes.try_send(write).is_ok()
+    }
+
+    /// The queue's receiving end, for the one task that applies the writes.
+    pub(crate) fn take_queue(&self) -> Option<tokio::sync::mpsc::Receiver<SessionWrite>> {
+        lock(&self.pending).take()
     }
 
     /// Whether `ns` recovers.

@@ -179,7 +179,7 @@ impl Node {
         if !config.recovery.namespaces.is_empty() {
             tasks
                 .0
-                .push(tokio::spawn(cluster.clone().refresh_sessions()));
+                .push(tokio::spawn(cluster.clone().sessions()));
         }
 
         let http_ctx = Arc::new(http::HttpCtx {

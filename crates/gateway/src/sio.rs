@@ -107,6 +107,7 @@ async fn authenticate(
                 .await;
             ctx.cluster.metrics().recovery(record.is_some());
             if let Some(record) = record {
+                ctx.cluster.adopt_session(&asked, &record, s.id).await;
                 s.extensions
                     .insert(Arc::new(recovery::Plan { offset, record }));
                 pid = Some(asked);
@@ -332,6 +333,12 @@ async fn on_connect(ctx: Arc<SocketCtx>, s: SocketRef<BusAdapter>) {
     // A recovered session: held from live recorded deliveries until its replay is done,
     // and back in the rooms it had that the (new) token still allows.
     let plan = s.extensions.get::<Arc<recovery::Plan>>();
+    // Held and joined at one point of the dispatcher's sequence: a live message is
+    // delivered either before (the socket not in its rooms yet) or after (held).
+    let turn = match &plan {
+        Some(_) => Some(cluster.recovery().dispatch.lock().await),
+        None => None,
+    };
     if let Some(plan) = &plan {
         cluster.hold(&s);
         for name in &plan.record.rooms {
@@ -364,6 +371,7 @@ async fn on_connect(ctx: Arc<SocketCtx>, s: SocketRef<BusAdapter>) {
             }
         }
     }
+    drop(turn);
     for result in join_all(confirmations).await {
         if let Err(w) = result {
             tracing::warn!(sid = %s.id, "{w}");
