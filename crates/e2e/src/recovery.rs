@@ -63,7 +63,7 @@ async fn client(
         let url = {
             let urls = urls.read().await;
             attempt += 1;
-            format!("{}", urls[attempt % urls.len()])
+            urls[attempt % urls.len()].clone()
         };
         let mut auth =
             json!({"token": token(json!({"sub": user, "tenant_id": "e2e", "rooms": ["doc:*"]}))});
