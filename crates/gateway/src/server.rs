@@ -177,9 +177,7 @@ impl Node {
             tokio::spawn(cluster.clone().expire_tokens()),
         ]);
         if !config.recovery.namespaces.is_empty() {
-            tasks
-                .0
-                .push(tokio::spawn(cluster.clone().sessions()));
+            tasks.0.push(tokio::spawn(cluster.clone().sessions()));
         }
 
         let http_ctx = Arc::new(http::HttpCtx {
