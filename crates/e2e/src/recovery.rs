@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure};
 use serde_json::{Value, json};
-use testcontainers::core::IntoContainerPort;
 use testkit::{SioClient, TEST_KEY, publish, token};
 use tokio::sync::{Mutex, RwLock};
 
@@ -237,24 +236,7 @@ pub(crate) async fn forced_disconnects(env: &mut Env) -> anyhow::Result<Outcome>
         docker(&["kill", &id])?;
         let killed = Instant::now();
         tokio::time::sleep(Duration::from_secs(1)).await;
-        docker(&["start", &id])?;
-        let port = env.nodes[i]
-            .container
-            .get_host_port_ipv4(3000.tcp())
-            .await?;
-        env.nodes[i].url = format!("http://127.0.0.1:{port}");
-        let ready_by = Instant::now() + Duration::from_secs(30);
-        while !reqwest::get(format!("{}/health/ready", env.nodes[i].url))
-            .await
-            .is_ok_and(|r| r.status().is_success())
-        {
-            ensure!(
-                Instant::now() < ready_by,
-                "{} not ready after its restart",
-                env.nodes[i].id
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        crate::deploy::start_again(env, i).await?;
         urls.write().await[i] = env.nodes[i].url.clone();
         kills.push(killed.duration_since(started).as_secs_f64());
     }

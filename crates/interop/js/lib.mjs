@@ -1,6 +1,8 @@
 // Shared by the interop scripts: the harness's configuration, case reporting, and the
 // HTTP calls (publish, node restart) every case makes.
 
+import { io } from "socket.io-client";
+
 /** The harness passes everything in one JSON environment variable. */
 export const cfg = JSON.parse(process.env.INTEROP ?? "{}");
 
@@ -84,4 +86,28 @@ export class Recorder {
       `event "${name}"`,
     );
   }
+}
+
+/**
+ * Connects to `url` with `token` and waits for the gateway's `connected` event; rejects
+ * with the connect_error. The socket goes into `opened` (closed at the end).
+ */
+export async function openAt(url, token, options, opened) {
+  const socket = io(url, {
+    path: cfg.path,
+    auth: { token },
+    reconnection: false,
+    forceNew: true,
+    ...options,
+  });
+  opened.push(socket);
+  const rec = new Recorder(socket);
+  const connected = await withTimeout(
+    new Promise((resolve, reject) => {
+      socket.once("connected", resolve);
+      socket.once("connect_error", (err) => reject(new Error(`connect_error: ${err.message}`)));
+    }),
+    `"connected" from ${url}`,
+  );
+  return { socket, rec, connected };
 }

@@ -3,8 +3,7 @@
 // The harness passes the site URLs, the native TLS node, and the CA files; the test CA is
 // trusted through NODE_EXTRA_CA_CERTS, as a company CA installed on the machine would be.
 import { readFileSync } from "node:fs";
-import { io } from "socket.io-client";
-import { Recorder, cfg, check, runCase, withTimeout } from "./lib.mjs";
+import { cfg, check, openAt, runCase, withTimeout } from "./lib.mjs";
 
 const token = cfg.tokens[cfg.users.alice];
 const sites = cfg.sites;
@@ -12,23 +11,7 @@ const opened = [];
 
 /** Connects through `url` and waits for `connected`; rejects with the connect_error. */
 async function open(url, options = {}) {
-  const socket = io(url, {
-    path: cfg.path,
-    auth: { token },
-    reconnection: false,
-    forceNew: true,
-    ...options,
-  });
-  opened.push(socket);
-  const rec = new Recorder(socket);
-  const connected = await withTimeout(
-    new Promise((resolve, reject) => {
-      socket.once("connected", resolve);
-      socket.once("connect_error", (err) => reject(new Error(`connect_error: ${err.message}`)));
-    }),
-    `"connected" through ${url}`,
-  );
-  return { socket, rec, connected };
+  return openAt(url, token, options, opened);
 }
 
 /** Publishes through `base` (nginx lets loopback reach /v1/); insists on 202. */

@@ -1,30 +1,14 @@
 // Interop cases for the official socket.io-client (Node.js) against a running Roomcast
 // cluster. One JSON line per case on stdout; the harness draws the table.
 import { io } from "socket.io-client";
-import { Recorder, accepted, cfg, check, publish, restartNode, runCase, withTimeout } from "./lib.mjs";
+import { Recorder, accepted, cfg, check, openAt, publish, restartNode, runCase, withTimeout } from "./lib.mjs";
 
 const users = cfg.users; // { alice, bob }: user ids the harness minted tokens for
 const opened = [];
 
 /** Connects to node `i` (optionally a namespace) and waits for `connected`. */
 async function open(i, token, options = {}, ns = "") {
-  const socket = io(cfg.nodes[i] + ns, {
-    path: cfg.path,
-    auth: { token },
-    reconnection: false,
-    forceNew: true,
-    ...options,
-  });
-  opened.push(socket);
-  const rec = new Recorder(socket);
-  const connected = await withTimeout(
-    new Promise((resolve, reject) => {
-      socket.once("connected", resolve);
-      socket.once("connect_error", (err) => reject(new Error(`connect_error: ${err.message}`)));
-    }),
-    `"connected" from node ${i}`,
-  );
-  return { socket, rec, connected };
+  return openAt(cfg.nodes[i] + ns, token, options, opened);
 }
 
 /** The connect_error message a connection attempt ends with. */

@@ -28,20 +28,6 @@ fn nginx_binary() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("nginx"))
 }
 
-fn copy_dir(from: &Path, to: &Path) -> anyhow::Result<()> {
-    std::fs::create_dir_all(to)?;
-    for entry in std::fs::read_dir(from)? {
-        let entry = entry?;
-        let target = to.join(entry.file_name());
-        if entry.file_type()?.is_dir() {
-            copy_dir(&entry.path(), &target)?;
-        } else {
-            std::fs::copy(entry.path(), &target)?;
-        }
-    }
-    Ok(())
-}
-
 /// Prepares `dir` from `deploy/nginx` for `gateways` (host:port each), checks it with
 /// `nginx -t`, and starts nginx.
 pub(crate) async fn start(
@@ -53,7 +39,7 @@ pub(crate) async fn start(
     if dir.exists() {
         std::fs::remove_dir_all(dir)?;
     }
-    copy_dir(deploy, dir)?;
+    testkit::copy_dir(deploy, dir)?;
     for extra in ["conf.d", "tls", "logs"] {
         std::fs::create_dir_all(dir.join(extra))?;
     }

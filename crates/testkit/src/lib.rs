@@ -21,3 +21,19 @@ pub use node::{
 };
 pub use otlp::{OtlpReceiver, ReceivedSpan, check_publish_trace};
 pub use redis::{RedisServer, free_port};
+
+/// Copies the directory `from` (recursively) to `to`, e.g. a shipped configuration
+/// into a test's own directory.
+pub fn copy_dir(from: &std::path::Path, to: &std::path::Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            copy_dir(&entry.path(), &target)?;
+        } else {
+            std::fs::copy(entry.path(), &target)?;
+        }
+    }
+    Ok(())
+}
