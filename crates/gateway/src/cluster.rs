@@ -56,6 +56,8 @@ pub struct Cluster {
     bus_seen_up: std::sync::atomic::AtomicBool,
     /// Connection state recovery.
     recovery: crate::recovery::Recovery,
+    /// Presence queries waiting for other nodes' answers.
+    presence: crate::presence::Pending,
 }
 
 /// Node counters.
@@ -147,6 +149,7 @@ impl Cluster {
             adapters: Mutex::default(),
             stats: Stats::default(),
             recovery: crate::recovery::Recovery::new(settings.recovery),
+            presence: crate::presence::Pending::default(),
         }
     }
 
@@ -271,7 +274,13 @@ impl Cluster {
         let mut all: Vec<String> = self
             .namespaces
             .iter()
-            .map(|ns| channels.namespace(ns))
+            .flat_map(|ns| {
+                [
+                    channels.namespace(ns),
+                    channels.control(ns),
+                    channels.control_for(ns, &self.node_id),
+                ]
+            })
             .collect();
         all.extend(self.legacy_channel.iter().cloned());
         all
@@ -716,6 +725,7 @@ impl Cluster {
                 }
                 return;
             }
+            ChannelKind::Control(ns) => return self.on_control(ns, &msg.payload).await,
             ChannelKind::Event | ChannelKind::Other => {}
         }
         if let Some((offset, payload)) = bus::recorded_frame(&msg.payload) {
@@ -984,6 +994,94 @@ impl Cluster {
             reason = "the hold room is node-local: no membership, no bus channel"
         )]
         socket.join(crate::recovery::hold_room(socket.id));
+    }
+
+    /// Who is in the scoped `room` of namespace `ns`, on every node that answers within
+    /// [`crate::presence::ANSWER_WITHIN`].
+    pub async fn presence(&self, ns: &str, room: &ScopedRoom) -> crate::presence::Presence {
+        let mut presence = crate::presence::Presence::default();
+        presence.add(&self.local_users(ns, room.as_str()));
+        let expected = match self.registry.nodes().await {
+            Ok(nodes) => nodes.iter().filter(|n| n.node_id != self.node_id).count(),
+            Err(e) => {
+                tracing::debug!(error = %e, "registry unreadable; presence of this node only");
+                0
+            }
+        };
+        presence.nodes_expected = expected + 1;
+        if expected == 0 {
+            return presence;
+        }
+        let id = envelope::new_id();
+        let mut answers = self.presence.open(&id);
+        let query = crate::presence::Control::Presence {
+            id: id.clone(),
+            from: self.node_id.clone(),
+            room: room.as_str().to_owned(),
+        };
+        let sent = match serde_json::to_vec(&query) {
+            Ok(bytes) => self
+                .bus()
+                .publish(&self.channels().control(ns), Bytes::from(bytes))
+                .await
+                .is_ok(),
+            Err(_) => false,
+        };
+        if sent {
+            let deadline = tokio::time::Instant::now() + crate::presence::ANSWER_WITHIN;
+            while presence.nodes_answered <= expected {
+                match tokio::time::timeout_at(deadline, answers.recv()).await {
+                    Ok(Some(users)) => presence.add(&users),
+                    _ => break,
+                }
+            }
+        }
+        self.presence.close(&id);
+        presence.nodes_expected = presence.nodes_expected.max(presence.nodes_answered);
+        presence
+    }
+
+    /// The users of this node's sockets in `room` (a scoped name), with their counts.
+    fn local_users(&self, ns: &str, room: &str) -> HashMap<String, u32> {
+        let mut users = HashMap::new();
+        let Some(op) = self.io.get().and_then(|io| io.of(ns)) else {
+            return users;
+        };
+        for socket in op.to(room.to_owned()).local().sockets() {
+            if let Some(identity) = socket.extensions.get::<Arc<crate::auth::Identity>>() {
+                *users.entry(identity.user_id.clone()).or_default() += 1;
+            }
+        }
+        users
+    }
+
+    /// A control message from another node (or this node's own query, ignored).
+    async fn on_control(&self, ns: &str, payload: &[u8]) {
+        use crate::presence::Control;
+        let control = match serde_json::from_slice::<Control>(payload) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::debug!(%ns, error = %e, "undecodable control message");
+                return;
+            }
+        };
+        match control {
+            Control::Presence { id, from, room } if from != self.node_id => {
+                let reply = Control::PresenceReply {
+                    id,
+                    node: self.node_id.clone(),
+                    users: self.local_users(ns, &room),
+                };
+                if let Ok(bytes) = serde_json::to_vec(&reply) {
+                    let channel = self.channels().control_for(ns, &from);
+                    if let Err(e) = self.bus().publish(&channel, Bytes::from(bytes)).await {
+                        tracing::debug!(error = %e, "could not answer a presence query");
+                    }
+                }
+            }
+            Control::Presence { .. } => {}
+            Control::PresenceReply { id, users, .. } => self.presence.answer(&id, users),
+        }
     }
 
     /// The local socket `sid` of namespace `ns`, if it is here.

@@ -325,10 +325,15 @@ async fn room_resource(
     axum::extract::Query(query): axum::extract::Query<HistoryQuery>,
 ) -> Result<Response, ApiError> {
     check_key(&ctx, &headers)?;
+    if let Some(room) = path.strip_suffix("/presence") {
+        return room_presence(&ctx, room, &query).await;
+    }
     let Some(room) = path.strip_suffix("/history") else {
         return Ok((
             StatusCode::NOT_FOUND,
-            axum::Json(json!({"error": "unknown resource: use /v1/rooms/{room}/history"})),
+            axum::Json(json!({
+                "error": "unknown resource: use /v1/rooms/{room}/history or /v1/rooms/{room}/presence"
+            })),
         )
             .into_response());
     };
@@ -374,6 +379,35 @@ async fn room_resource(
         "tenant": query.tenant,
         "messages": messages,
         "next": page.next,
+    }))
+    .into_response())
+}
+
+/// `GET /v1/rooms/{room}/presence`: who is in a room, cluster-wide.
+async fn room_presence(
+    ctx: &HttpCtx,
+    room: &str,
+    query: &HistoryQuery,
+) -> Result<Response, ApiError> {
+    let ns = query.ns.as_deref().unwrap_or("/");
+    let (target, _) = rooms::resolve_targets(query.tenant.as_deref(), &[room.to_owned()], &[])
+        .map_err(|e| ApiError::BadRoom(e.to_string()))?;
+    let rooms::Audience::Rooms(scoped) = target else {
+        return Err(ApiError::BadRoom("name one room".into()));
+    };
+    let Some(scoped) = scoped.first() else {
+        return Err(ApiError::BadRoom("name one room".into()));
+    };
+    let presence = ctx.cluster.presence(ns, scoped).await;
+    Ok(axum::Json(json!({
+        "room": room,
+        "ns": ns,
+        "tenant": query.tenant,
+        "users": presence.users.iter().map(|(user, sockets)| json!({"user": user, "sockets": sockets})).collect::<Vec<_>>(),
+        "count": presence.users.len(),
+        "sockets": presence.sockets,
+        "nodes_answered": presence.nodes_answered,
+        "nodes_expected": presence.nodes_expected,
     }))
     .into_response())
 }

@@ -48,6 +48,7 @@ mod http;
 mod limits;
 mod membership;
 mod metrics;
+mod presence;
 mod recovery;
 mod registry;
 mod server;
@@ -69,6 +70,7 @@ pub use config::{
 pub use limits::RateLimits;
 pub use membership::{AttachRefused, ConnectionLimits, JoinRefused, Membership, UserKey};
 pub use metrics::{Metrics, OTHER_EVENT, Refusal, Snapshot};
+pub use presence::{ANSWER_WITHIN, Presence};
 pub use recovery::RecoveryConfig;
 pub use registry::{Registry, RegistryError};
 pub use server::{Node, StartError, connect_bus, run};

@@ -257,6 +257,34 @@ async fn on_connect(ctx: Arc<SocketCtx>, s: SocketRef<BusAdapter>) {
     {
         let cluster = cluster.clone();
         s.on(
+            "presence",
+            move |s: SocketRef<BusAdapter>,
+                  TryData(arg): TryData<Value>,
+                  ack: AckSender<BusAdapter>| {
+                let cluster = cluster.clone();
+                let allowed = limit(&cluster, &s, false);
+                async move {
+                    let reply = match allowed.and_then(|()| presence_room(&s, arg.ok())) {
+                        Ok((room, scoped)) => {
+                            let p = cluster.presence(s.ns(), &scoped).await;
+                            json!({
+                                "ok": true,
+                                "room": room,
+                                "users": p.users.iter().map(|(user, sockets)| json!({"user": user, "sockets": sockets})).collect::<Vec<_>>(),
+                                "count": p.users.len(),
+                                "sockets": p.sockets,
+                            })
+                        }
+                        Err(error) => json!({"ok": false, "error": error}),
+                    };
+                    ack.send(&reply).ok();
+                }
+            },
+        );
+    }
+    {
+        let cluster = cluster.clone();
+        s.on(
             "publish",
             move |s: SocketRef<BusAdapter>,
                   TryData(arg): TryData<Value>,
@@ -500,6 +528,22 @@ fn join(
         }
         Err(e) => Err(e.to_string()),
     }
+}
+
+/// The room a `presence` request names, which the socket must be in.
+fn presence_room(
+    s: &SocketRef<BusAdapter>,
+    arg: Option<Value>,
+) -> Result<(String, rooms::ScopedRoom), String> {
+    let room = room_arg(arg)?;
+    let identity = identity(s).ok_or("not authenticated")?;
+    let scoped = identity.scope(&room).map_err(|e| e.to_string())?;
+    if !s.rooms().iter().any(|r| r.as_ref() == scoped.as_str()) {
+        return Err(format!(
+            "not in {room}: presence is for rooms this socket is in"
+        ));
+    }
+    Ok((room.into_string(), scoped))
 }
 
 /// Validates and applies a leave now.

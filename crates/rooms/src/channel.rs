@@ -11,6 +11,9 @@ pub enum ChannelKind<'a> {
     Request(&'a str),
     /// Adapter responses for the namespace.
     Response(&'a str),
+    /// Roomcast's own node-to-node requests and replies for the namespace (presence,
+    /// server-side events).
+    Control(&'a str),
     /// Not one of ours (e.g. the legacy channel).
     Other,
 }
@@ -110,6 +113,25 @@ impl Channels {
         format!("{}:session:{pid}", self.prefix)
     }
 
+    /// Node-to-node control messages of a namespace (presence queries, server-side
+    /// events): every node subscribes.
+    ///
+    /// ```
+    /// assert_eq!(rooms::Channels::new("p").control("/"), "p:ctl:/");
+    /// ```
+    pub fn control(&self, ns: &str) -> String {
+        format!("{}:ctl:{ns}", self.prefix)
+    }
+
+    /// Control messages of a namespace for one node (replies to its queries).
+    ///
+    /// ```
+    /// assert_eq!(rooms::Channels::new("p").control_for("/", "n1"), "p:ctl:/#n1");
+    /// ```
+    pub fn control_for(&self, ns: &str, node: &str) -> String {
+        format!("{}:ctl:{ns}#{node}", self.prefix)
+    }
+
     /// Which kind of channel `channel` is, and its namespace for adapter channels.
     ///
     /// ```
@@ -118,6 +140,7 @@ impl Channels {
     /// assert_eq!(ch.classify("p:req:/chat"), ChannelKind::Request("/chat"));
     /// assert_eq!(ch.classify("p:req:/chat#u1"), ChannelKind::Request("/chat"));
     /// assert_eq!(ch.classify("p:res:/#u1"), ChannelKind::Response("/"));
+    /// assert_eq!(ch.classify("p:ctl:/chat#n1"), ChannelKind::Control("/chat"));
     /// assert_eq!(ch.classify("p:room:/#user:1"), ChannelKind::Event);
     /// assert_eq!(ch.classify("realtime"), ChannelKind::Other);
     /// ```
@@ -133,6 +156,8 @@ impl Channels {
             ChannelKind::Request(ns_of(r))
         } else if let Some(r) = rest.strip_prefix("res:") {
             ChannelKind::Response(ns_of(r))
+        } else if let Some(r) = rest.strip_prefix("ctl:") {
+            ChannelKind::Control(ns_of(r))
         } else if rest.starts_with("room:") || rest.starts_with("ns:") {
             ChannelKind::Event
         } else {

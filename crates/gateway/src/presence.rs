@@ -1,0 +1,89 @@
+//! Presence: who is in a room, cluster-wide, asked when needed rather than kept.
+//!
+//! A query goes to every node on the namespace's control channel; each answers with the
+//! users of its own sockets in that room (from the socket identities it holds), and the
+//! asking node merges the answers. Nothing is written per join or leave. A node that does
+//! not answer within [`ANSWER_WITHIN`] (crashed, partitioned) is left out of the answer
+//! and counted as missing: a dead node's sockets vanish from presence at once, not after
+//! a TTL. Users online across the cluster are the presence of their `user:` room.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+/// How long a query waits for the other nodes.
+pub const ANSWER_WITHIN: Duration = Duration::from_secs(1);
+
+/// One room's presence.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Presence {
+    /// Each user in the room and how many sockets they have there, by user id.
+    pub users: BTreeMap<String, u32>,
+    /// Sockets in the room, all users together.
+    pub sockets: u32,
+    /// Nodes that answered (this one included).
+    pub nodes_answered: usize,
+    /// Nodes the registry knows (this one included); more than answered means some
+    /// did not answer in time and their sockets are not counted.
+    pub nodes_expected: usize,
+}
+
+impl Presence {
+    /// Adds one node's answer.
+    pub(crate) fn add(&mut self, users: &HashMap<String, u32>) {
+        for (user, n) in users {
+            *self.users.entry(user.clone()).or_default() += n;
+            self.sockets += n;
+        }
+        self.nodes_answered += 1;
+    }
+}
+
+/// A control message on the bus.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub(crate) enum Control {
+    /// Who of yours is in `room` (a scoped room name)? Answer on `from`'s channel.
+    Presence {
+        id: String,
+        from: String,
+        room: String,
+    },
+    /// This node's answer.
+    PresenceReply {
+        id: String,
+        node: String,
+        users: HashMap<String, u32>,
+    },
+}
+
+/// Queries waiting for answers, by id.
+#[derive(Debug, Default)]
+pub(crate) struct Pending(Mutex<HashMap<String, mpsc::Sender<HashMap<String, u32>>>>);
+
+impl Pending {
+    pub(crate) fn open(&self, id: &str) -> mpsc::Receiver<HashMap<String, u32>> {
+        let (tx, rx) = mpsc::channel(64);
+        self.lock().insert(id.to_owned(), tx);
+        rx
+    }
+
+    pub(crate) fn close(&self, id: &str) {
+        self.lock().remove(id);
+    }
+
+    pub(crate) fn answer(&self, id: &str, users: HashMap<String, u32>) {
+        if let Some(tx) = self.lock().get(id) {
+            let _ = tx.try_send(users);
+        }
+    }
+
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<String, mpsc::Sender<HashMap<String, u32>>>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}

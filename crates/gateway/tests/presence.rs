@@ -1,0 +1,112 @@
+//! Presence across nodes on a real Redis: who is in a room, from any node, through
+//! joins, leaves, disconnects and a node that dies; and the client `presence` request,
+//! for rooms the client is in.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test code: a panic is a failure report"
+)]
+
+use serde_json::{Value, json};
+use testkit::{RedisServer, SioClient, TEST_KEY, TestNode, spawn_redis_cluster, token};
+
+async fn client(node: &TestNode, user: &str, tenant: &str) -> SioClient {
+    let auth =
+        json!({"token": token(json!({"sub": user, "tenant_id": tenant, "rooms": ["doc:*"]}))});
+    let mut c = SioClient::connect(&node.url(), "/", Some(auth))
+        .await
+        .unwrap();
+    c.expect("connected").await.unwrap();
+    c
+}
+
+/// `GET /v1/rooms/{room}/presence` on `node`: the users (sorted) and the answer.
+async fn presence(node: &TestNode, room: &str, tenant: &str) -> (Vec<String>, Value) {
+    let res: Value = reqwest::Client::new()
+        .get(format!(
+            "{}/v1/rooms/{room}/presence?tenant={tenant}",
+            node.url()
+        ))
+        .bearer_auth(TEST_KEY)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let users = res["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| format!("{}x{}", u["user"].as_str().unwrap(), u["sockets"]))
+        .collect();
+    (users, res)
+}
+
+#[tokio::test]
+async fn presence_is_the_same_from_every_node_through_joins_leaves_and_a_dead_node() {
+    let redis = RedisServer::start().unwrap();
+    let mut nodes = spawn_redis_cluster(3, &redis.url(), |_, _| {})
+        .await
+        .unwrap();
+    let mut ann = client(&nodes[0], "ann", "acme").await;
+    let mut ann2 = client(&nodes[1], "ann", "acme").await;
+    let mut bob = client(&nodes[2], "bob", "acme").await;
+    // Same room name, another tenant: never in acme's answer.
+    let mut eve = client(&nodes[1], "eve", "beta").await;
+    for c in [&mut ann, &mut ann2, &mut bob, &mut eve] {
+        assert_eq!(c.join("doc:Task:1").await.unwrap()["ok"], true);
+    }
+    for node in &nodes {
+        let (users, answer) = presence(node, "doc:Task:1", "acme").await;
+        assert_eq!(users, ["annx2", "bobx1"], "{answer}");
+        assert_eq!(answer["count"], 2);
+        assert_eq!(answer["sockets"], 3);
+        assert_eq!(answer["nodes_answered"], 3);
+    }
+    assert_eq!(presence(&nodes[0], "doc:Task:1", "beta").await.0, ["evex1"]);
+
+    // A leave and a disconnect.
+    assert_eq!(ann2.leave("doc:Task:1").await.unwrap()["ok"], true);
+    bob.close().await;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let (users, _) = presence(&nodes[1], "doc:Task:1", "acme").await;
+        if users == ["annx1"] {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "still {users:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+
+    // The client asks about a room it is in, and is refused for one it is not in.
+    let reply = ann
+        .emit_with_ack("presence", &[json!("doc:Task:1")])
+        .await
+        .unwrap();
+    assert_eq!(reply[0]["ok"], true, "{reply:?}");
+    assert_eq!(reply[0]["count"], 1);
+    let reply = ann2
+        .emit_with_ack("presence", &[json!("doc:Task:1")])
+        .await
+        .unwrap();
+    assert_eq!(reply[0]["ok"], false, "{reply:?}");
+
+    // A node dies: its sockets are gone from the answer at once (it cannot answer).
+    let mut carl = client(&nodes[2], "carl", "acme").await;
+    assert_eq!(carl.join("doc:Task:1").await.unwrap()["ok"], true);
+    assert_eq!(
+        presence(&nodes[0], "doc:Task:1", "acme").await.0,
+        ["annx1", "carlx1"]
+    );
+    nodes[2].crash();
+    let started = tokio::time::Instant::now();
+    let (users, answer) = presence(&nodes[0], "doc:Task:1", "acme").await;
+    assert_eq!(users, ["annx1"], "{answer}");
+    assert!(
+        started.elapsed() < gateway::ANSWER_WITHIN * 3,
+        "bounded wait"
+    );
+    drop(carl);
+}
