@@ -56,8 +56,10 @@ pub struct Cluster {
     bus_seen_up: std::sync::atomic::AtomicBool,
     /// Connection state recovery.
     recovery: crate::recovery::Recovery,
-    /// Presence queries waiting for other nodes' answers.
+    /// Presence queries and server-side events waiting for other nodes' answers.
     presence: crate::presence::Pending,
+    /// Handlers of server-side events from other nodes.
+    server_handlers: crate::presence::ServerHandlers,
 }
 
 /// Node counters.
@@ -150,6 +152,7 @@ impl Cluster {
             stats: Stats::default(),
             recovery: crate::recovery::Recovery::new(settings.recovery),
             presence: crate::presence::Pending::default(),
+            server_handlers: crate::presence::ServerHandlers::default(),
         }
     }
 
@@ -1001,25 +1004,44 @@ impl Cluster {
     pub async fn presence(&self, ns: &str, room: &ScopedRoom) -> crate::presence::Presence {
         let mut presence = crate::presence::Presence::default();
         presence.add(&self.local_users(ns, room.as_str()));
-        let expected = match self.registry.nodes().await {
-            Ok(nodes) => nodes.iter().filter(|n| n.node_id != self.node_id).count(),
-            Err(e) => {
-                tracing::debug!(error = %e, "registry unreadable; presence of this node only");
-                0
-            }
-        };
-        presence.nodes_expected = expected + 1;
-        if expected == 0 {
-            return presence;
-        }
         let id = envelope::new_id();
-        let mut answers = self.presence.open(&id);
         let query = crate::presence::Control::Presence {
             id: id.clone(),
             from: self.node_id.clone(),
             room: room.as_str().to_owned(),
         };
-        let sent = match serde_json::to_vec(&query) {
+        let (expected, answers) = self.ask_others(ns, &id, &query).await;
+        for (_, users) in answers {
+            if let Ok(users) = serde_json::from_value(users) {
+                presence.add(&users);
+            }
+        }
+        presence.nodes_expected = (expected + 1).max(presence.nodes_answered);
+        presence
+    }
+
+    /// Sends `query` (whose id is `id`) to the other nodes of `ns` and collects their
+    /// answers until each live node answered or [`crate::presence::ANSWER_WITHIN`]
+    /// passed; returns how many answers were expected, and the answers.
+    async fn ask_others(
+        &self,
+        ns: &str,
+        id: &str,
+        query: &crate::presence::Control,
+    ) -> (usize, Vec<crate::presence::Answer>) {
+        let expected = match self.registry.nodes().await {
+            Ok(nodes) => nodes.iter().filter(|n| n.node_id != self.node_id).count(),
+            Err(e) => {
+                tracing::debug!(error = %e, "registry unreadable; no other node asked");
+                0
+            }
+        };
+        let mut answers = Vec::new();
+        if expected == 0 {
+            return (0, answers);
+        }
+        let mut rx = self.presence.open(id);
+        let sent = match serde_json::to_vec(query) {
             Ok(bytes) => self
                 .bus()
                 .publish(&self.channels().control(ns), Bytes::from(bytes))
@@ -1029,16 +1051,66 @@ impl Cluster {
         };
         if sent {
             let deadline = tokio::time::Instant::now() + crate::presence::ANSWER_WITHIN;
-            while presence.nodes_answered <= expected {
-                match tokio::time::timeout_at(deadline, answers.recv()).await {
-                    Ok(Some(users)) => presence.add(&users),
+            while answers.len() < expected {
+                match tokio::time::timeout_at(deadline, rx.recv()).await {
+                    Ok(Some(answer)) => answers.push(answer),
                     _ => break,
                 }
             }
         }
-        self.presence.close(&id);
-        presence.nodes_expected = presence.nodes_expected.max(presence.nodes_answered);
-        presence
+        self.presence.close(id);
+        (expected, answers)
+    }
+
+    /// Socket.IO's `serverSideEmit`: `event` with `args` to the handlers of every other
+    /// node serving `ns` ([`Cluster::on_server_event`]); not to sockets. Fails only when
+    /// the bus refuses it.
+    pub async fn server_side_emit(
+        &self,
+        ns: &str,
+        event: &str,
+        args: Vec<Value>,
+    ) -> Result<(), bus::PublishError> {
+        let message = crate::presence::Control::ServerEvent {
+            id: None,
+            from: self.node_id.clone(),
+            event: event.to_owned(),
+            args,
+        };
+        let bytes = serde_json::to_vec(&message)
+            .map_err(|e| bus::PublishError::Unavailable(e.to_string()))?;
+        self.bus()
+            .publish(&self.channels().control(ns), Bytes::from(bytes))
+            .await
+            .map(drop)
+    }
+
+    /// `serverSideEmitWithAck`: like [`Cluster::server_side_emit`], and waits up to
+    /// [`crate::presence::ANSWER_WITHIN`] for every other live node's answer (what its
+    /// handler returned); returns them as (node id, answer).
+    pub async fn server_side_emit_with_ack(
+        &self,
+        ns: &str,
+        event: &str,
+        args: Vec<Value>,
+    ) -> Vec<(String, Value)> {
+        let id = envelope::new_id();
+        let message = crate::presence::Control::ServerEvent {
+            id: Some(id.clone()),
+            from: self.node_id.clone(),
+            event: event.to_owned(),
+            args,
+        };
+        self.ask_others(ns, &id, &message).await.1
+    }
+
+    /// Registers a handler of server-side events from other nodes (all namespaces); what
+    /// it returns answers senders that wait ([`Cluster::server_side_emit_with_ack`]).
+    pub fn on_server_event(
+        &self,
+        handler: impl Fn(&crate::presence::ServerEvent) -> Option<Value> + Send + Sync + 'static,
+    ) {
+        self.server_handlers.add(Arc::new(handler));
     }
 
     /// The users of this node's sockets in `room` (a scoped name), with their counts.
@@ -1072,15 +1144,55 @@ impl Cluster {
                     node: self.node_id.clone(),
                     users: self.local_users(ns, &room),
                 };
-                if let Ok(bytes) = serde_json::to_vec(&reply) {
-                    let channel = self.channels().control_for(ns, &from);
-                    if let Err(e) = self.bus().publish(&channel, Bytes::from(bytes)).await {
-                        tracing::debug!(error = %e, "could not answer a presence query");
+                self.reply(ns, &from, &reply).await;
+            }
+            Control::ServerEvent {
+                id,
+                from,
+                event,
+                args,
+            } if from != self.node_id => {
+                let event = crate::presence::ServerEvent {
+                    ns: ns.to_owned(),
+                    from,
+                    event,
+                    args,
+                };
+                let handlers = self.server_handlers.all();
+                let mut answer = None;
+                for handler in &handlers {
+                    if let Some(a) = handler(&event) {
+                        answer.get_or_insert(a);
                     }
                 }
+                if let Some(id) = id {
+                    let reply = Control::ServerEventReply {
+                        id,
+                        node: self.node_id.clone(),
+                        data: answer.unwrap_or(Value::Null),
+                    };
+                    self.reply(ns, &event.from, &reply).await;
+                }
             }
-            Control::Presence { .. } => {}
-            Control::PresenceReply { id, users, .. } => self.presence.answer(&id, users),
+            Control::Presence { .. } | Control::ServerEvent { .. } => {}
+            Control::PresenceReply { id, node, users } => {
+                let users = serde_json::to_value(users).unwrap_or(Value::Null);
+                self.presence.answer(&id, (node, users));
+            }
+            Control::ServerEventReply { id, node, data } => {
+                self.presence.answer(&id, (node, data));
+            }
+        }
+    }
+
+    /// Answers node `to` on its control channel of `ns`.
+    async fn reply(&self, ns: &str, to: &str, reply: &crate::presence::Control) {
+        let Ok(bytes) = serde_json::to_vec(reply) else {
+            return;
+        };
+        let channel = self.channels().control_for(ns, to);
+        if let Err(e) = self.bus().publish(&channel, Bytes::from(bytes)).await {
+            tracing::debug!(error = %e, "could not answer another node");
         }
     }
 

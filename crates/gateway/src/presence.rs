@@ -1,3 +1,6 @@
+//! Node-to-node control messages: presence queries, and server-side events between
+//! nodes (Socket.IO's `serverSideEmit`, for embedders).
+//!
 //! Presence: who is in a room, cluster-wide, asked when needed rather than kept.
 //!
 //! A query goes to every node on the namespace's control channel; each answers with the
@@ -58,14 +61,48 @@ pub(crate) enum Control {
         node: String,
         users: HashMap<String, u32>,
     },
+    /// A server-side event for the other nodes' handlers; `id` when the sender waits
+    /// for their answers.
+    ServerEvent {
+        id: Option<String>,
+        from: String,
+        event: String,
+        args: Vec<serde_json::Value>,
+    },
+    /// One node's answer to a server-side event.
+    ServerEventReply {
+        id: String,
+        node: String,
+        data: serde_json::Value,
+    },
 }
+
+/// A server-side event from another node (see `Cluster::server_side_emit`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerEvent {
+    /// The namespace it was emitted in.
+    pub ns: String,
+    /// The node that emitted it.
+    pub from: String,
+    /// Event name.
+    pub event: String,
+    /// Its arguments.
+    pub args: Vec<serde_json::Value>,
+}
+
+/// A handler of server-side events: returns its answer, for senders that wait for one.
+pub type ServerEventHandler =
+    std::sync::Arc<dyn Fn(&ServerEvent) -> Option<serde_json::Value> + Send + Sync>;
+
+/// One node's answer to a query: the node and what it said.
+pub(crate) type Answer = (String, serde_json::Value);
 
 /// Queries waiting for answers, by id.
 #[derive(Debug, Default)]
-pub(crate) struct Pending(Mutex<HashMap<String, mpsc::Sender<HashMap<String, u32>>>>);
+pub(crate) struct Pending(Mutex<HashMap<String, mpsc::Sender<Answer>>>);
 
 impl Pending {
-    pub(crate) fn open(&self, id: &str) -> mpsc::Receiver<HashMap<String, u32>> {
+    pub(crate) fn open(&self, id: &str) -> mpsc::Receiver<Answer> {
         let (tx, rx) = mpsc::channel(64);
         self.lock().insert(id.to_owned(), tx);
         rx
@@ -75,15 +112,39 @@ impl Pending {
         self.lock().remove(id);
     }
 
-    pub(crate) fn answer(&self, id: &str, users: HashMap<String, u32>) {
+    pub(crate) fn answer(&self, id: &str, answer: Answer) {
         if let Some(tx) = self.lock().get(id) {
-            let _ = tx.try_send(users);
+            let _ = tx.try_send(answer);
         }
     }
 
-    fn lock(
-        &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<String, mpsc::Sender<HashMap<String, u32>>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, mpsc::Sender<Answer>>> {
         self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// The handlers of server-side events registered on a node.
+#[derive(Default)]
+pub(crate) struct ServerHandlers(std::sync::RwLock<Vec<ServerEventHandler>>);
+
+impl std::fmt::Debug for ServerHandlers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ServerHandlers({})", self.all().len())
+    }
+}
+
+impl ServerHandlers {
+    pub(crate) fn add(&self, handler: ServerEventHandler) {
+        self.0
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(handler);
+    }
+
+    pub(crate) fn all(&self) -> Vec<ServerEventHandler> {
+        self.0
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 }

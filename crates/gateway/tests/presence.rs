@@ -110,3 +110,55 @@ async fn presence_is_the_same_from_every_node_through_joins_leaves_and_a_dead_no
     );
     drop(carl);
 }
+
+#[tokio::test]
+async fn server_side_events_reach_the_other_nodes_handlers_and_their_answers_come_back() {
+    let redis = RedisServer::start().unwrap();
+    let nodes = spawn_redis_cluster(3, &redis.url(), |_, _| {})
+        .await
+        .unwrap();
+    let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
+    for (i, node) in nodes.iter().enumerate() {
+        let seen_tx = seen_tx.clone();
+        node.cluster.on_server_event(move |e| {
+            seen_tx
+                .send((i, e.event.clone(), e.args.clone(), e.from.clone()))
+                .ok();
+            Some(json!({"node": i, "got": e.args[0]}))
+        });
+    }
+
+    nodes[1]
+        .cluster
+        .server_side_emit("/", "cache.flush", vec![json!("prices")])
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    for _ in 0..2 {
+        let (i, event, args, from) =
+            tokio::time::timeout(std::time::Duration::from_secs(5), seen.recv())
+                .await
+                .unwrap()
+                .unwrap();
+        assert_eq!(
+            (event.as_str(), args, from.as_str()),
+            ("cache.flush", vec![json!("prices")], "redis-node-1")
+        );
+        got.push(i);
+    }
+    got.sort_unstable();
+    assert_eq!(got, [0, 2], "the other nodes, not the sender");
+
+    let mut answers = nodes[0]
+        .cluster
+        .server_side_emit_with_ack("/", "count", vec![json!(7)])
+        .await;
+    answers.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(
+        answers,
+        [
+            ("redis-node-1".to_owned(), json!({"node": 1, "got": 7})),
+            ("redis-node-2".to_owned(), json!({"node": 2, "got": 7})),
+        ]
+    );
+}
