@@ -403,7 +403,7 @@ async fn room_presence(
         "room": room,
         "ns": ns,
         "tenant": query.tenant,
-        "users": presence.users.iter().map(|(user, sockets)| json!({"user": user, "sockets": sockets})).collect::<Vec<_>>(),
+        "users": presence.users_json(),
         "count": presence.users.len(),
         "sockets": presence.sockets,
         "nodes_answered": presence.nodes_answered,

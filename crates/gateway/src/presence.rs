@@ -35,6 +35,14 @@ pub struct Presence {
 }
 
 impl Presence {
+    /// The users as the API and the client request list them: `[{user, sockets}]`.
+    pub fn users_json(&self) -> Vec<serde_json::Value> {
+        self.users
+            .iter()
+            .map(|(user, sockets)| serde_json::json!({"user": user, "sockets": sockets}))
+            .collect()
+    }
+
     /// Adds one node's answer.
     pub(crate) fn add(&mut self, users: &HashMap<String, u32>) {
         for (user, n) in users {

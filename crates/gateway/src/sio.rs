@@ -270,7 +270,7 @@ async fn on_connect(ctx: Arc<SocketCtx>, s: SocketRef<BusAdapter>) {
                             json!({
                                 "ok": true,
                                 "room": room,
-                                "users": p.users.iter().map(|(user, sockets)| json!({"user": user, "sockets": sockets})).collect::<Vec<_>>(),
+                                "users": p.users_json(),
                                 "count": p.users.len(),
                                 "sockets": p.sockets,
                             })
