@@ -399,6 +399,9 @@ async fn main() -> anyhow::Result<()> {
     if std::env::args().any(|a| a == "--tracing") {
         return tracing_cost().await;
     }
+    if std::env::args().any(|a| a == "--recovery") {
+        return recovery_cost().await;
+    }
     let quick = std::env::args().any(|a| a == "--quick");
     let plan = if quick { Plan::quick() } else { Plan::full() };
     let started = std::time::Instant::now();
@@ -433,13 +436,44 @@ async fn tracing_cost() -> anyhow::Result<()> {
         ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio".into()),
         ("OTEL_TRACES_SAMPLER_ARG", "0.01".into()),
     ];
+    compare(
+        "traces off vs exported at 1 %",
+        &[("off", Vec::new()), ("on, 1 %", traced)],
+    )
+    .await?;
+    println!(
+        "spans exported to the OTLP sink with tracing on: {}",
+        sink.count()
+    );
+    Ok(())
+}
+
+/// `bench --recovery`: Roomcast's fan-out into one room of a namespace without and with
+/// connection state recovery (every message then also appended to the namespace's
+/// history stream in Redis), alternating, each point twice: node and Redis CPU per
+/// message, Redis output bytes, latency.
+async fn recovery_cost() -> anyhow::Result<()> {
+    compare(
+        "connection state recovery off vs on (RECOVERY_NAMESPACES=/)",
+        &[
+            ("off", Vec::new()),
+            ("on", vec![("RECOVERY_NAMESPACES", "/".to_owned())]),
+        ],
+    )
+    .await
+}
+
+/// Roomcast's fan-out (the full plan's subscribers in one room) at 10 and 20 msg/s under
+/// each `(label, environment)` variant, alternating, two rounds; prints each point and
+/// the mean difference of each variant from the first.
+async fn compare(title: &str, variants: &[(&str, Vec<(&str, String)>)]) -> anyhow::Result<()> {
     let plan = Plan::full();
     let rates = [10u64, 20];
     let recorder = Arc::new(Recorder::default());
     let mut next_point = 0;
     let mut rows = Vec::new();
     for round in 1..=2 {
-        for (label, env) in [("off", &[][..]), ("on, 1 %", &traced[..])] {
+        for (label, env) in variants {
             let redis = testkit::RedisServer::start()?;
             let stack = Stack::start_with_env(Kind::Roomcast, plan.nodes, &redis.url(), env)?;
             let subs = scenarios::subscribe_many(
@@ -451,21 +485,26 @@ async fn tracing_cost() -> anyhow::Result<()> {
             )
             .await?;
             let sockets = scenarios::socket_publishers(&stack.ports).await?;
-            let points = scenarios::sweep(
-                &stack,
-                redis.pid(),
-                &sockets,
-                &recorder,
-                &mut next_point,
-                &rates,
-                1,
-                plan.point_secs,
-                plan.subscribers as u64,
-                &|_| "room:bench".to_owned(),
-            )
-            .await?;
-            for p in points {
-                rows.push((round, label, p));
+            for &rate in &rates {
+                let before = scenarios::redis_output_bytes(&redis.url()).await?;
+                let mut points = scenarios::sweep(
+                    &stack,
+                    redis.pid(),
+                    &sockets,
+                    &recorder,
+                    &mut next_point,
+                    &[rate],
+                    1,
+                    plan.point_secs,
+                    plan.subscribers as u64,
+                    &|_| "room:bench".to_owned(),
+                )
+                .await?;
+                let bytes = scenarios::redis_output_bytes(&redis.url()).await? - before;
+                if let Some(p) = points.pop() {
+                    let per_msg = bytes as f64 / p.sent.max(1) as f64;
+                    rows.push((round, *label, p, per_msg));
+                }
             }
             for t in subs {
                 t.abort();
@@ -473,43 +512,60 @@ async fn tracing_cost() -> anyhow::Result<()> {
         }
     }
     println!(
-        "\nRoomcast fan-out, {} subscribers over {} nodes, traces off vs exported at 1 %",
+        "\nRoomcast fan-out, {} subscribers in one room over {} nodes: {title}",
         plan.subscribers, plan.nodes
     );
     println!(
-        "{:<6} {:<9} {:>6} {:>14} {:>9} {:>9} {:>6}",
-        "round", "tracing", "msg/s", "node µs/deliv", "p50 ms", "p99 ms", "loss"
+        "{:<6} {:<9} {:>6} {:>14} {:>14} {:>12} {:>9} {:>9} {:>6}",
+        "round",
+        "variant",
+        "msg/s",
+        "node µs/deliv",
+        "Redis µs/msg",
+        "Redis B/msg",
+        "p50 ms",
+        "p99 ms",
+        "loss"
     );
-    for (round, label, p) in &rows {
+    let redis_us = |p: &Point| p.redis_cpu_pct / 100.0 * 1e6 / p.achieved_rate.max(1e-9);
+    for (round, label, p, bytes) in &rows {
         println!(
-            "{:<6} {:<9} {:>6} {:>14.2} {:>9.2} {:>9.2} {:>6}",
+            "{:<6} {:<9} {:>6} {:>14.2} {:>14.1} {:>12.0} {:>9.2} {:>9.2} {:>6}",
             round,
             label,
             p.rate,
             p.node_cpu_us_per_delivery,
+            redis_us(p),
+            bytes,
             p.latency.p50_ms,
             p.latency.p99_ms,
             p.loss
         );
     }
-    println!(
-        "spans exported to the OTLP sink with tracing on: {}",
-        sink.count()
-    );
     for rate in rates {
-        let mean = |label: &str| {
+        let mean = |label: &str, f: &dyn Fn(&Point, f64) -> f64| {
             let v: Vec<f64> = rows
                 .iter()
-                .filter(|(_, l, p)| *l == label && p.rate == rate)
-                .map(|(_, _, p)| p.node_cpu_us_per_delivery)
+                .filter(|(_, l, p, _)| *l == label && p.rate == rate)
+                .map(|(_, _, p, b)| f(p, *b))
                 .collect();
             v.iter().sum::<f64>() / v.len().max(1) as f64
         };
-        let (off, on) = (mean("off"), mean("on, 1 %"));
-        println!(
-            "{rate} msg/s: {off:.2} µs off, {on:.2} µs on: {:+.1} %",
-            (on / off - 1.0) * 100.0
-        );
+        let base = variants[0].0;
+        for (label, _) in &variants[1..] {
+            let cpu = |p: &Point, _| p.node_cpu_us_per_delivery;
+            let red = |p: &Point, _| redis_us(p);
+            let bytes = |_: &Point, b| b;
+            let (off, on) = (mean(base, &cpu), mean(label, &cpu));
+            println!(
+                "{rate} msg/s: node {off:.2} µs/delivery {base}, {on:.2} µs {label} ({:+.1} %); Redis {:.1} → {:.1} µs/msg, {:.0} → {:.0} bytes out/msg",
+                (on / off - 1.0) * 100.0,
+                mean(base, &red),
+                mean(label, &red),
+                mean(base, &bytes),
+                mean(label, &bytes),
+            );
+        }
     }
     Ok(())
 }

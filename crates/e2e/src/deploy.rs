@@ -148,42 +148,68 @@ pub(crate) async fn start_again(env: &mut Env, i: usize) -> anyhow::Result<()> {
 struct Seen {
     seqs: BTreeSet<u64>,
     reconnects: u32,
+    /// Reconnects that recovered the session (recovering clients only).
+    recovered: u32,
     connected: bool,
 }
 
 /// Connects through `url`, joins the room, records every tick; reconnects (through
 /// nginx, to whichever node it picks) whenever the connection goes, like a Socket.IO
-/// client with reconnection on.
+/// client with reconnection on. A `recovering` client streams in the recovery namespace
+/// and reconnects with its session id and last offset, as the official client does.
 async fn stream_client(
     url: String,
     user: String,
+    recovering: bool,
     seen: Arc<Mutex<Seen>>,
     stop: Arc<tokio::sync::Notify>,
 ) {
-    let auth =
-        json!({"token": token(json!({"sub": user, "tenant_id": "e2e", "rooms": ["room:*"]}))});
+    let ns = if recovering {
+        crate::recovery::NAMESPACE
+    } else {
+        "/"
+    };
     let mut first = true;
+    let mut pid: Option<String> = None;
+    let mut offset: Option<String> = None;
     loop {
+        let mut auth =
+            json!({"token": token(json!({"sub": user, "tenant_id": "e2e", "rooms": ["room:*"]}))});
+        if let (Some(p), Some(o)) = (&pid, &offset) {
+            auth["pid"] = json!(p);
+            auth["offset"] = json!(o);
+        }
         let attempt = async {
-            let mut c = SioClient::connect(&url, "/", Some(auth.clone()))
+            let mut c = SioClient::connect(&url, ns, Some(auth))
                 .await
                 .map_err(|e| anyhow!("{e}"))?;
-            c.expect("connected").await?;
-            ensure!(c.join("room:rolling").await?["ok"] == true, "join refused");
-            anyhow::Ok(c)
+            let (connected, before) = c.expect("connected").await?;
+            let recovered = connected
+                .args
+                .first()
+                .is_some_and(|a| a["recovered"] == true);
+            if !recovered {
+                ensure!(c.join("room:rolling").await?["ok"] == true, "join refused");
+            }
+            anyhow::Ok((c, recovered, before))
         };
-        let mut client = match attempt.await {
+        let (mut client, recovered, before) = match attempt.await {
             Ok(c) => c,
             Err(_) => {
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 continue;
             }
         };
+        pid = client.pid.clone().filter(|_| recovering);
         {
             let mut s = seen.lock().await;
             s.connected = true;
             if !first {
                 s.reconnects += 1;
+                s.recovered += u32::from(recovered);
+            }
+            for event in before.iter().filter(|e| e.name == "tick") {
+                s.tick(event, &mut offset);
             }
         }
         first = false;
@@ -193,12 +219,8 @@ async fn stream_client(
                     client.close().await;
                     return;
                 }
-                tick = client.expect_arg("tick") => match tick {
-                    Ok(v) => {
-                        if let Some(seq) = v["seq"].as_u64() {
-                            seen.lock().await.seqs.insert(seq);
-                        }
-                    }
+                tick = client.expect("tick") => match tick {
+                    Ok((event, _)) => seen.lock().await.tick(&event, &mut offset),
                     Err(_) => break,
                 },
             }
@@ -206,6 +228,19 @@ async fn stream_client(
         seen.lock().await.connected = false;
         // Socket.IO's default reconnection delay, roughly.
         tokio::time::sleep(Duration::from_millis(100 + rand_ms(400))).await;
+    }
+}
+
+impl Seen {
+    /// Counts a tick and remembers its offset (the last argument, in a recovery
+    /// namespace), as the client library does.
+    fn tick(&mut self, event: &testkit::Event, offset: &mut Option<String>) {
+        if let Some(seq) = event.args.first().and_then(|d| d["seq"].as_u64()) {
+            self.seqs.insert(seq);
+        }
+        if let Some(o) = event.args.get(1).and_then(serde_json::Value::as_str) {
+            *offset = Some(o.to_owned());
+        }
     }
 }
 
@@ -233,6 +268,7 @@ pub(crate) async fn rolling_restart(env: &mut Env) -> anyhow::Result<Outcome> {
         tasks.push(tokio::spawn(stream_client(
             url.clone(),
             format!("roller{i}"),
+            i % 2 == 0,
             s,
             stop.clone(),
         )));
@@ -253,10 +289,14 @@ pub(crate) async fn rolling_restart(env: &mut Env) -> anyhow::Result<Outcome> {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    // The stream: published through nginx too (the API is open to private networks).
+    // The stream, into both namespaces: published through nginx too (the API is open to
+    // private networks). `unaccepted` holds the seqs a namespace's publish never got a
+    // 202 for (after retries): nobody can be expected to receive those.
     let published = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let unaccepted: Arc<std::sync::Mutex<[BTreeSet<u64>; 2]>> = Arc::default();
     let publishing = {
         let (url, published, stop) = (url.clone(), published.clone(), stop.clone());
+        let unaccepted = unaccepted.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_millis(1000 / ROLLING_RATE));
             let mut seq = 0u64;
@@ -265,16 +305,26 @@ pub(crate) async fn rolling_restart(env: &mut Env) -> anyhow::Result<Outcome> {
                     () = stop.notified() => return,
                     _ = tick.tick() => {}
                 }
-                let body = json!({"tenant": "e2e", "event": "tick", "to": ["room:rolling"], "data": {"seq": seq}});
-                // A publish that meets a stopping node is retried, as the SDK does.
-                for _ in 0..5 {
-                    if publish(&url, TEST_KEY, &body.to_string())
-                        .await
-                        .is_ok_and(|(s, _)| s == 202)
-                    {
-                        break;
+                for (k, ns) in ["/", crate::recovery::NAMESPACE].into_iter().enumerate() {
+                    let body = json!({"tenant": "e2e", "ns": ns, "event": "tick", "to": ["room:rolling"], "data": {"seq": seq}});
+                    // A publish that meets a stopping node is retried, as the SDK does.
+                    let mut accepted = false;
+                    for _ in 0..5 {
+                        if publish(&url, TEST_KEY, &body.to_string())
+                            .await
+                            .is_ok_and(|(s, _)| s == 202)
+                        {
+                            accepted = true;
+                            break;
+                        }
+                        tokio::time::sleep(Duration::from_millis(50)).await;
                     }
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    if !accepted {
+                        unaccepted
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)[k]
+                            .insert(seq);
+                    }
                 }
                 seq += 1;
                 published.store(seq, std::sync::atomic::Ordering::Relaxed);
@@ -321,41 +371,86 @@ pub(crate) async fn rolling_restart(env: &mut Env) -> anyhow::Result<Outcome> {
     for t in tasks {
         t.abort();
     }
-    // Misses: events published between the first and the last one the client could have
-    // seen (it joined before the stream began) that it never received.
-    let mut lost_total = 0u64;
-    let mut lost_max = 0u64;
-    let mut with_losses = 0;
-    let mut reconnects = 0u32;
-    for s in &seen {
+    // Misses: events accepted between the first and the last one the client could have
+    // seen (it joined before the stream began) that it never received; counted apart for
+    // the clients that recover (which must miss none) and those that do not.
+    let unaccepted = unaccepted
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone();
+    let mut losses = [Losses::default(), Losses::default()];
+    for (i, s) in seen.iter().enumerate() {
         let s = s.lock().await;
+        let k = usize::from(i % 2 == 0);
         let lost = (0..last_seen.min(s.seqs.last().map_or(0, |l| l + 1)))
-            .filter(|q| !s.seqs.contains(q))
+            .filter(|q| !s.seqs.contains(q) && !unaccepted[k].contains(q))
             .count() as u64;
-        lost_total += lost;
-        lost_max = lost_max.max(lost);
-        with_losses += usize::from(lost > 0);
-        reconnects += s.reconnects;
+        losses[k].add(lost, s.reconnects, s.recovered);
+        losses[k].expected += last_seen - unaccepted[k].len() as u64;
     }
-    let expected = last_seen * ROLLING_CLIENTS as u64;
     drop(proxy);
+    let [plain, recovering] = losses;
+    ensure!(
+        recovering.lost == 0,
+        "clients with connection state recovery missed {} deliveries ({} clients, at most {} each)",
+        recovering.lost,
+        recovering.clients_with_losses,
+        recovering.max
+    );
     Ok(Outcome {
         figures: format!(
-            "{ROLLING_CLIENTS} clients via nginx, {ROLLING_RATE} events/s: 3 nodes restarted in {:.1} s ({}), {reconnects} reconnects; all connected and receiving after; missed {lost_total} of {expected} deliveries ({:.2} %), {with_losses} clients missed any, at most {lost_max} each (namespace / has no connection state recovery)",
+            "{ROLLING_CLIENTS} clients via nginx, {ROLLING_RATE} events/s: 3 nodes restarted in {:.1} s ({}); all connected and receiving after; with recovery ({} clients): missed 0 of {}, {} of {} reconnects recovered; without ({} clients, namespace /): missed {} of {} ({:.2} %), {} clients missed any, at most {} each",
             rolled.as_secs_f64(),
             per_node
                 .iter()
                 .map(|s| format!("{s:.1} s"))
                 .collect::<Vec<_>>()
                 .join(" / "),
-            100.0 * lost_total as f64 / expected.max(1) as f64,
+            ROLLING_CLIENTS / 2,
+            recovering.expected,
+            recovering.recovered,
+            recovering.reconnects,
+            ROLLING_CLIENTS / 2,
+            plain.lost,
+            plain.expected,
+            100.0 * plain.lost as f64 / plain.expected.max(1) as f64,
+            plain.clients_with_losses,
+            plain.max,
         ),
         details: json!({
             "clients": ROLLING_CLIENTS, "rate": ROLLING_RATE, "rolling_s": rolled.as_secs_f64(),
-            "per_node_s": per_node, "reconnects": reconnects, "published": last_seen,
-            "missed": lost_total, "clients_with_misses": with_losses, "max_missed": lost_max,
+            "per_node_s": per_node, "published": last_seen,
+            "unaccepted": [unaccepted[0].len(), unaccepted[1].len()],
+            "without_recovery": plain.json(), "with_recovery": recovering.json(),
         }),
     })
+}
+
+/// The deliveries a group of streaming clients missed.
+#[derive(Default)]
+struct Losses {
+    expected: u64,
+    lost: u64,
+    max: u64,
+    clients_with_losses: usize,
+    reconnects: u32,
+    recovered: u32,
+}
+
+impl Losses {
+    fn add(&mut self, lost: u64, reconnects: u32, recovered: u32) {
+        self.lost += lost;
+        self.max = self.max.max(lost);
+        self.clients_with_losses += usize::from(lost > 0);
+        self.reconnects += reconnects;
+        self.recovered += recovered;
+    }
+
+    fn json(&self) -> serde_json::Value {
+        json!({"expected": self.expected, "missed": self.lost, "max_missed": self.max,
+               "clients_with_misses": self.clients_with_losses,
+               "reconnects": self.reconnects, "recovered": self.recovered})
+    }
 }
 
 /// `deploy/compose`: `docker-compose up` with the locally built images, then the

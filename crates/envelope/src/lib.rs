@@ -24,6 +24,7 @@
 mod binary;
 mod client_event;
 mod codec;
+mod control;
 mod legacy;
 mod model;
 mod node;
@@ -31,6 +32,7 @@ mod node;
 pub use binary::{placeholder, placeholder_index};
 pub use client_event::ClientEvent;
 pub use codec::{DEFAULT_MAX_SIZE, DecodeError, EncodeError, Limits};
+pub use control::{Control, Presence};
 pub use legacy::LegacyMessage;
 pub use model::{Draft, Envelope, Flags, VERSION, new_id, now_ms};
 pub use node::NodeInfo;

@@ -72,9 +72,10 @@ pub struct Envelope {
     /// to all of `to`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub socket: Option<String>,
-    /// The socket id that published this (a client publish that leaves out its sender):
-    /// it does not receive the message. Set only on namespaces with connection state
-    /// recovery, where the sender's node delivers from the bus like every other node.
+    /// The socket this message is about, which does not receive it: the sender of a
+    /// client publish that leaves itself out (on namespaces with connection state
+    /// recovery, where the sender's node delivers from the bus like every other node),
+    /// or the socket a presence join/leave event announces.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sender: Option<String>,
 }

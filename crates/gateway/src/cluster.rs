@@ -60,6 +60,8 @@ pub struct Cluster {
     presence: crate::presence::Pending,
     /// Handlers of server-side events from other nodes.
     server_handlers: crate::presence::ServerHandlers,
+    /// Join and leave events waiting to be published.
+    announcements: crate::presence::Announcements,
 }
 
 /// Node counters.
@@ -120,6 +122,8 @@ pub struct ClusterSettings {
     pub max_event_types: usize,
     /// Connection state recovery.
     pub recovery: crate::RecoveryConfig,
+    /// Rooms whose joins and leaves are announced to their members.
+    pub presence_events: Vec<rooms::Pattern>,
 }
 
 /// The event a socket receives just before the node disconnects it, saying why.
@@ -153,6 +157,7 @@ impl Cluster {
             recovery: crate::recovery::Recovery::new(settings.recovery),
             presence: crate::presence::Pending::default(),
             server_handlers: crate::presence::ServerHandlers::default(),
+            announcements: crate::presence::Announcements::new(settings.presence_events),
         }
     }
 
@@ -314,7 +319,9 @@ impl Cluster {
             // racing this disconnect either finished before (and is undone here) or finds
             // the socket detached and changes nothing.
             if let Some(cluster) = cluster.upgrade() {
-                cluster.membership.detach(&key(&s));
+                for room in cluster.membership.detach(&key(&s)) {
+                    cluster.announce(&s, &room, crate::presence::LEAVE_EVENT, "disconnected");
+                }
                 cluster.stats.connections.fetch_sub(1, Ordering::Relaxed);
                 if reason == DisconnectReason::SlowConsumer {
                     cluster.stats.slow_consumers.fetch_add(1, Ordering::Relaxed);
@@ -333,7 +340,7 @@ impl Cluster {
         });
         // Closed before the hook was in place: its close found no hook to run.
         if !socket.connected() {
-            self.membership.detach(&key(socket));
+            drop(self.membership.detach(&key(socket)));
             self.stats.connections.fetch_sub(1, Ordering::Relaxed);
             return Err(AttachRefused::Gone);
         }
@@ -356,20 +363,71 @@ impl Cluster {
         room: &ScopedRoom,
     ) -> Result<impl Future<Output = Result<(), JoinWarning>> + Send + 'static + use<>, JoinRefused>
     {
-        let confirmation = self.membership.join(&key(socket), room, || {
+        let (confirmation, new) = self.membership.join(&key(socket), room, || {
             #[allow(clippy::disallowed_methods, reason = "the one sanctioned local join")]
             socket.join(room.as_str().to_owned());
         })?;
+        if new {
+            self.announce(socket, room, crate::presence::JOIN_EVENT, "joined");
+        }
         Ok(async move { confirmation.await.map_err(JoinWarning::BusUnavailable) })
     }
 
     /// Removes `socket` from `room`; unsubscribes the channel when it was the last
     /// member. False if the socket was not in the room.
     pub fn leave(&self, socket: &SocketRef<BusAdapter>, room: &ScopedRoom) -> bool {
-        self.membership.leave(&key(socket), room, || {
+        let left = self.membership.leave(&key(socket), room, || {
             #[allow(clippy::disallowed_methods, reason = "the one sanctioned local leave")]
             socket.leave(room.as_str().to_owned());
-        })
+        });
+        if left {
+            self.announce(socket, room, crate::presence::LEAVE_EVENT, "left");
+        }
+        left
+    }
+
+    /// Tells the other members of `room` that `socket` joined or left it (`event`,
+    /// `reason`), when the room has presence events (`PRESENCE_EVENTS`). Queued, so that
+    /// one socket's announcements go out in the order of its joins and leaves; a full
+    /// queue drops the announcement (logged and counted).
+    fn announce(
+        &self,
+        socket: &SocketRef<BusAdapter>,
+        room: &ScopedRoom,
+        event: &'static str,
+        reason: &'static str,
+    ) {
+        if !self.announcements.wanted(room) {
+            return;
+        }
+        let Some(identity) = socket.extensions.get::<Arc<crate::auth::Identity>>() else {
+            return;
+        };
+        let env = crate::presence::announcement(
+            &self.node_id,
+            socket.ns(),
+            &socket.id.to_string(),
+            &identity.user_id,
+            room,
+            event,
+            reason,
+        );
+        if !self.announcements.queue(env) {
+            self.metrics.presence_event_dropped();
+            tracing::warn!(room = %room.room(), "presence events are backing up; one dropped");
+        }
+    }
+
+    /// Publishes the queued presence announcements, in order, forever.
+    pub(crate) async fn announcements(self: Arc<Self>) {
+        let Some(mut queue) = self.announcements.take_queue() else {
+            return;
+        };
+        while let Some(env) = queue.recv().await {
+            if let Err(e) = self.publish(&env).await {
+                tracing::debug!(error = %e, "a presence event did not reach the other nodes");
+            }
+        }
     }
 
     /// Adds local socket `sid` of namespace `ns` to `room` on another node's request,
@@ -384,6 +442,7 @@ impl Cluster {
         self.membership
             .join(&(Arc::from(ns), sid), room, local)
             .ok()
+            .map(|(confirmation, _)| confirmation)
     }
 
     /// Removes local socket `sid` from `room` on another node's request.
@@ -433,7 +492,7 @@ impl Cluster {
                         "token expired: reconnect with a fresh token, or send `refresh` before it expires",
                     ),
                     // Already gone: make sure nothing of it is left.
-                    None => self.membership.detach(&(ns, sid)),
+                    None => drop(self.membership.detach(&(ns, sid))),
                 }
             }
         }
@@ -447,7 +506,7 @@ impl Cluster {
             let gone = io.of(&*ns).is_none_or(|op| op.get_socket(sid).is_none());
             if gone {
                 tracing::debug!(%sid, %ns, "forgetting a socket socketioxide dropped without its disconnect hook");
-                self.membership.detach(&(ns, sid));
+                drop(self.membership.detach(&(ns, sid)));
             }
         }
     }
@@ -1182,6 +1241,8 @@ impl Cluster {
             Control::ServerEventReply { id, node, data } => {
                 self.presence.answer(&id, (node, data));
             }
+            // A kind this node does not know (a newer node's): nothing to do.
+            _ => {}
         }
     }
 

@@ -155,6 +155,9 @@ pub struct Args {
     /// Messages kept per recovery namespace's history (about) [default: 10000]
     #[arg(long, env = "RECOVERY_MAX_MESSAGES", default_value_t = 10_000)]
     pub recovery_max_messages: usize,
+    /// Rooms whose members are told of each other's joins and leaves (`presence_join`/`presence_leave` events); comma-separated room patterns, e.g. `doc:*,chat:lobby` [default: none]
+    #[arg(long, env = "PRESENCE_EVENTS", default_value = "")]
+    pub presence_events: String,
     /// PEM certificate chain: serve `https://` and `wss://` on PORT (with TLS_KEY_FILE) [default: plain HTTP]
     #[arg(long, env = "TLS_CERT_FILE", requires = "tls_key_file")]
     pub tls_cert_file: Option<std::path::PathBuf>,
@@ -394,6 +397,8 @@ pub struct Config {
     pub tls: Option<crate::TlsFiles>,
     /// Connection state recovery.
     pub recovery: crate::RecoveryConfig,
+    /// Rooms with join/leave events (`PRESENCE_EVENTS`); empty: none.
+    pub presence_events: Vec<rooms::Pattern>,
     /// WebSocket read buffer per connection.
     pub ws_read_buffer: usize,
     /// Packets queued per socket.
@@ -864,6 +869,15 @@ impl Config {
             ));
         }
         let legacy_channel = Some(args.legacy_channel.trim().to_owned()).filter(|c| !c.is_empty());
+        let presence_events = args
+            .presence_events
+            .split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .map(|p| {
+                rooms::Pattern::parse(p).map_err(|e| invalid("PRESENCE_EVENTS", e.to_string()))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let cors_allowed_origins = match (args.cors_allowed_origins, args.mode) {
             (origins, _) if !origins.is_empty() => origins
                 .into_iter()
@@ -915,6 +929,7 @@ impl Config {
             )),
             advertised_url: args.advertised_url,
             recovery,
+            presence_events,
             tls: args
                 .tls_cert_file
                 .zip(args.tls_key_file)

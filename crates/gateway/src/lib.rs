@@ -70,7 +70,9 @@ pub use config::{
 pub use limits::RateLimits;
 pub use membership::{AttachRefused, ConnectionLimits, JoinRefused, Membership, UserKey};
 pub use metrics::{Metrics, OTHER_EVENT, Refusal, Snapshot};
-pub use presence::{ANSWER_WITHIN, Presence, ServerEvent, ServerEventHandler};
+pub use presence::{
+    ANSWER_WITHIN, JOIN_EVENT, LEAVE_EVENT, Presence, ServerEvent, ServerEventHandler,
+};
 pub use recovery::RecoveryConfig;
 pub use registry::{Registry, RegistryError};
 pub use server::{Node, StartError, connect_bus, run};

@@ -242,13 +242,14 @@ impl Membership {
 
     /// Adds `socket` to `room`, subscribing the room's channel if it is the first local
     /// member, and runs `local` (the Socket.IO room change) inside the same critical
-    /// section. Returns the subscription's confirmation.
+    /// section. Returns the subscription's confirmation, and whether the socket was not
+    /// in the room before.
     pub(crate) fn join(
         &self,
         socket: &SocketKey,
         room: &ScopedRoom,
         local: impl FnOnce(),
-    ) -> Result<Confirmation, JoinRefused> {
+    ) -> Result<(Confirmation, bool), JoinRefused> {
         let channel = self.channels.room(&socket.0, room);
         let mut st = self.lock();
         let max = self.limits.rooms_per_socket;
@@ -262,7 +263,7 @@ impl Membership {
         };
         local();
         let first = newly_joined && st.interest.add(channel.clone()).is_some();
-        Ok(match st.confirmations.get(&channel) {
+        let confirmation = match st.confirmations.get(&channel) {
             // A failed subscription is retried by the next joiner.
             Some(c) if !first && !matches!(c.peek(), Some(Err(_))) => c.clone(),
             _ => {
@@ -270,7 +271,8 @@ impl Membership {
                 st.confirmations.insert(channel, c.clone());
                 c
             }
-        })
+        };
+        Ok((confirmation, newly_joined))
     }
 
     /// Removes `socket` from `room` (running `local` inside the critical section);
@@ -296,12 +298,13 @@ impl Membership {
         was_member
     }
 
-    /// Forgets `socket` and every room it was in; later joins for it change nothing.
-    pub(crate) fn detach(&self, socket: &SocketKey) {
-        let unsubscribe: Vec<String> = {
+    /// Forgets `socket` and every room it was in, which it returns; later joins for it
+    /// change nothing.
+    pub(crate) fn detach(&self, socket: &SocketKey) -> Vec<ScopedRoom> {
+        let (unsubscribe, rooms): (Vec<String>, _) = {
             let mut st = self.lock();
             let Some(member) = st.members.remove(socket) else {
-                return;
+                return Vec::new();
             };
             st.expiries.remove(&(member.expires_at, socket.clone()));
             if let Some(user) = &member.user
@@ -312,13 +315,15 @@ impl Membership {
                     st.users.remove(user);
                 }
             }
-            member
+            let unsubscribe = member
                 .rooms
                 .iter()
                 .filter_map(|room| release(&mut st, self.channels.room(&socket.0, room)))
-                .collect()
+                .collect();
+            (unsubscribe, member.rooms)
         };
         self.unsubscribe(unsubscribe);
+        rooms.into_iter().collect()
     }
 
     fn unsubscribe(&self, channels: Vec<String>) {
@@ -401,9 +406,11 @@ mod tests {
             Some(JoinRefused::Gone)
         );
         m.attach(key(1), 0, None).unwrap();
-        m.join(&key(1), &room, || {}).unwrap().await.unwrap();
+        let (confirmation, new) = m.join(&key(1), &room, || {}).unwrap();
+        confirmation.await.unwrap();
+        assert!(new);
         assert_eq!(m.room_count(), 1);
-        m.detach(&key(1));
+        assert_eq!(m.detach(&key(1)), vec![room.clone()]);
         assert_eq!(m.room_count(), 0);
         assert!(m.join(&key(1), &room, || {}).is_err());
         assert_eq!((m.room_count(), m.socket_count()), (0, 0));
@@ -417,6 +424,7 @@ mod tests {
         for (k, tenant) in [(key(1), "a"), (key(2), "b")] {
             m.join(&k, &scoped(Some(tenant), "user:admin"), || {})
                 .unwrap()
+                .0
                 .await
                 .unwrap();
         }
@@ -430,11 +438,10 @@ mod tests {
     async fn room_cap_counts_distinct_rooms() {
         let m = membership(2);
         m.attach(key(1), 0, None).unwrap();
-        for room in ["room:a", "room:b", "room:a"] {
-            m.join(&key(1), &scoped(None, room), || {})
-                .unwrap()
-                .await
-                .unwrap();
+        for (room, new) in [("room:a", true), ("room:b", true), ("room:a", false)] {
+            let (confirmation, newly) = m.join(&key(1), &scoped(None, room), || {}).unwrap();
+            confirmation.await.unwrap();
+            assert_eq!(newly, new, "{room}");
         }
         assert_eq!(
             m.join(&key(1), &scoped(None, "room:c"), || {}).err(),
@@ -442,7 +449,7 @@ mod tests {
         );
         m.leave(&key(1), &scoped(None, "room:a"), || {});
         let joined = m.join(&key(1), &scoped(None, "room:c"), || {});
-        joined.unwrap().await.unwrap();
+        joined.unwrap().0.await.unwrap();
     }
 
     #[tokio::test]

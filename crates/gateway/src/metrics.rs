@@ -176,6 +176,8 @@ impl Metrics {
         for r in Refusal::ALL {
             m.refusal_counter(r).increment(0);
         }
+        m.counter("roomcast_presence_events_dropped_total", Vec::new())
+            .increment(0);
         m
     }
 
@@ -207,6 +209,10 @@ impl Metrics {
         c(
             "roomcast_replayed_messages_total",
             "Messages replayed to recovered sockets.",
+        );
+        c(
+            "roomcast_presence_events_dropped_total",
+            "Join/leave events (PRESENCE_EVENTS) dropped because their queue was full.",
         );
         r.describe_histogram(
             "socketio_redis_latency_ms".into(),
@@ -265,6 +271,12 @@ impl Metrics {
     pub fn delivered_replay(&self, messages: u64) {
         self.counter("roomcast_replayed_messages_total", Vec::new())
             .increment(messages);
+    }
+
+    /// A join/leave event dropped at a full queue.
+    pub fn presence_event_dropped(&self) {
+        self.counter("roomcast_presence_events_dropped_total", Vec::new())
+            .increment(1);
     }
 
     /// A message published by this node.

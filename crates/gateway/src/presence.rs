@@ -10,80 +10,17 @@
 //! and counted as missing: a dead node's sockets vanish from presence at once, not after
 //! a TTL. Users online across the cluster are the presence of their `user:` room.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 /// How long a query waits for the other nodes.
 pub const ANSWER_WITHIN: Duration = Duration::from_secs(1);
 
-/// One room's presence.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct Presence {
-    /// Each user in the room and how many sockets they have there, by user id.
-    pub users: BTreeMap<String, u32>,
-    /// Sockets in the room, all users together.
-    pub sockets: u32,
-    /// Nodes that answered (this one included).
-    pub nodes_answered: usize,
-    /// Nodes the registry knows (this one included); more than answered means some
-    /// did not answer in time and their sockets are not counted.
-    pub nodes_expected: usize,
-}
-
-impl Presence {
-    /// The users as the API and the client request list them: `[{user, sockets}]`.
-    pub fn users_json(&self) -> Vec<serde_json::Value> {
-        self.users
-            .iter()
-            .map(|(user, sockets)| serde_json::json!({"user": user, "sockets": sockets}))
-            .collect()
-    }
-
-    /// Adds one node's answer.
-    pub(crate) fn add(&mut self, users: &HashMap<String, u32>) {
-        for (user, n) in users {
-            *self.users.entry(user.clone()).or_default() += n;
-            self.sockets += n;
-        }
-        self.nodes_answered += 1;
-    }
-}
-
-/// A control message on the bus.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub(crate) enum Control {
-    /// Who of yours is in `room` (a scoped room name)? Answer on `from`'s channel.
-    Presence {
-        id: String,
-        from: String,
-        room: String,
-    },
-    /// This node's answer.
-    PresenceReply {
-        id: String,
-        node: String,
-        users: HashMap<String, u32>,
-    },
-    /// A server-side event for the other nodes' handlers; `id` when the sender waits
-    /// for their answers.
-    ServerEvent {
-        id: Option<String>,
-        from: String,
-        event: String,
-        args: Vec<serde_json::Value>,
-    },
-    /// One node's answer to a server-side event.
-    ServerEventReply {
-        id: String,
-        node: String,
-        data: serde_json::Value,
-    },
-}
+pub(crate) use envelope::Control;
+pub use envelope::Presence;
 
 /// A server-side event from another node (see `Cluster::server_side_emit`).
 #[derive(Debug, Clone, PartialEq)]
@@ -155,4 +92,71 @@ impl ServerHandlers {
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
     }
+}
+
+/// The event a room's members receive when a socket joins it (`PRESENCE_EVENTS`).
+pub const JOIN_EVENT: &str = "presence_join";
+/// The event a room's members receive when a socket leaves it or disconnects.
+pub const LEAVE_EVENT: &str = "presence_leave";
+/// Announcements a node holds before it drops new ones.
+const ANNOUNCE_QUEUE: usize = 4096;
+
+/// Join/leave events for the rooms that have them: queued in the order they happen
+/// and published by one task.
+#[derive(Debug)]
+pub(crate) struct Announcements {
+    patterns: Vec<rooms::Pattern>,
+    tx: mpsc::Sender<envelope::Envelope>,
+    rx: Mutex<Option<mpsc::Receiver<envelope::Envelope>>>,
+}
+
+impl Announcements {
+    pub(crate) fn new(patterns: Vec<rooms::Pattern>) -> Self {
+        let (tx, rx) = mpsc::channel(ANNOUNCE_QUEUE);
+        Self {
+            patterns,
+            tx,
+            rx: Mutex::new(Some(rx)),
+        }
+    }
+
+    /// Whether `room` announces its joins and leaves.
+    pub(crate) fn wanted(&self, room: &rooms::ScopedRoom) -> bool {
+        !self.patterns.is_empty()
+            && rooms::Room::parse(room.room())
+                .is_ok_and(|r| self.patterns.iter().any(|p| p.matches(&r)))
+    }
+
+    /// Queues one announcement; false when the queue is full (it is dropped).
+    pub(crate) fn queue(&self, env: envelope::Envelope) -> bool {
+        self.tx.try_send(env).is_ok()
+    }
+
+    /// The queue's receiving end, for the one task that publishes.
+    pub(crate) fn take_queue(&self) -> Option<mpsc::Receiver<envelope::Envelope>> {
+        self.rx
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+    }
+}
+
+/// The envelope announcing that socket `sid` of `user` joined or left `room` (`event`,
+/// `reason`): to the room's other members, in the room's tenant and namespace `ns`.
+pub(crate) fn announcement(
+    origin: &str,
+    ns: &str,
+    sid: &str,
+    user: &str,
+    room: &rooms::ScopedRoom,
+    event: &str,
+    reason: &str,
+) -> envelope::Envelope {
+    let data = serde_json::json!({"room": room.room(), "user": user, "sid": sid, "reason": reason});
+    let mut env = envelope::Envelope::new(origin, event, data)
+        .to_rooms([room.room()])
+        .in_ns(ns);
+    env.tenant = room.tenant();
+    env.sender = Some(sid.to_owned());
+    env
 }

@@ -140,6 +140,7 @@ impl Node {
                 require_tenant: config.token_rules.require_tenant,
                 max_event_types: config.max_event_types,
                 recovery: config.recovery.clone(),
+                presence_events: config.presence_events.clone(),
             },
         ));
         cluster.registry().check_unique(config.node_ttl).await?;
@@ -178,6 +179,9 @@ impl Node {
         ]);
         if !config.recovery.namespaces.is_empty() {
             tasks.0.push(tokio::spawn(cluster.clone().sessions()));
+        }
+        if !config.presence_events.is_empty() {
+            tasks.0.push(tokio::spawn(cluster.clone().announcements()));
         }
 
         let http_ctx = Arc::new(http::HttpCtx {

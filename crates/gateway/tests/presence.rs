@@ -66,6 +66,34 @@ async fn presence_is_the_same_from_every_node_through_joins_leaves_and_a_dead_no
         assert_eq!(answer["nodes_answered"], 3);
     }
     assert_eq!(presence(&nodes[0], "doc:Task:1", "beta").await.0, ["evex1"]);
+    // The same from a service, through the SDK.
+    let sdk = publisher::Publisher::connect(&redis.url(), std::time::Duration::from_secs(2))
+        .unwrap()
+        .with_channel_prefix(nodes[0].cluster.channels().prefix());
+    let here = sdk.in_tenant("acme").presence("doc:Task:1").await.unwrap();
+    assert_eq!(
+        here.users
+            .iter()
+            .map(|(u, n)| (u.as_str(), *n))
+            .collect::<Vec<_>>(),
+        [("ann", 2), ("bob", 1)]
+    );
+    assert_eq!(
+        (here.sockets, here.nodes_answered, here.nodes_expected),
+        (3, 3, 3)
+    );
+    assert!(
+        sdk.in_tenant("beta")
+            .presence("doc:Task:2")
+            .await
+            .unwrap()
+            .users
+            .is_empty()
+    );
+    assert!(matches!(
+        sdk.presence("not a room").await,
+        Err(publisher::PresenceError::InvalidRoom(_))
+    ));
 
     // A leave and a disconnect.
     assert_eq!(ann2.leave("doc:Task:1").await.unwrap()["ok"], true);
@@ -160,5 +188,77 @@ async fn server_side_events_reach_the_other_nodes_handlers_and_their_answers_com
             ("redis-node-1".to_owned(), json!({"node": 1, "got": 7})),
             ("redis-node-2".to_owned(), json!({"node": 2, "got": 7})),
         ]
+    );
+}
+
+/// The next presence event of `name` on `c`, as (user, reason), after checking that no
+/// other presence event came first.
+async fn next_presence(c: &mut SioClient, name: &str) -> (String, String, String) {
+    let (event, before) = c.expect(name).await.unwrap();
+    let earlier: Vec<_> = before
+        .iter()
+        .filter(|e| e.name.starts_with("presence_"))
+        .map(|e| (&e.name, &e.args))
+        .collect();
+    assert!(earlier.is_empty(), "unexpected before {name}: {earlier:?}");
+    let data = &event.args[0];
+    assert_eq!(data["room"], "doc:Task:1", "{data}");
+    (
+        data["user"].as_str().unwrap().to_owned(),
+        data["reason"].as_str().unwrap().to_owned(),
+        data["sid"].as_str().unwrap().to_owned(),
+    )
+}
+
+#[tokio::test]
+async fn members_are_told_of_joins_and_leaves_across_nodes_within_their_tenant() {
+    let redis = RedisServer::start().unwrap();
+    let nodes = spawn_redis_cluster(3, &redis.url(), |_, c| {
+        c.presence_events = vec![rooms::Pattern::parse("doc:*").unwrap()];
+    })
+    .await
+    .unwrap();
+    let mut ann = client(&nodes[0], "ann", "acme").await;
+    let mut bob = client(&nodes[1], "bob", "acme").await;
+    let mut eve = client(&nodes[2], "eve", "beta").await;
+    let mut dave = client(&nodes[2], "dave", "acme").await;
+    assert_eq!(ann.join("doc:Task:1").await.unwrap()["ok"], true);
+    assert_eq!(bob.join("doc:Task:1").await.unwrap()["ok"], true);
+    let bob_sid = bob.sid.clone();
+    assert_eq!(
+        next_presence(&mut ann, "presence_join").await,
+        ("bob".into(), "joined".into(), bob_sid.clone())
+    );
+    // Another tenant's same-named room, then dave, from one node (so in this order):
+    // acme's members hear of dave only.
+    assert_eq!(eve.join("doc:Task:1").await.unwrap()["ok"], true);
+    assert_eq!(dave.join("doc:Task:1").await.unwrap()["ok"], true);
+    let dave_sid = dave.sid.clone();
+    for c in [&mut ann, &mut bob] {
+        assert_eq!(
+            next_presence(c, "presence_join").await,
+            ("dave".into(), "joined".into(), dave_sid.clone())
+        );
+    }
+    // A leave, then a disconnect.
+    assert_eq!(bob.leave("doc:Task:1").await.unwrap()["ok"], true);
+    for c in [&mut ann, &mut dave] {
+        assert_eq!(
+            next_presence(c, "presence_leave").await,
+            ("bob".into(), "left".into(), bob_sid.clone())
+        );
+    }
+    dave.close().await;
+    assert_eq!(
+        next_presence(&mut ann, "presence_leave").await,
+        ("dave".into(), "disconnected".into(), dave_sid)
+    );
+    // Eve, in beta's room of the same name, heard of nobody in acme.
+    let body = json!({"tenant": "beta", "event": "marker", "to": ["doc:Task:1"], "data": 1});
+    nodes[1].publish_accepted(body).await.unwrap();
+    let (_, before) = eve.expect("marker").await.unwrap();
+    assert!(
+        before.iter().all(|e| !e.name.starts_with("presence_")),
+        "{before:?}"
     );
 }

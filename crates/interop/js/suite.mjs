@@ -275,8 +275,22 @@ await runCase("connection state recovery on another node (socket.recovered)", as
   await accepted(0, { ns, event: "r", to: [room], data: 101 });
   const { args } = await rec.expect("r");
   check(args[0] === 101, `after the replay: ${JSON.stringify(args)} (a duplicate?)`);
+
+  // Away longer than the window: a fresh session, without the room.
+  const droppedAgain = new Promise((r) => socket.once("disconnect", r));
+  socket.io.engine.close();
+  await droppedAgain;
+  await new Promise((r) => setTimeout(r, cfg.recovery_window_ms + 2000));
+  await accepted(1, { ns, event: "r", to: [room], data: 102 });
+  socket.io.uri = cfg.nodes[1];
+  const fresh = withTimeout(new Promise((r) => socket.once("connect", r)), "reconnect after the window");
+  socket.connect();
+  await fresh;
+  check(socket.recovered === false, "recovered after the window had passed");
+  const again = await rec.expect("connected");
+  check(!again.args[0].rooms.includes(room), `room restored after the window: ${JSON.stringify(again.args[0])}`);
   socket.disconnect();
-  return "recovered on node-2: 100 missed events in order, then live, none twice, room restored";
+  return `recovered on node-2: 100 missed events in order, then live, none twice, room restored; after ${cfg.recovery_window_ms / 1000} s away: a fresh session`;
 });
 
 for (const s of opened) s.disconnect();

@@ -44,6 +44,8 @@ pub(crate) const EXTRA_NAMESPACE: &str = "/notifications";
 
 /// The namespace with connection state recovery.
 pub(crate) const RECOVERY_NAMESPACE: &str = "/recovery";
+/// Its recovery window: short, so that a case can outwait it.
+pub(crate) const RECOVERY_WINDOW_MS: u64 = 8000;
 
 impl Cluster {
     /// Starts `n` nodes and waits until each is ready: on ports `first_port..` when given
@@ -159,6 +161,7 @@ impl Cluster {
                 format!("/,{EXTRA_NAMESPACE},{RECOVERY_NAMESPACE}"),
             )
             .env("RECOVERY_NAMESPACES", RECOVERY_NAMESPACE)
+            .env("RECOVERY_WINDOW_MS", RECOVERY_WINDOW_MS.to_string())
             .env("NODE_TTL_SECS", "6")
             .env("RUST_LOG", "info")
             .envs(self.secrets.upstream.iter().flat_map(|(url, secret)| {

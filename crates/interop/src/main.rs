@@ -35,7 +35,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::Command;
 use tokio::sync::Mutex;
 
-use cluster::{Cluster, EXTRA_NAMESPACE, RECOVERY_NAMESPACE, Secrets};
+use cluster::{Cluster, EXTRA_NAMESPACE, RECOVERY_NAMESPACE, RECOVERY_WINDOW_MS, Secrets};
 use report::Outcome;
 
 /// Longest a client suite may run before it is stopped and marked failed.
@@ -309,6 +309,7 @@ fn client_config(
         "path": "/socket.io/",
         "namespace": EXTRA_NAMESPACE,
         "recovery_namespace": RECOVERY_NAMESPACE,
+        "recovery_window_ms": RECOVERY_WINDOW_MS,
         "tenant": tenant,
         "users": {"alice": alice, "bob": bob},
         "tokens": {

@@ -21,9 +21,12 @@
 //! ```
 
 mod consumer;
+mod presence;
 mod webhook;
 
 pub use consumer::{ClientEvent, ConsumeError, Consumer, Delivery};
+pub use envelope::Presence;
+pub use presence::{ANSWER_WITHIN, PresenceError};
 pub use webhook::{SIGNATURE_HEADER, SignatureError, verify_signature};
 
 use std::sync::Arc;
@@ -64,6 +67,8 @@ pub struct Publisher {
     origin: Arc<str>,
     ns: Arc<str>,
     tenant: Option<Arc<str>>,
+    /// Where presence answers arrive; `None` without an inbox.
+    replies: Option<Arc<presence::Replies>>,
 }
 
 impl Publisher {
@@ -75,6 +80,24 @@ impl Publisher {
             origin: Arc::from(origin),
             ns: Arc::from("/"),
             tenant: None,
+            replies: None,
+        }
+    }
+
+    /// The same publisher, receiving on `inbox` (the one its bus was created with) the
+    /// answers to [`Publisher::presence`]. [`Publisher::connect`] does this itself.
+    ///
+    /// ```
+    /// # async fn demo() {
+    /// let (bus, inbox) = bus::MemoryHub::new().connect();
+    /// let p = publisher::Publisher::new(std::sync::Arc::new(bus), rooms::Channels::default(), "crm")
+    ///     .with_inbox(inbox);
+    /// # }
+    /// ```
+    pub fn with_inbox(self, inbox: bus::Inbox) -> Self {
+        Self {
+            replies: Some(Arc::new(presence::Replies::new(inbox))),
+            ..self
         }
     }
 
@@ -89,10 +112,10 @@ impl Publisher {
         retry_budget: std::time::Duration,
     ) -> Result<Self, PublishError> {
         let config = bus::RedisConfig::new(redis_url).with_publish_retry_budget(retry_budget);
-        // A publisher never subscribes, so its inbox stays empty.
-        let (bus, _inbox) =
+        // The inbox receives only presence answers, and only once one was asked.
+        let (bus, inbox) =
             bus::RedisBus::connect(config).map_err(|e| PublishError::Connect(e.to_string()))?;
-        Ok(Self::new(Arc::new(bus), Channels::default(), "publisher"))
+        Ok(Self::new(Arc::new(bus), Channels::default(), "publisher").with_inbox(inbox))
     }
 
     /// The same publisher with another origin (the service name in every envelope).
@@ -187,6 +210,35 @@ impl Publisher {
     ) -> Result<bus::HistoryPage, bus::HistoryError> {
         self.outbox
             .room_history(&self.ns, self.tenant.as_deref(), room, since, limit)
+            .await
+    }
+
+    /// Who is in `room` (in this publisher's namespace and tenant), cluster-wide: every
+    /// gateway node answers for its own sockets, within [`ANSWER_WITHIN`]; a node that
+    /// does not (crashed, partitioned) is left out and `nodes_answered` is below
+    /// `nodes_expected`. Whether a user is online is the presence of `user:{id}`.
+    ///
+    /// ```
+    /// # async fn demo(p: publisher::Publisher) -> Result<(), publisher::PresenceError> {
+    /// let here = p.in_tenant("acme").presence("doc:Task:1").await?;
+    /// for (user, sockets) in &here.users {
+    ///     println!("{user} ({sockets} tabs)");
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn presence(&self, room: &str) -> Result<Presence, PresenceError> {
+        let replies = self.replies.as_ref().ok_or(PresenceError::NoInbox)?;
+        let room = Room::parse(room).map_err(|e| PresenceError::InvalidRoom(e.to_string()))?;
+        let tenant = self
+            .tenant
+            .as_deref()
+            .map(rooms::TenantId::parse)
+            .transpose()
+            .map_err(|e| PresenceError::InvalidRoom(e.to_string()))?;
+        let scoped = rooms::ScopedRoom::new(tenant.as_ref(), &room)
+            .map_err(|e| PresenceError::InvalidRoom(e.to_string()))?;
+        replies
+            .ask(self.outbox.bus(), self.outbox.channels(), &self.ns, &scoped)
             .await
     }
 

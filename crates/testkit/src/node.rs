@@ -191,6 +191,23 @@ pub async fn spawn_redis_cluster(
         );
         nodes.push(spawn_node(config, Arc::new(bus), inbox).await?);
     }
+    // Ready as a cluster once each node is in the registry (its first heartbeat): until
+    // then the others do not count it among the nodes a query waits for.
+    for node in &nodes {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let me = node.cluster.node_id();
+            let listed = node.cluster.registry().nodes().await.unwrap_or_default();
+            if listed.iter().any(|n| n.node_id == me) {
+                break;
+            }
+            anyhow::ensure!(
+                std::time::Instant::now() < deadline,
+                "node {me} did not appear in the registry"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
     Ok(nodes)
 }
 

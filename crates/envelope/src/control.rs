@@ -1,0 +1,108 @@
+//! Node-to-node control messages: presence queries and server-side events, on a
+//! namespace's control channel (`{prefix}:ctl:{ns}`, answers on
+//! `{prefix}:ctl:{ns}#{node}`). JSON, tagged by `kind`; the publisher SDK asks presence
+//! queries in the same form as a node does.
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde::{Deserialize, Serialize};
+
+/// A control message.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Control {
+    /// Who of yours is in `room` (a scoped room name)? Answer on `from`'s channel.
+    Presence {
+        /// Query id, repeated in each answer.
+        id: String,
+        /// Who asks: a node id, or a publisher's own id.
+        from: String,
+        /// The scoped room (`@{tenant}/{room}` or the room name).
+        room: String,
+    },
+    /// One node's answer to a presence query.
+    PresenceReply {
+        /// The query's id.
+        id: String,
+        /// The answering node.
+        node: String,
+        /// Its sockets in the room, by user id.
+        users: HashMap<String, u32>,
+    },
+    /// A server-side event for the other nodes' handlers; `id` when the sender waits for
+    /// their answers.
+    ServerEvent {
+        /// Set when the sender waits for answers.
+        id: Option<String>,
+        /// The sending node.
+        from: String,
+        /// Event name.
+        event: String,
+        /// Its arguments.
+        args: Vec<serde_json::Value>,
+    },
+    /// One node's answer to a server-side event.
+    ServerEventReply {
+        /// The event's id.
+        id: String,
+        /// The answering node.
+        node: String,
+        /// What its handler returned.
+        data: serde_json::Value,
+    },
+}
+
+/// One room's presence, cluster-wide: the merged answers of the nodes that answered.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Presence {
+    /// Each user in the room and how many sockets they have there, by user id.
+    pub users: BTreeMap<String, u32>,
+    /// Sockets in the room, all users together.
+    pub sockets: u32,
+    /// Nodes that answered.
+    pub nodes_answered: usize,
+    /// Nodes the registry knows; more than answered means some did not answer in time
+    /// and their sockets are not counted.
+    pub nodes_expected: usize,
+}
+
+impl Presence {
+    /// The users as the HTTP API and the client request list them: `[{user, sockets}]`.
+    pub fn users_json(&self) -> Vec<serde_json::Value> {
+        self.users
+            .iter()
+            .map(|(user, sockets)| serde_json::json!({"user": user, "sockets": sockets}))
+            .collect()
+    }
+
+    /// Adds one node's answer (its users and their socket counts).
+    pub fn add(&mut self, users: &HashMap<String, u32>) {
+        for (user, n) in users {
+            *self.users.entry(user.clone()).or_default() += n;
+            self.sockets += n;
+        }
+        self.nodes_answered += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_query_reads_as_it_is_written_and_answers_merge() {
+        let q = Control::Presence {
+            id: "q1".into(),
+            from: "sdk-1".into(),
+            room: "@acme/doc:Task:1".into(),
+        };
+        let json = serde_json::to_string(&q).unwrap_or_default();
+        assert!(json.contains(r#""kind":"presence""#), "{json}");
+        assert_eq!(serde_json::from_str::<Control>(&json).ok(), Some(q));
+        let mut p = Presence::default();
+        p.add(&HashMap::from([("ann".into(), 2)]));
+        p.add(&HashMap::from([("ann".into(), 1), ("bob".into(), 1)]));
+        assert_eq!((p.sockets, p.nodes_answered, p.users["ann"]), (4, 2, 3));
+    }
+}
