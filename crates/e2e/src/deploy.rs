@@ -367,7 +367,8 @@ pub(crate) async fn rolling_restart(env: &mut Env) -> anyhow::Result<Outcome> {
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     stop.notify_waiters();
-    let _ = publishing.await;
+    // Not awaited: a notification that comes while it publishes is not seen.
+    publishing.abort();
     for t in tasks {
         t.abort();
     }
