@@ -438,6 +438,7 @@ async fn tracing_cost() -> anyhow::Result<()> {
     ];
     compare(
         "traces off vs exported at 1 %",
+        "publish",
         &[("off", Vec::new()), ("on, 1 %", traced)],
     )
     .await?;
@@ -454,7 +455,8 @@ async fn tracing_cost() -> anyhow::Result<()> {
 /// message, Redis output bytes, latency.
 async fn recovery_cost() -> anyhow::Result<()> {
     compare(
-        "connection state recovery off vs on (RECOVERY_NAMESPACES=/)",
+        "connection state recovery off vs on (RECOVERY_NAMESPACES=/), client publishes",
+        "client_publish",
         &[
             ("off", Vec::new()),
             ("on", vec![("RECOVERY_NAMESPACES", "/".to_owned())]),
@@ -463,10 +465,14 @@ async fn recovery_cost() -> anyhow::Result<()> {
     .await
 }
 
-/// Roomcast's fan-out (the full plan's subscribers in one room) at 10 and 20 msg/s under
-/// each `(label, environment)` variant, alternating, two rounds; prints each point and
-/// the mean difference of each variant from the first.
-async fn compare(title: &str, variants: &[(&str, Vec<(&str, String)>)]) -> anyhow::Result<()> {
+/// Roomcast's fan-out (the full plan's subscribers in one room, sent by sockets emitting
+/// `event`) at 10 and 20 msg/s under each `(label, environment)` variant, alternating,
+/// two rounds; prints each point and the mean difference of each variant from the first.
+async fn compare(
+    title: &str,
+    event: &'static str,
+    variants: &[(&str, Vec<(&str, String)>)],
+) -> anyhow::Result<()> {
     let plan = Plan::full();
     let rates = [10u64, 20];
     let recorder = Arc::new(Recorder::default());
@@ -484,9 +490,10 @@ async fn compare(title: &str, variants: &[(&str, Vec<(&str, String)>)]) -> anyho
                 "subscribers",
             )
             .await?;
-            let sockets = scenarios::socket_publishers(&stack.ports).await?;
+            let sockets = scenarios::socket_publishers_of(&stack.ports, event).await?;
             for &rate in &rates {
                 let before = scenarios::redis_output_bytes(&redis.url()).await?;
+                let stats_before = scenarios::redis_command_stats(&redis.url()).await?;
                 let mut points = scenarios::sweep(
                     &stack,
                     redis.pid(),
@@ -501,9 +508,29 @@ async fn compare(title: &str, variants: &[(&str, Vec<(&str, String)>)]) -> anyho
                 )
                 .await?;
                 let bytes = scenarios::redis_output_bytes(&redis.url()).await? - before;
+                let stats = scenarios::redis_command_stats(&redis.url()).await?;
+                let mut usec = 0;
+                let mut by_command = Vec::new();
+                for (cmd, (calls, us)) in &stats {
+                    let (c0, u0) = stats_before.get(cmd).copied().unwrap_or_default();
+                    usec += us - u0;
+                    if calls > &c0 {
+                        by_command.push((us - u0, cmd.clone(), calls - c0));
+                    }
+                }
+                by_command.sort_unstable_by(|a, b| b.cmp(a));
+                let top: Vec<String> = by_command
+                    .iter()
+                    .take(5)
+                    .map(|(us, cmd, calls)| format!("{cmd} {calls}× {us} µs"))
+                    .collect();
+                eprintln!(
+                    "    Redis commands ({label}, {rate} msg/s): {}",
+                    top.join(", ")
+                );
                 if let Some(p) = points.pop() {
-                    let per_msg = bytes as f64 / p.sent.max(1) as f64;
-                    rows.push((round, *label, p, per_msg));
+                    let sent = p.sent.max(1) as f64;
+                    rows.push((round, *label, p, bytes as f64 / sent, usec as f64 / sent));
                 }
             }
             for t in subs {
@@ -516,26 +543,25 @@ async fn compare(title: &str, variants: &[(&str, Vec<(&str, String)>)]) -> anyho
         plan.subscribers, plan.nodes
     );
     println!(
-        "{:<6} {:<9} {:>6} {:>14} {:>14} {:>12} {:>9} {:>9} {:>6}",
+        "{:<6} {:<9} {:>6} {:>14} {:>16} {:>12} {:>9} {:>9} {:>6}",
         "round",
         "variant",
         "msg/s",
         "node µs/deliv",
-        "Redis µs/msg",
+        "Redis cmd µs/msg",
         "Redis B/msg",
         "p50 ms",
         "p99 ms",
         "loss"
     );
-    let redis_us = |p: &Point| p.redis_cpu_pct / 100.0 * 1e6 / p.achieved_rate.max(1e-9);
-    for (round, label, p, bytes) in &rows {
+    for (round, label, p, bytes, usec) in &rows {
         println!(
-            "{:<6} {:<9} {:>6} {:>14.2} {:>14.1} {:>12.0} {:>9.2} {:>9.2} {:>6}",
+            "{:<6} {:<9} {:>6} {:>14.2} {:>16.1} {:>12.0} {:>9.2} {:>9.2} {:>6}",
             round,
             label,
             p.rate,
             p.node_cpu_us_per_delivery,
-            redis_us(p),
+            usec,
             bytes,
             p.latency.p50_ms,
             p.latency.p99_ms,
@@ -543,22 +569,22 @@ async fn compare(title: &str, variants: &[(&str, Vec<(&str, String)>)]) -> anyho
         );
     }
     for rate in rates {
-        let mean = |label: &str, f: &dyn Fn(&Point, f64) -> f64| {
+        let mean = |label: &str, f: &dyn Fn(&Point, f64, f64) -> f64| {
             let v: Vec<f64> = rows
                 .iter()
-                .filter(|(_, l, p, _)| *l == label && p.rate == rate)
-                .map(|(_, _, p, b)| f(p, *b))
+                .filter(|(_, l, p, _, _)| *l == label && p.rate == rate)
+                .map(|(_, _, p, b, u)| f(p, *b, *u))
                 .collect();
             v.iter().sum::<f64>() / v.len().max(1) as f64
         };
         let base = variants[0].0;
         for (label, _) in &variants[1..] {
-            let cpu = |p: &Point, _| p.node_cpu_us_per_delivery;
-            let red = |p: &Point, _| redis_us(p);
-            let bytes = |_: &Point, b| b;
+            let cpu = |p: &Point, _, _| p.node_cpu_us_per_delivery;
+            let red = |_: &Point, _, u| u;
+            let bytes = |_: &Point, b, _| b;
             let (off, on) = (mean(base, &cpu), mean(label, &cpu));
             println!(
-                "{rate} msg/s: node {off:.2} µs/delivery {base}, {on:.2} µs {label} ({:+.1} %); Redis {:.1} → {:.1} µs/msg, {:.0} → {:.0} bytes out/msg",
+                "{rate} msg/s: node {off:.2} µs/delivery {base}, {on:.2} µs {label} ({:+.1} %); Redis commands {:.1} → {:.1} µs/msg, {:.0} → {:.0} bytes out/msg",
                 (on / off - 1.0) * 100.0,
                 mean(base, &red),
                 mean(label, &red),

@@ -372,6 +372,37 @@ pub(crate) async fn redis_output_bytes(redis_url: &str) -> anyhow::Result<u64> {
         .context("no total_net_output_bytes")
 }
 
+/// Calls and microseconds Redis spent on each command so far (`INFO commandstats`): the
+/// work its clients asked of it, without its idle housekeeping.
+pub(crate) async fn redis_command_stats(
+    redis_url: &str,
+) -> anyhow::Result<std::collections::BTreeMap<String, (u64, u64)>> {
+    let client = redis::Client::open(redis_url)?;
+    let mut conn = client.get_multiplexed_async_connection().await?;
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut conn)
+        .await?;
+    let field = |fields: &str, name: &str| {
+        fields
+            .split(',')
+            .find_map(|f| f.strip_prefix(name))
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    Ok(info
+        .lines()
+        .filter_map(|l| l.strip_prefix("cmdstat_"))
+        .filter_map(|l| l.split_once(':'))
+        .map(|(cmd, fields)| {
+            (
+                cmd.to_owned(),
+                (field(fields, "calls="), field(fields, "usec=")),
+            )
+        })
+        .collect())
+}
+
 /// Publisher SDK throughput into Redis.
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct SdkThroughput {

@@ -34,7 +34,7 @@ use tokio::sync::mpsc;
 pub use health::{Health, LinkState};
 pub use memory::{MemoryBus, MemoryHub};
 pub use outbox::{HistoryError, HistoryPage, Outbox, Recording, SendError, targets};
-pub use redis::{RedisBus, RedisConfig, RedisSetupError, mask_url};
+pub use redis::{RedisBus, RedisConfig, RedisSetupError, RedisTls, mask_url, redis_client};
 
 /// A message received on a subscribed channel.
 #[derive(Debug, Clone)]

@@ -38,6 +38,82 @@ pub struct RedisConfig {
     /// Publishes waiting for Redis at most; past it a publish fails at once instead of
     /// queueing (a blackholed Redis must not grow memory or latency). Default 10 000.
     pub publish_queue: usize,
+    /// Certificates for `rediss://` beyond the Web PKI: a private CA, and a client
+    /// certificate for servers that ask for one. `None` (default): the Web PKI roots.
+    pub tls: Option<RedisTls>,
+}
+
+/// TLS material for `rediss://` (PEM contents, not paths).
+#[derive(Clone, Default)]
+pub struct RedisTls {
+    /// The CA certificate(s) the server's certificate must chain to, instead of the
+    /// Web PKI roots.
+    pub root_ca: Option<Vec<u8>>,
+    /// A client certificate chain and its private key, for servers that verify clients.
+    pub client: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl std::fmt::Debug for RedisTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the key.
+        f.debug_struct("RedisTls")
+            .field("root_ca", &self.root_ca.as_ref().map(Vec::len))
+            .field("client_certificate", &self.client.is_some())
+            .finish()
+    }
+}
+
+impl RedisTls {
+    /// Reads a CA file and, when both are given, a client certificate and key (PEM).
+    pub fn from_files(
+        ca: Option<&std::path::Path>,
+        client: Option<(&std::path::Path, &std::path::Path)>,
+    ) -> std::io::Result<Self> {
+        let read = |p: &std::path::Path| {
+            std::fs::read(p)
+                .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", p.display())))
+        };
+        Ok(Self {
+            root_ca: ca.map(read).transpose()?,
+            client: match client {
+                Some((cert, key)) => Some((read(cert)?, read(key)?)),
+                None => None,
+            },
+        })
+    }
+}
+
+/// The `redis` client for `config`: its URL, with the private CA and client certificate
+/// of [`RedisConfig::tls`] when set (which needs a `rediss://` URL). For code that talks
+/// to the same Redis as the bus with its own connections (the SDK's stream consumer).
+pub fn redis_client(config: &RedisConfig) -> Result<redis::Client, RedisSetupError> {
+    let invalid = |reason: String| RedisSetupError::InvalidUrl {
+        url: mask_url(&config.url),
+        reason,
+    };
+    if config.url.starts_with("rediss://") {
+        // A process may install its own provider first; then ours is not needed.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    }
+    match &config.tls {
+        None => redis::Client::open(config.url.as_str()).map_err(|e| invalid(e.to_string())),
+        Some(_) if !config.url.starts_with("rediss://") => Err(invalid(
+            "a CA or client certificate is set, but the URL is not rediss://".into(),
+        )),
+        Some(tls) => redis::Client::build_with_tls(
+            config.url.as_str(),
+            redis::TlsCertificates {
+                client_tls: tls.client.clone().map(|(client_cert, client_key)| {
+                    redis::ClientTlsConfig {
+                        client_cert,
+                        client_key,
+                    }
+                }),
+                root_cert: tls.root_ca.clone(),
+            },
+        )
+        .map_err(|e| invalid(e.to_string())),
+    }
 }
 
 impl std::fmt::Debug for RedisConfig {
@@ -64,7 +140,14 @@ impl RedisConfig {
             ping_interval: Duration::from_secs(5),
             command_timeout: Duration::from_secs(3),
             publish_queue: 10_000,
+            tls: None,
         }
+    }
+
+    /// Sets the TLS material for `rediss://` (a private CA, a client certificate).
+    pub fn with_tls(mut self, tls: RedisTls) -> Self {
+        self.tls = Some(tls);
+        self
     }
 
     /// The longest a publish can take from call to answer: its retry budget plus one
@@ -193,24 +276,17 @@ impl RedisBus {
             url: masked_url.clone(),
             reason,
         };
-        if config.url.starts_with("rediss://") {
-            // A process may install its own provider first; then ours is not needed.
-            let _ = rustls::crypto::ring::default_provider().install_default();
-        }
-        let client =
-            redis::Client::open(config.url.as_str()).map_err(|e| invalid(e.to_string()))?;
-        let mut pool_config = deadpool_redis::Config::from_url(config.url.clone());
-        pool_config.pool = Some(deadpool_redis::PoolConfig {
-            max_size: 4,
-            timeouts: deadpool_redis::Timeouts {
-                wait: Some(config.command_timeout),
-                create: Some(config.command_timeout),
-                recycle: Some(config.command_timeout),
-            },
-            ..Default::default()
-        });
-        let pool = pool_config
-            .create_pool(Some(Runtime::Tokio1))
+        let client = redis_client(&config)?;
+        // The pool's connections carry the client's TLS settings (its connection info).
+        let manager = deadpool_redis::Manager::new(client.get_connection_info().clone())
+            .map_err(|e| invalid(e.to_string()))?;
+        let pool = Pool::builder(manager)
+            .max_size(4)
+            .wait_timeout(Some(config.command_timeout))
+            .create_timeout(Some(config.command_timeout))
+            .recycle_timeout(Some(config.command_timeout))
+            .runtime(Runtime::Tokio1)
+            .build()
             .map_err(|e| invalid(e.to_string()))?;
 
         let health = Arc::new(Mutex::new(Health {

@@ -128,6 +128,15 @@ pub struct Args {
     /// Redis password, with REDIS_HOST
     #[arg(long, env = "REDIS_PASSWORD", hide_env_values = true)]
     pub redis_password: Option<String>,
+    /// PEM CA certificate(s) the Redis server's certificate must chain to (a private CA), for a rediss:// REDIS_URL [default: the Web PKI roots]
+    #[arg(long, env = "REDIS_TLS_CA_FILE")]
+    pub redis_tls_ca_file: Option<std::path::PathBuf>,
+    /// PEM client certificate for a Redis that verifies clients (with REDIS_TLS_KEY_FILE)
+    #[arg(long, env = "REDIS_TLS_CERT_FILE", requires = "redis_tls_key_file")]
+    pub redis_tls_cert_file: Option<std::path::PathBuf>,
+    /// PEM private key of REDIS_TLS_CERT_FILE
+    #[arg(long, env = "REDIS_TLS_KEY_FILE", requires = "redis_tls_cert_file")]
+    pub redis_tls_key_file: Option<std::path::PathBuf>,
     /// Prefix of every Redis channel, so several apps can share one Redis [default: roomcast]
     #[arg(long, env = "REDIS_CHANNEL_PREFIX", default_value = "roomcast")]
     pub redis_channel_prefix: String,
@@ -379,6 +388,9 @@ pub struct Config {
     pub log_json: bool,
     /// Redis URL; `None` runs on the in-memory bus (development only).
     pub redis_url: Option<String>,
+    /// TLS material for a `rediss://` URL beyond the Web PKI (private CA, client
+    /// certificate); `None`: the Web PKI roots.
+    pub redis_tls: Option<bus::RedisTls>,
     /// Channel prefix.
     pub channel_prefix: String,
     /// Give up reconnecting after this many attempts (`None`: never).
@@ -869,6 +881,29 @@ impl Config {
             ));
         }
         let legacy_channel = Some(args.legacy_channel.trim().to_owned()).filter(|c| !c.is_empty());
+        let redis_tls = match (
+            &args.redis_tls_ca_file,
+            args.redis_tls_cert_file
+                .as_deref()
+                .zip(args.redis_tls_key_file.as_deref()),
+        ) {
+            (None, None) => None,
+            (ca, client) => {
+                if !redis_url
+                    .as_deref()
+                    .is_some_and(|u| u.starts_with("rediss://"))
+                {
+                    return Err(invalid(
+                        "REDIS_TLS_CA_FILE",
+                        "the Redis TLS files need a rediss:// REDIS_URL",
+                    ));
+                }
+                Some(
+                    bus::RedisTls::from_files(ca.as_deref(), client)
+                        .map_err(|e| invalid("REDIS_TLS_CA_FILE", format!("cannot read {e}")))?,
+                )
+            }
+        };
         let presence_events = args
             .presence_events
             .split(',')
@@ -916,6 +951,7 @@ impl Config {
             dev,
             log_json,
             redis_url,
+            redis_tls,
             channel_prefix: args.redis_channel_prefix,
             redis_max_reconnect_attempts: args.redis_max_reconnect_attempts,
             legacy_channel,

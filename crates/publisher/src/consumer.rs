@@ -97,7 +97,19 @@ impl Consumer {
         group: &str,
         name: &str,
     ) -> Result<Self, ConsumeError> {
-        let client = redis::Client::open(redis_url)?;
+        Self::connect_with(&bus::RedisConfig::new(redis_url), prefix, ns, group, name).await
+    }
+
+    /// [`Consumer::connect`] with a whole Redis configuration: `rediss://` with a private
+    /// CA or a client certificate ([`bus::RedisConfig::with_tls`]).
+    pub async fn connect_with(
+        redis: &bus::RedisConfig,
+        prefix: &str,
+        ns: &str,
+        group: &str,
+        name: &str,
+    ) -> Result<Self, ConsumeError> {
+        let client = bus::redis_client(redis).map_err(|e| ConsumeError(e.to_string()))?;
         // Its own connection: a blocking read must not hold up other commands. No
         // client-side response timeout (the library's default is 500 ms, shorter than a
         // blocking read, and an XREADGROUP given up on the client would leave its

@@ -111,7 +111,20 @@ impl Publisher {
         redis_url: &str,
         retry_budget: std::time::Duration,
     ) -> Result<Self, PublishError> {
-        let config = bus::RedisConfig::new(redis_url).with_publish_retry_budget(retry_budget);
+        Self::connect_with(bus::RedisConfig::new(redis_url).with_publish_retry_budget(retry_budget))
+    }
+
+    /// [`Publisher::connect`] with a whole Redis configuration: `rediss://` with a private
+    /// CA or a client certificate, reconnect and retry settings.
+    ///
+    /// ```no_run
+    /// # fn demo() -> Result<(), Box<dyn std::error::Error>> {
+    /// let tls = bus::RedisTls::from_files(Some(std::path::Path::new("/etc/roomcast/redis-ca.pem")), None)?;
+    /// let config = bus::RedisConfig::new("rediss://redis.internal:6380").with_tls(tls);
+    /// let publisher = publisher::Publisher::connect_with(config)?;
+    /// # Ok(()) }
+    /// ```
+    pub fn connect_with(config: bus::RedisConfig) -> Result<Self, PublishError> {
         // The inbox receives only presence answers, and only once one was asked.
         let (bus, inbox) =
             bus::RedisBus::connect(config).map_err(|e| PublishError::Connect(e.to_string()))?;

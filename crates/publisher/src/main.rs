@@ -16,6 +16,15 @@ struct Cli {
     /// Redis URL shared with the gateways
     #[arg(long, env = "REDIS_URL", hide_env_values = true)]
     redis_url: String,
+    /// PEM CA the Redis server's certificate must chain to (rediss:// with a private CA)
+    #[arg(long, env = "REDIS_TLS_CA_FILE")]
+    redis_tls_ca_file: Option<std::path::PathBuf>,
+    /// PEM client certificate, for a Redis that verifies clients (with --redis-tls-key-file)
+    #[arg(long, env = "REDIS_TLS_CERT_FILE", requires = "redis_tls_key_file")]
+    redis_tls_cert_file: Option<std::path::PathBuf>,
+    /// PEM private key of --redis-tls-cert-file
+    #[arg(long, env = "REDIS_TLS_KEY_FILE", requires = "redis_tls_cert_file")]
+    redis_tls_key_file: Option<std::path::PathBuf>,
     /// Channel prefix, as configured on the gateways [default: roomcast]
     #[arg(long, env = "REDIS_CHANNEL_PREFIX", default_value = "roomcast")]
     prefix: String,
@@ -59,11 +68,22 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let data: serde_json::Value =
         serde_json::from_str(&cli.data).context("--data is not valid JSON")?;
-    let publisher =
-        publisher::Publisher::connect(&cli.redis_url, Duration::from_millis(cli.retry_ms))?
-            .with_channel_prefix(&cli.prefix)
-            .with_origin(&cli.origin)
-            .in_namespace(&cli.ns);
+    let mut redis = bus::RedisConfig::new(&cli.redis_url)
+        .with_publish_retry_budget(Duration::from_millis(cli.retry_ms));
+    let client = cli
+        .redis_tls_cert_file
+        .as_deref()
+        .zip(cli.redis_tls_key_file.as_deref());
+    if cli.redis_tls_ca_file.is_some() || client.is_some() {
+        redis = redis.with_tls(
+            bus::RedisTls::from_files(cli.redis_tls_ca_file.as_deref(), client)
+                .context("reading the Redis TLS files")?,
+        );
+    }
+    let publisher = publisher::Publisher::connect_with(redis)?
+        .with_channel_prefix(&cli.prefix)
+        .with_origin(&cli.origin)
+        .in_namespace(&cli.ns);
     let recovery: Vec<&str> = cli
         .recovery_namespaces
         .split(',')

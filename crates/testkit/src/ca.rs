@@ -73,7 +73,47 @@ impl TestCa {
             ],
             None,
         )?;
+        // A client certificate, for servers that verify their clients (Redis with
+        // `tls-auth-clients yes`).
+        openssl(
+            &[
+                &["req", "-nodes", "-subj", "/CN=roomcast-client"][..],
+                &ec,
+                &["-keyout", &at("client.key"), "-out", &at("client.csr")],
+            ]
+            .concat(),
+            None,
+        )?;
+        std::fs::write(
+            dir.join("client.ext"),
+            "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=clientAuth\n",
+        )?;
+        openssl(
+            &[
+                "x509",
+                "-req",
+                "-days",
+                "1",
+                "-in",
+                &at("client.csr"),
+                "-CA",
+                &at("ca.pem"),
+                "-CAkey",
+                &at("ca.key"),
+                "-CAcreateserial",
+                "-extfile",
+                &at("client.ext"),
+                "-out",
+                &at("client.pem"),
+            ],
+            None,
+        )?;
         Ok(Self { dir })
+    }
+
+    /// A client certificate the CA signed (PEM), and its key.
+    pub fn client_files(&self) -> (PathBuf, PathBuf) {
+        (self.dir.join("client.pem"), self.dir.join("client.key"))
     }
 
     /// The CA certificate (PEM): what clients trust.

@@ -184,6 +184,7 @@ pub async fn spawn_redis_cluster(
             std::time::Duration::from_millis(500),
         );
         redis.ping_interval = std::time::Duration::from_secs(1);
+        redis.tls = config.redis_tls.clone();
         let (bus, inbox) = bus::RedisBus::connect(redis)?;
         anyhow::ensure!(
             bus.wait_up(std::time::Duration::from_secs(10)).await,

@@ -5,6 +5,8 @@ use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use std::path::PathBuf;
+
 use anyhow::{Context, bail};
 
 /// A `redis-server` process on `127.0.0.1:<port>`, killed when dropped.
@@ -12,8 +14,24 @@ use anyhow::{Context, bail};
 pub struct RedisServer {
     port: u16,
     child: Option<Child>,
-    /// With TLS: the directory holding the self-signed certificate and key.
-    tls: Option<std::path::PathBuf>,
+    /// With TLS: its certificates and how it checks clients.
+    tls: Option<Tls>,
+}
+
+/// How a TLS server is set up.
+#[derive(Debug)]
+struct Tls {
+    cert: PathBuf,
+    key: PathBuf,
+    ca: PathBuf,
+    /// Clients must present a certificate the CA signed: this one (and its key), which
+    /// `redis-cli` then uses.
+    verify_clients: bool,
+    client: Option<(PathBuf, PathBuf)>,
+    /// A directory of its own, removed with the server.
+    owned_dir: Option<PathBuf>,
+    /// A CA clients can verify (not a self-signed certificate they must skip checking).
+    trusted: bool,
 }
 
 impl RedisServer {
@@ -60,7 +78,37 @@ impl RedisServer {
         let mut server = Self {
             port,
             child: None,
-            tls: Some(dir),
+            tls: Some(Tls {
+                cert: dir.join("cert.pem"),
+                key: dir.join("key.pem"),
+                ca: dir.join("cert.pem"),
+                verify_clients: false,
+                client: None,
+                owned_dir: Some(dir),
+                trusted: false,
+            }),
+        };
+        server.spawn()?;
+        Ok(server)
+    }
+
+    /// Starts a server that speaks only TLS with `ca`'s server certificate (a private
+    /// CA, as inside a company); with `verify_clients` it also asks clients for a
+    /// certificate `ca` signed. [`RedisServer::url`] is then a plain `rediss://` URL:
+    /// clients must trust `ca`.
+    pub fn start_with_ca(ca: &crate::TestCa, verify_clients: bool) -> anyhow::Result<Self> {
+        let mut server = Self {
+            port: free_port()?,
+            child: None,
+            tls: Some(Tls {
+                cert: ca.cert_file(),
+                key: ca.key_file(),
+                ca: ca.ca_file(),
+                verify_clients,
+                client: Some(ca.client_files()),
+                owned_dir: None,
+                trusted: true,
+            }),
         };
         server.spawn()?;
         Ok(server)
@@ -70,23 +118,20 @@ impl RedisServer {
         let port = self.port.to_string();
         match &self.tls {
             None => vec!["--port".into(), port],
-            Some(dir) => {
-                let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-                vec![
-                    "--port".into(),
-                    "0".into(),
-                    "--tls-port".into(),
-                    port,
-                    "--tls-cert-file".into(),
-                    cert.display().to_string(),
-                    "--tls-key-file".into(),
-                    key.display().to_string(),
-                    "--tls-ca-cert-file".into(),
-                    cert.display().to_string(),
-                    "--tls-auth-clients".into(),
-                    "no".into(),
-                ]
-            }
+            Some(tls) => vec![
+                "--port".into(),
+                "0".into(),
+                "--tls-port".into(),
+                port,
+                "--tls-cert-file".into(),
+                tls.cert.display().to_string(),
+                "--tls-key-file".into(),
+                tls.key.display().to_string(),
+                "--tls-ca-cert-file".into(),
+                tls.ca.display().to_string(),
+                "--tls-auth-clients".into(),
+                if tls.verify_clients { "yes" } else { "no" }.into(),
+            ],
         }
     }
 
@@ -129,10 +174,12 @@ impl RedisServer {
         s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
     }
 
-    /// `redis://127.0.0.1:<port>`, or with TLS `rediss://127.0.0.1:<port>/#insecure`.
+    /// `redis://127.0.0.1:<port>`; with TLS `rediss://127.0.0.1:<port>`, which skips
+    /// certificate checks (`/#insecure`) for a self-signed server.
     pub fn url(&self) -> String {
-        match self.tls {
+        match &self.tls {
             None => format!("redis://127.0.0.1:{}", self.port),
+            Some(tls) if tls.trusted => format!("rediss://127.0.0.1:{}", self.port),
             Some(_) => format!("rediss://127.0.0.1:{}/#insecure", self.port),
         }
     }
@@ -163,14 +210,26 @@ impl RedisServer {
 
     /// Runs `redis-cli -p <port> <args>` and returns its output.
     pub fn cli(&self, args: &[&str]) -> anyhow::Result<String> {
-        let tls: &[&str] = if self.tls.is_some() {
-            &["--tls", "--insecure"]
-        } else {
-            &[]
-        };
+        let mut tls: Vec<String> = Vec::new();
+        if let Some(t) = &self.tls {
+            tls.push("--tls".into());
+            if t.trusted {
+                tls.extend(["--cacert".into(), t.ca.display().to_string()]);
+            } else {
+                tls.push("--insecure".into());
+            }
+            if let Some((cert, key)) = &t.client {
+                tls.extend([
+                    "--cert".into(),
+                    cert.display().to_string(),
+                    "--key".into(),
+                    key.display().to_string(),
+                ]);
+            }
+        }
         let out = Command::new("redis-cli")
-            .args(["-p", &self.port.to_string()])
-            .args(tls)
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(&tls)
             .args(args)
             .output()
             .context("cannot run redis-cli")?;
@@ -206,7 +265,7 @@ pub fn free_port() -> anyhow::Result<u16> {
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.stop();
-        if let Some(dir) = &self.tls {
+        if let Some(dir) = self.tls.as_ref().and_then(|t| t.owned_dir.as_ref()) {
             let _ = std::fs::remove_dir_all(dir);
         }
     }
