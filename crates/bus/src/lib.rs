@@ -17,6 +17,7 @@
 //! any language can publish). Delivery is at most once: pub/sub keeps nothing for a
 //! subscriber that is not connected.
 
+mod endpoint;
 mod health;
 mod memory;
 mod outbox;
@@ -31,6 +32,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
+pub use endpoint::{SentinelConfig, resolve_client};
 pub use health::{Health, LinkState};
 pub use memory::{MemoryBus, MemoryHub};
 pub use outbox::{HistoryError, HistoryPage, Outbox, Recording, SendError, targets};

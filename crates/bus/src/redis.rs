@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
-use deadpool_redis::{Pool, Runtime};
+use deadpool_redis::Pool;
 use futures_util::StreamExt;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, sleep, timeout};
@@ -41,6 +41,9 @@ pub struct RedisConfig {
     /// Certificates for `rediss://` beyond the Web PKI: a private CA, and a client
     /// certificate for servers that ask for one. `None` (default): the Web PKI roots.
     pub tls: Option<RedisTls>,
+    /// A Sentinel set naming the master (which then replaces the URL's host and port),
+    /// followed through failovers. `None` (default): the URL's server.
+    pub sentinel: Option<crate::SentinelConfig>,
 }
 
 /// TLS material for `rediss://` (PEM contents, not paths).
@@ -141,7 +144,15 @@ impl RedisConfig {
             command_timeout: Duration::from_secs(3),
             publish_queue: 10_000,
             tls: None,
+            sentinel: None,
         }
+    }
+
+    /// Finds the master through `sentinel` (and follows its failovers); the URL then
+    /// gives only the credentials, database and TLS of the connection.
+    pub fn with_sentinel(mut self, sentinel: crate::SentinelConfig) -> Self {
+        self.sentinel = Some(sentinel);
+        self
     }
 
     /// Sets the TLS material for `rediss://` (a private CA, a client certificate).
@@ -183,6 +194,9 @@ pub enum RedisSetupError {
         /// Why.
         reason: String,
     },
+    /// No Sentinel answered with the master's address.
+    #[error("no Sentinel named the Redis master: {0}")]
+    NoMaster(String),
 }
 
 /// `url` with any password replaced by `***`, safe to log.
@@ -219,7 +233,7 @@ pub struct RedisBus {
     publish_tx: mpsc::Sender<PublishRequest>,
     command_tx: mpsc::UnboundedSender<Command>,
     health: Arc<Mutex<Health>>,
-    pool: Pool,
+    endpoint: Arc<crate::endpoint::Endpoint>,
     masked_url: String,
     command_timeout: Duration,
     publish_deadline: Duration,
@@ -269,25 +283,12 @@ fn with_timeout<T: Send + 'static>(
 impl RedisBus {
     /// Creates the bus and starts its connection tasks; returns at once. Redis need not
     /// be reachable yet: the bus reports `connecting`/`down` in [`Bus::health`] and
-    /// connects as soon as it can.
+    /// connects as soon as it can. With [`RedisConfig::sentinel`] it asks the Sentinels
+    /// for the master every 500 ms and moves to a new one within that of a failover.
     pub fn connect(config: RedisConfig) -> Result<(Self, Inbox), RedisSetupError> {
         let masked_url = mask_url(&config.url);
-        let invalid = |reason: String| RedisSetupError::InvalidUrl {
-            url: masked_url.clone(),
-            reason,
-        };
-        let client = redis_client(&config)?;
-        // The pool's connections carry the client's TLS settings (its connection info).
-        let manager = deadpool_redis::Manager::new(client.get_connection_info().clone())
-            .map_err(|e| invalid(e.to_string()))?;
-        let pool = Pool::builder(manager)
-            .max_size(4)
-            .wait_timeout(Some(config.command_timeout))
-            .create_timeout(Some(config.command_timeout))
-            .recycle_timeout(Some(config.command_timeout))
-            .runtime(Runtime::Tokio1)
-            .build()
-            .map_err(|e| invalid(e.to_string()))?;
+        let endpoint = crate::endpoint::Endpoint::new(config.clone())?;
+        tokio::spawn(endpoint.clone().follow_sentinels());
 
         let health = Arc::new(Mutex::new(Health {
             publisher: LinkState::Connecting,
@@ -300,7 +301,7 @@ impl RedisBus {
         let (inbox_tx, inbox) = mpsc::channel(crate::INBOX_CAPACITY);
 
         tokio::spawn(publisher_task(
-            pool.clone(),
+            endpoint.clone(),
             config.clone(),
             publish_rx,
             health.clone(),
@@ -309,7 +310,8 @@ impl RedisBus {
         let publish_deadline = config.publish_deadline();
         tokio::spawn(
             Subscriber {
-                client,
+                moves: endpoint.moves(),
+                endpoint: endpoint.clone(),
                 config,
                 commands: command_rx,
                 inbox: inbox_tx,
@@ -324,7 +326,7 @@ impl RedisBus {
                 publish_tx,
                 command_tx,
                 health,
-                pool,
+                endpoint,
                 masked_url,
                 command_timeout,
                 publish_deadline,
@@ -338,10 +340,10 @@ impl RedisBus {
         &self.masked_url
     }
 
-    /// A pooled connection for other commands (registry, `PUBSUB`), sharing the
-    /// publisher's pool.
-    pub fn pool(&self) -> &Pool {
-        &self.pool
+    /// The publishing pool of the current Redis (the master, with Sentinel; `None`
+    /// until the Sentinels named one), for other commands.
+    pub fn pool(&self) -> Option<Pool> {
+        self.endpoint.pool().ok()
     }
 
     /// Waits until both links are up, or `within` has passed.
@@ -376,7 +378,7 @@ fn backoff(config: &RedisConfig, attempt: u32) -> Duration {
 }
 
 async fn publisher_task(
-    pool: Pool,
+    endpoint: Arc<crate::endpoint::Endpoint>,
     config: RedisConfig,
     mut rx: mpsc::Receiver<PublishRequest>,
     health: Arc<Mutex<Health>>,
@@ -393,7 +395,7 @@ async fn publisher_task(
             },
             () = tokio::time::sleep_until(next_probe) => {
                 // Probing when idle keeps `/health` true without waiting for traffic.
-                match probe(&pool, config.command_timeout).await {
+                match probe(&endpoint, config.command_timeout).await {
                     Ok(()) => {
                         failures = 0;
                         set_health(&health, |h| h.publisher = LinkState::Up);
@@ -434,7 +436,7 @@ async fn publisher_task(
             if batch.is_empty() {
                 break;
             }
-            match publish_batch(&pool, &batch, config.command_timeout).await {
+            match publish_batch(&endpoint, &batch, config.command_timeout).await {
                 Ok(counts) => {
                     failures = 0;
                     set_health(&health, |h| h.publisher = LinkState::Up);
@@ -467,7 +469,8 @@ async fn publisher_task(
     }
 }
 
-async fn probe(pool: &Pool, limit: Duration) -> Result<(), String> {
+async fn probe(endpoint: &crate::endpoint::Endpoint, limit: Duration) -> Result<(), String> {
+    let pool = endpoint.pool()?;
     let mut conn = timeout(limit, pool.get())
         .await
         .map_err(|_| "timed out connecting to Redis".to_owned())?
@@ -480,10 +483,11 @@ async fn probe(pool: &Pool, limit: Duration) -> Result<(), String> {
 }
 
 async fn publish_batch(
-    pool: &Pool,
+    endpoint: &crate::endpoint::Endpoint,
     batch: &[PublishRequest],
     limit: Duration,
 ) -> Result<Vec<(usize, Option<String>)>, String> {
+    let pool = endpoint.pool()?;
     let mut conn = timeout(limit, pool.get())
         .await
         .map_err(|_| "timed out connecting to Redis".to_owned())?
@@ -574,7 +578,10 @@ fn publish_answer(value: redis::Value) -> Result<(usize, Option<String>), String
 }
 
 struct Subscriber {
-    client: redis::Client,
+    /// The Redis to subscribe on (the master, with Sentinel).
+    endpoint: Arc<crate::endpoint::Endpoint>,
+    /// Changes when the master does: the connection is then moved to the new one.
+    moves: tokio::sync::watch::Receiver<u64>,
     config: RedisConfig,
     commands: mpsc::UnboundedReceiver<Command>,
     inbox: mpsc::Sender<Message>,
@@ -645,7 +652,9 @@ impl Subscriber {
         &mut self,
     ) -> Result<(redis::aio::PubSubSink, redis::aio::PubSubStream), String> {
         let limit = self.config.command_timeout;
-        let pubsub = timeout(limit, self.client.get_async_pubsub())
+        self.moves.borrow_and_update();
+        let client = self.endpoint.link()?.client;
+        let pubsub = timeout(limit, client.get_async_pubsub())
             .await
             .map_err(|_| "timed out connecting to Redis".to_owned())?
             .map_err(|e| format!("cannot connect to Redis: {e}"))?;
@@ -678,6 +687,8 @@ impl Subscriber {
                 Some(cmd) => cmd,
                 None => tokio::select! {
                     () = tokio::time::sleep_until(until) => return Ok(()),
+                    // A new master: try it now rather than after the backoff.
+                    Ok(()) = self.moves.changed() => return Ok(()),
                     cmd = self.commands.recv() => cmd.ok_or(())?,
                 },
             };
@@ -721,6 +732,9 @@ impl Subscriber {
                         Some(cmd) => Some(cmd),
                         None => return Exit::Closed,
                     },
+                    Ok(()) = self.moves.changed() => {
+                        return Exit::Lost("the Redis master changed (Sentinel failover)".into());
+                    }
                     msg = stream.next() => {
                         let Some(msg) = msg else { return Exit::Lost("connection closed".into()) };
                         let channel: Arc<str> = Arc::from(msg.get_channel_name());
@@ -851,11 +865,11 @@ impl Bus for RedisBus {
         from: &str,
         count: usize,
     ) -> BusFuture<Result<Vec<(String, Bytes)>, PublishError>> {
-        let pool = self.pool.clone();
+        let endpoint = self.endpoint.clone();
         let mut cmd = redis::cmd("XRANGE");
         cmd.arg(stream).arg(from).arg("+").arg("COUNT").arg(count);
         with_timeout(self.command_timeout, async move {
-            let mut conn = pool.get().await.map_err(unavailable)?;
+            let mut conn = pooled(&endpoint).await?;
             let entries: Vec<StreamEntry> =
                 cmd.query_async(&mut conn).await.map_err(unavailable)?;
             Ok(entries
@@ -866,11 +880,11 @@ impl Bus for RedisBus {
     }
 
     fn take(&self, key: &str, ttl: Duration) -> BusFuture<Result<Option<Bytes>, PublishError>> {
-        let pool = self.pool.clone();
+        let endpoint = self.endpoint.clone();
         let mut cmd = redis::cmd("EVAL");
         cmd.arg(TAKE).arg(1).arg(key).arg(millis(ttl));
         with_timeout(self.command_timeout, async move {
-            let mut conn = pool.get().await.map_err(unavailable)?;
+            let mut conn = pooled(&endpoint).await?;
             let value: Option<Vec<u8>> = cmd.query_async(&mut conn).await.map_err(unavailable)?;
             Ok(value
                 .filter(|v| v.as_slice() != TOMBSTONE.as_bytes())
@@ -885,7 +899,7 @@ impl Bus for RedisBus {
         ttl: Duration,
         owner: &str,
     ) -> BusFuture<Result<bool, PublishError>> {
-        let pool = self.pool.clone();
+        let endpoint = self.endpoint.clone();
         let mut cmd = redis::cmd("EVAL");
         cmd.arg(REGISTER_OWNED)
             .arg(1)
@@ -894,7 +908,7 @@ impl Bus for RedisBus {
             .arg(millis(ttl))
             .arg(owner);
         with_timeout(self.command_timeout, async move {
-            let mut conn = pool.get().await.map_err(unavailable)?;
+            let mut conn = pooled(&endpoint).await?;
             let written: i64 = cmd.query_async(&mut conn).await.map_err(unavailable)?;
             Ok(written == 1)
         })
@@ -909,13 +923,10 @@ impl Bus for RedisBus {
     }
 
     fn subscriber_count(&self, channel: &str) -> BusFuture<Result<usize, PublishError>> {
-        let pool = self.pool.clone();
+        let endpoint = self.endpoint.clone();
         let channel = channel.to_owned();
         with_timeout(self.command_timeout, async move {
-            let mut conn = pool
-                .get()
-                .await
-                .map_err(|e| PublishError::Unavailable(format!("cannot connect to Redis: {e}")))?;
+            let mut conn = pooled(&endpoint).await?;
             let reply: Vec<(String, usize)> = redis::cmd("PUBSUB")
                 .arg("NUMSUB")
                 .arg(&channel)
@@ -945,7 +956,7 @@ impl Bus for RedisBus {
         field: &str,
         value: Bytes,
     ) -> BusFuture<Result<String, PublishError>> {
-        let pool = self.pool.clone();
+        let endpoint = self.endpoint.clone();
         let mut cmd = redis::cmd("XADD");
         cmd.arg(key)
             .arg("MAXLEN")
@@ -955,7 +966,7 @@ impl Bus for RedisBus {
             .arg(field)
             .arg(&value[..]);
         with_timeout(self.command_timeout, async move {
-            let mut conn = pool.get().await.map_err(unavailable)?;
+            let mut conn = pooled(&endpoint).await?;
             cmd.query_async::<String>(&mut conn)
                 .await
                 .map_err(unavailable)
@@ -969,10 +980,10 @@ impl Bus for RedisBus {
     }
 
     fn registered(&self, prefix: &str) -> BusFuture<Result<Vec<Bytes>, PublishError>> {
-        let pool = self.pool.clone();
+        let endpoint = self.endpoint.clone();
         let pattern = format!("{}*", escape_glob(prefix));
         with_timeout(self.command_timeout, async move {
-            let mut conn = pool.get().await.map_err(unavailable)?;
+            let mut conn = pooled(&endpoint).await?;
             let mut keys: Vec<String> = Vec::new();
             let mut cursor: u64 = 0;
             loop {
@@ -1020,6 +1031,16 @@ impl Bus for RedisBus {
 
 fn unavailable(e: impl std::fmt::Display) -> PublishError {
     PublishError::Unavailable(format!("Redis: {e}"))
+}
+
+/// A pooled connection to the current Redis.
+async fn pooled(
+    endpoint: &crate::endpoint::Endpoint,
+) -> Result<deadpool_redis::Connection, PublishError> {
+    let pool = endpoint.pool().map_err(PublishError::Unavailable)?;
+    pool.get()
+        .await
+        .map_err(|e| PublishError::Unavailable(format!("cannot connect to Redis: {e}")))
 }
 
 /// Escapes Redis glob characters so a prefix matches literally.
@@ -1072,9 +1093,9 @@ impl RedisBus {
 
     /// Runs one command on a pooled connection, ignoring its reply.
     fn run(&self, cmd: redis::Cmd) -> BusFuture<Result<(), PublishError>> {
-        let pool = self.pool.clone();
+        let endpoint = self.endpoint.clone();
         with_timeout(self.command_timeout, async move {
-            let mut conn = pool.get().await.map_err(unavailable)?;
+            let mut conn = pooled(&endpoint).await?;
             cmd.query_async::<redis::Value>(&mut conn)
                 .await
                 .map_err(unavailable)?;

@@ -128,6 +128,12 @@ pub struct Args {
     /// Redis password, with REDIS_HOST
     #[arg(long, env = "REDIS_PASSWORD", hide_env_values = true)]
     pub redis_password: Option<String>,
+    /// Redis Sentinels (comma-separated host:port): the master of REDIS_SENTINEL_MASTER is asked of them and followed through failovers; REDIS_URL then gives only credentials, database and TLS [default: none]
+    #[arg(long, env = "REDIS_SENTINELS", default_value = "")]
+    pub redis_sentinels: String,
+    /// The master's name in the Sentinels' configuration [default: mymaster]
+    #[arg(long, env = "REDIS_SENTINEL_MASTER", default_value = "mymaster")]
+    pub redis_sentinel_master: String,
     /// PEM CA certificate(s) the Redis server's certificate must chain to (a private CA), for a rediss:// REDIS_URL [default: the Web PKI roots]
     #[arg(long, env = "REDIS_TLS_CA_FILE")]
     pub redis_tls_ca_file: Option<std::path::PathBuf>,
@@ -391,6 +397,8 @@ pub struct Config {
     /// TLS material for a `rediss://` URL beyond the Web PKI (private CA, client
     /// certificate); `None`: the Web PKI roots.
     pub redis_tls: Option<bus::RedisTls>,
+    /// A Sentinel set naming the master; `None`: the URL's server.
+    pub redis_sentinel: Option<bus::SentinelConfig>,
     /// Channel prefix.
     pub channel_prefix: String,
     /// Give up reconnecting after this many attempts (`None`: never).
@@ -791,9 +799,32 @@ impl Config {
                 })
                 .unwrap_or_else(|| format!("node-{}", random_hex(4))),
         };
-        let has_redis = [&args.redis_url, &args.redis_socketio_url, &args.redis_host]
-            .iter()
-            .any(|v| v.as_deref().is_some_and(|v| !v.trim().is_empty()));
+        let redis_sentinel = {
+            let sentinels: Vec<String> = args
+                .redis_sentinels
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect();
+            if let Some(bad) = sentinels.iter().find(|s| {
+                s.rsplit_once(':')
+                    .is_none_or(|(host, port)| host.is_empty() || port.parse::<u16>().is_err())
+            }) {
+                return Err(invalid(
+                    "REDIS_SENTINELS",
+                    format!("{bad:?} is not host:port"),
+                ));
+            }
+            (!sentinels.is_empty()).then(|| bus::SentinelConfig {
+                sentinels,
+                master: args.redis_sentinel_master.trim().to_owned(),
+            })
+        };
+        let has_redis = redis_sentinel.is_some()
+            || [&args.redis_url, &args.redis_socketio_url, &args.redis_host]
+                .iter()
+                .any(|v| v.as_deref().is_some_and(|v| !v.trim().is_empty()));
         if upstream.routes.uses(crate::Transport::Stream) && !has_redis {
             return Err(invalid(
                 "UPSTREAM_ROUTES",
@@ -812,6 +843,9 @@ impl Config {
                     .unwrap_or_default();
                 Some(format!("redis://{auth}{}:{}", host.trim(), args.redis_port))
             }
+            // With Sentinels the URL only carries credentials, database and TLS; the
+            // host is the master they name.
+            _ if redis_sentinel.is_some() => Some("redis://sentinel-master".to_owned()),
             _ => None,
         };
         let recovery = {
@@ -952,6 +986,7 @@ impl Config {
             log_json,
             redis_url,
             redis_tls,
+            redis_sentinel,
             channel_prefix: args.redis_channel_prefix,
             redis_max_reconnect_attempts: args.redis_max_reconnect_attempts,
             legacy_channel,

@@ -468,6 +468,7 @@ pub fn connect_bus(config: &Config) -> Result<(Arc<dyn Bus>, Inbox), StartError>
             let mut redis = bus::RedisConfig::new(url.clone());
             redis.max_reconnect_attempts = config.redis_max_reconnect_attempts;
             redis.tls = config.redis_tls.clone();
+            redis.sentinel = config.redis_sentinel.clone();
             let (bus, inbox) =
                 bus::RedisBus::connect(redis).map_err(|e| StartError::Key(e.to_string()))?;
             Ok((Arc::new(bus), inbox))

@@ -101,7 +101,8 @@ impl Consumer {
     }
 
     /// [`Consumer::connect`] with a whole Redis configuration: `rediss://` with a private
-    /// CA or a client certificate ([`bus::RedisConfig::with_tls`]).
+    /// CA or a client certificate ([`bus::RedisConfig::with_tls`]), or the master of a
+    /// Sentinel set ([`bus::RedisConfig::with_sentinel`]; after a failover, connect again).
     pub async fn connect_with(
         redis: &bus::RedisConfig,
         prefix: &str,
@@ -109,7 +110,9 @@ impl Consumer {
         group: &str,
         name: &str,
     ) -> Result<Self, ConsumeError> {
-        let client = bus::redis_client(redis).map_err(|e| ConsumeError(e.to_string()))?;
+        let client = bus::resolve_client(redis)
+            .await
+            .map_err(|e| ConsumeError(e.to_string()))?;
         // Its own connection: a blocking read must not hold up other commands. No
         // client-side response timeout (the library's default is 500 ms, shorter than a
         // blocking read, and an XREADGROUP given up on the client would leave its

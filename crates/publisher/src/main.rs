@@ -13,9 +13,20 @@ use clap::Parser;
 #[derive(Debug, Parser)]
 #[command(name = "publisher", version)]
 struct Cli {
-    /// Redis URL shared with the gateways
-    #[arg(long, env = "REDIS_URL", hide_env_values = true)]
-    redis_url: String,
+    /// Redis URL shared with the gateways (required unless --redis-sentinels)
+    #[arg(
+        long,
+        env = "REDIS_URL",
+        hide_env_values = true,
+        required_unless_present = "redis_sentinels"
+    )]
+    redis_url: Option<String>,
+    /// Redis Sentinels (comma-separated host:port): publish to the master they name; --redis-url then gives only credentials, database and TLS
+    #[arg(long, env = "REDIS_SENTINELS")]
+    redis_sentinels: Option<String>,
+    /// The master's name in the Sentinels' configuration [default: mymaster]
+    #[arg(long, env = "REDIS_SENTINEL_MASTER", default_value = "mymaster")]
+    redis_sentinel_master: String,
     /// PEM CA the Redis server's certificate must chain to (rediss:// with a private CA)
     #[arg(long, env = "REDIS_TLS_CA_FILE")]
     redis_tls_ca_file: Option<std::path::PathBuf>,
@@ -68,12 +79,32 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let data: serde_json::Value =
         serde_json::from_str(&cli.data).context("--data is not valid JSON")?;
-    let mut redis = bus::RedisConfig::new(&cli.redis_url)
-        .with_publish_retry_budget(Duration::from_millis(cli.retry_ms));
+    // With Sentinels the URL gives only credentials, database and TLS.
+    let url = cli
+        .redis_url
+        .clone()
+        .unwrap_or_else(|| "redis://sentinel-master".to_owned());
+    let mut redis =
+        bus::RedisConfig::new(&url).with_publish_retry_budget(Duration::from_millis(cli.retry_ms));
     let client = cli
         .redis_tls_cert_file
         .as_deref()
         .zip(cli.redis_tls_key_file.as_deref());
+    let sentinels: Vec<String> = cli
+        .redis_sentinels
+        .as_deref()
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect();
+    if !sentinels.is_empty() {
+        redis = redis.with_sentinel(bus::SentinelConfig {
+            sentinels,
+            master: cli.redis_sentinel_master.clone(),
+        });
+    }
     if cli.redis_tls_ca_file.is_some() || client.is_some() {
         redis = redis.with_tls(
             bus::RedisTls::from_files(cli.redis_tls_ca_file.as_deref(), client)
@@ -121,7 +152,7 @@ async fn main() -> anyhow::Result<()> {
     let id = emit
         .emit_value(&cli.event, data)
         .await
-        .with_context(|| format!("publishing to {}", bus::mask_url(&cli.redis_url)))?;
+        .with_context(|| format!("publishing to {}", bus::mask_url(&url)))?;
     println!("{id}");
     Ok(())
 }

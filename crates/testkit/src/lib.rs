@@ -11,6 +11,7 @@ mod keys;
 mod node;
 mod otlp;
 mod redis;
+mod sentinel;
 
 pub use ca::TestCa;
 pub use client::{ConnectError, DEFAULT_WAIT, Event, SioClient};
@@ -21,6 +22,7 @@ pub use node::{
 };
 pub use otlp::{OtlpReceiver, ReceivedSpan, check_publish_trace};
 pub use redis::{RedisServer, free_port};
+pub use sentinel::{SENTINEL_MASTER, SentinelSet};
 
 /// Copies the directory `from` (recursively) to `to`, e.g. a shipped configuration
 /// into a test's own directory.

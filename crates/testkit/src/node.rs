@@ -185,6 +185,7 @@ pub async fn spawn_redis_cluster(
         );
         redis.ping_interval = std::time::Duration::from_secs(1);
         redis.tls = config.redis_tls.clone();
+        redis.sentinel = config.redis_sentinel.clone();
         let (bus, inbox) = bus::RedisBus::connect(redis)?;
         anyhow::ensure!(
             bus.wait_up(std::time::Duration::from_secs(10)).await,

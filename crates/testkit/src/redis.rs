@@ -16,6 +16,8 @@ pub struct RedisServer {
     child: Option<Child>,
     /// With TLS: its certificates and how it checks clients.
     tls: Option<Tls>,
+    /// More `redis-server` arguments (e.g. `--replicaof`).
+    extra: Vec<String>,
 }
 
 /// How a TLS server is set up.
@@ -42,6 +44,7 @@ impl RedisServer {
             port,
             child: None,
             tls: None,
+            extra: Vec::new(),
         };
         server.spawn()?;
         Ok(server)
@@ -87,6 +90,7 @@ impl RedisServer {
                 owned_dir: Some(dir),
                 trusted: false,
             }),
+            extra: Vec::new(),
         };
         server.spawn()?;
         Ok(server)
@@ -109,6 +113,19 @@ impl RedisServer {
                 owned_dir: None,
                 trusted: true,
             }),
+            extra: Vec::new(),
+        };
+        server.spawn()?;
+        Ok(server)
+    }
+
+    /// Starts a replica of the server on `127.0.0.1:<master>` (`--replicaof`).
+    pub fn start_replica_of(master: u16) -> anyhow::Result<Self> {
+        let mut server = Self {
+            port: free_port()?,
+            child: None,
+            tls: None,
+            extra: vec!["--replicaof".into(), "127.0.0.1".into(), master.to_string()],
         };
         server.spawn()?;
         Ok(server)
@@ -139,6 +156,7 @@ impl RedisServer {
         let child = Command::new("redis-server")
             .args(self.port_args())
             .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
