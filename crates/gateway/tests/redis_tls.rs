@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use bus::{Bus, LinkState, RedisBus, RedisConfig, RedisTls};
 use serde_json::json;
-use testkit::{RedisServer, SioClient, TestCa, spawn_redis_cluster, token};
+use testkit::{RedisServer, TestCa, spawn_redis_cluster};
 
 fn trusting(ca: &TestCa) -> RedisTls {
     let (cert, key) = ca.client_files();
@@ -53,12 +53,7 @@ async fn nodes_and_the_sdk_trusting_the_private_ca_work_and_others_are_refused_w
     }
 
     // Cross-node delivery through the TLS Redis: from the HTTP API and from the SDK.
-    let auth = json!({"token": token(json!({"sub": "ann", "rooms": ["doc:*"]}))});
-    let mut ann = SioClient::connect(&nodes[1].url(), "/", Some(auth))
-        .await
-        .unwrap();
-    ann.expect("connected").await.unwrap();
-    assert_eq!(ann.join("doc:Task:1").await.unwrap()["ok"], true);
+    let mut ann = nodes[1].member_of("ann", "doc:Task:1").await.unwrap();
     nodes[0]
         .publish_accepted(json!({"event": "via_http", "to": ["doc:Task:1"], "data": 1}))
         .await

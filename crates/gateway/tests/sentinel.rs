@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use bus::{RedisConfig, SentinelConfig};
 use serde_json::json;
-use testkit::{SENTINEL_MASTER, SentinelSet, SioClient, spawn_redis_cluster, token};
+use testkit::{SENTINEL_MASTER, SentinelSet, spawn_redis_cluster};
 
 fn sentinel(set: &SentinelSet) -> SentinelConfig {
     SentinelConfig {
@@ -33,12 +33,7 @@ async fn a_master_failover_is_followed_and_delivery_resumes_on_the_new_master() 
     })
     .await
     .unwrap();
-    let auth = json!({"token": token(json!({"sub": "ann", "rooms": ["doc:*"]}))});
-    let mut ann = SioClient::connect(&nodes[1].url(), "/", Some(auth))
-        .await
-        .unwrap();
-    ann.expect("connected").await.unwrap();
-    assert_eq!(ann.join("doc:Task:1").await.unwrap()["ok"], true);
+    let mut ann = nodes[1].member_of("ann", "doc:Task:1").await.unwrap();
     nodes[0]
         .publish_accepted(json!({"event": "tick", "to": ["doc:Task:1"], "data": 0}))
         .await

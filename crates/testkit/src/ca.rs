@@ -39,81 +39,27 @@ impl TestCa {
             .concat(),
             None,
         )?;
-        openssl(
-            &[
-                &["req", "-nodes", "-subj", "/CN=localhost"][..],
-                &ec,
-                &["-keyout", &at("key.pem"), "-out", &at("server.csr")],
-            ]
-            .concat(),
-            None,
-        )?;
-        std::fs::write(
-            dir.join("server.ext"),
+        issue(
+            &dir,
+            "server",
+            "/CN=localhost",
             "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n\
              keyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n",
         )?;
-        openssl(
-            &[
-                "x509",
-                "-req",
-                "-days",
-                "1",
-                "-in",
-                &at("server.csr"),
-                "-CA",
-                &at("ca.pem"),
-                "-CAkey",
-                &at("ca.key"),
-                "-CAcreateserial",
-                "-extfile",
-                &at("server.ext"),
-                "-out",
-                &at("cert.pem"),
-            ],
-            None,
-        )?;
         // A client certificate, for servers that verify their clients (Redis with
         // `tls-auth-clients yes`).
-        openssl(
-            &[
-                &["req", "-nodes", "-subj", "/CN=roomcast-client"][..],
-                &ec,
-                &["-keyout", &at("client.key"), "-out", &at("client.csr")],
-            ]
-            .concat(),
-            None,
-        )?;
-        std::fs::write(
-            dir.join("client.ext"),
+        issue(
+            &dir,
+            "client",
+            "/CN=roomcast-client",
             "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=clientAuth\n",
-        )?;
-        openssl(
-            &[
-                "x509",
-                "-req",
-                "-days",
-                "1",
-                "-in",
-                &at("client.csr"),
-                "-CA",
-                &at("ca.pem"),
-                "-CAkey",
-                &at("ca.key"),
-                "-CAcreateserial",
-                "-extfile",
-                &at("client.ext"),
-                "-out",
-                &at("client.pem"),
-            ],
-            None,
         )?;
         Ok(Self { dir })
     }
 
     /// A client certificate the CA signed (PEM), and its key.
     pub fn client_files(&self) -> (PathBuf, PathBuf) {
-        (self.dir.join("client.pem"), self.dir.join("client.key"))
+        (self.dir.join("client.pem"), self.dir.join("client-key.pem"))
     }
 
     /// The CA certificate (PEM): what clients trust.
@@ -123,12 +69,12 @@ impl TestCa {
 
     /// The server certificate (PEM) for `localhost` and `127.0.0.1`.
     pub fn cert_file(&self) -> PathBuf {
-        self.dir.join("cert.pem")
+        self.dir.join("server.pem")
     }
 
     /// The server certificate's private key (PEM, PKCS#8).
     pub fn key_file(&self) -> PathBuf {
-        self.dir.join("key.pem")
+        self.dir.join("server-key.pem")
     }
 
     /// The directory holding the files.
@@ -141,4 +87,49 @@ impl Drop for TestCa {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// Makes `{name}-key.pem` and `{name}.pem` in `dir`: an EC P-256 key and a certificate
+/// for `subject` with the extensions `ext`, signed by the CA in `dir` (valid one day).
+fn issue(dir: &Path, name: &str, subject: &str, ext: &str) -> anyhow::Result<()> {
+    let at = |file: String| dir.join(file).to_string_lossy().into_owned();
+    std::fs::write(dir.join(format!("{name}.ext")), ext)?;
+    openssl(
+        &[
+            "req",
+            "-nodes",
+            "-subj",
+            subject,
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-keyout",
+            &at(format!("{name}-key.pem")),
+            "-out",
+            &at(format!("{name}.csr")),
+        ],
+        None,
+    )?;
+    openssl(
+        &[
+            "x509",
+            "-req",
+            "-days",
+            "1",
+            "-in",
+            &at(format!("{name}.csr")),
+            "-CA",
+            &at("ca.pem".into()),
+            "-CAkey",
+            &at("ca.key".into()),
+            "-CAcreateserial",
+            "-extfile",
+            &at(format!("{name}.ext")),
+            "-out",
+            &at(format!("{name}.pem")),
+        ],
+        None,
+    )?;
+    Ok(())
 }

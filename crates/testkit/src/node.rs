@@ -40,6 +40,17 @@ impl TestNode {
         Ok(c)
     }
 
+    /// [`TestNode::client`] for `user` (no tenant) with a token allowing `room`, joined
+    /// to `room` (the join acknowledged).
+    pub async fn member_of(&self, user: &str, room: &str) -> anyhow::Result<crate::SioClient> {
+        let mut c = self
+            .client(serde_json::json!({"token": token(serde_json::json!({"sub": user, "rooms": [room]}))}))
+            .await?;
+        let ack = c.join(room).await?;
+        anyhow::ensure!(ack["ok"] == true, "join {room} refused: {ack}");
+        Ok(c)
+    }
+
     /// Publishes `body` over HTTP with the test key; fails unless it is accepted (202).
     /// Returns the message id.
     pub async fn publish_accepted(&self, body: Value) -> anyhow::Result<String> {

@@ -245,19 +245,7 @@ impl RedisServer {
                 ]);
             }
         }
-        let out = Command::new("redis-cli")
-            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
-            .args(&tls)
-            .args(args)
-            .output()
-            .context("cannot run redis-cli")?;
-        if !out.status.success() {
-            bail!(
-                "redis-cli {args:?} failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        redis_cli(self.port, &tls, args)
     }
 
     /// `PUBSUB CHANNELS <pattern>`, sorted.
@@ -271,6 +259,23 @@ impl RedisServer {
         channels.sort();
         Ok(channels)
     }
+}
+
+/// Runs `redis-cli -h 127.0.0.1 -p <port> <options> <args>` and returns its output.
+pub(crate) fn redis_cli(port: u16, options: &[String], args: &[&str]) -> anyhow::Result<String> {
+    let out = Command::new("redis-cli")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(options)
+        .args(args)
+        .output()
+        .context("cannot run redis-cli")?;
+    if !out.status.success() {
+        bail!(
+            "redis-cli {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// A TCP port on `127.0.0.1` that was free a moment ago (the OS picked it).

@@ -118,18 +118,7 @@ impl SentinelSet {
 }
 
 fn sentinel_cli(port: u16, args: &[&str]) -> anyhow::Result<String> {
-    let out = Command::new("redis-cli")
-        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
-        .args(args)
-        .output()
-        .context("cannot run redis-cli")?;
-    if !out.status.success() {
-        bail!(
-            "redis-cli {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    crate::redis::redis_cli(port, &[], args)
 }
 
 impl Drop for SentinelSet {
