@@ -21,6 +21,30 @@ pub struct SentinelConfig {
     pub master: String,
 }
 
+impl SentinelConfig {
+    /// The Sentinels of a comma-separated `host:port` list (as `REDIS_SENTINELS` takes
+    /// them) watching `master`; `None` for an empty list, the offending entry for one that
+    /// is not `host:port`.
+    pub fn parse(list: &str, master: &str) -> Result<Option<Self>, String> {
+        let sentinels: Vec<String> = list
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect();
+        if let Some(bad) = sentinels.iter().find(|s| {
+            s.rsplit_once(':')
+                .is_none_or(|(host, port)| host.is_empty() || port.parse::<u16>().is_err())
+        }) {
+            return Err(format!("{bad:?} is not host:port"));
+        }
+        Ok((!sentinels.is_empty()).then(|| Self {
+            sentinels,
+            master: master.trim().to_owned(),
+        }))
+    }
+}
+
 /// How often the Sentinels are asked who the master is.
 const ASK_EVERY: Duration = Duration::from_millis(500);
 

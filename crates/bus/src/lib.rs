@@ -17,6 +17,7 @@
 //! any language can publish). Delivery is at most once: pub/sub keeps nothing for a
 //! subscriber that is not connected.
 
+mod cluster;
 mod endpoint;
 mod health;
 mod memory;
@@ -32,6 +33,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
+pub use cluster::{RedisClusterBus, RedisClusterConfig};
 pub use endpoint::{SentinelConfig, resolve_client};
 pub use health::{Health, LinkState};
 pub use memory::{MemoryBus, MemoryHub};
@@ -253,6 +255,13 @@ pub trait Bus: Send + Sync + fmt::Debug + 'static {
         Box::pin(std::future::ready(Err(PublishError::Unsupported(
             "sessions need Redis (set REDIS_URL)",
         ))))
+    }
+
+    /// The key prefix under which keys that are read together (the node registry,
+    /// listed with [`Bus::registered`]) must be written: on Redis Cluster a hash tag, so
+    /// one shard holds them all; elsewhere `prefix` itself.
+    fn colocated(&self, prefix: &str) -> String {
+        prefix.to_owned()
     }
 
     /// Current health of the publishing and subscribing links.

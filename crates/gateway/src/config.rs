@@ -128,6 +128,9 @@ pub struct Args {
     /// Redis password, with REDIS_HOST
     #[arg(long, env = "REDIS_PASSWORD", hide_env_values = true)]
     pub redis_password: Option<String>,
+    /// Redis Cluster seed nodes (comma-separated redis://host:port or host:port): rooms on sharded pub/sub (Redis ≥ 7); replaces REDIS_URL [default: none]
+    #[arg(long, env = "REDIS_CLUSTER_NODES", default_value = "")]
+    pub redis_cluster_nodes: String,
     /// Redis Sentinels (comma-separated host:port): the master of REDIS_SENTINEL_MASTER is asked of them and followed through failovers; REDIS_URL then gives only credentials, database and TLS [default: none]
     #[arg(long, env = "REDIS_SENTINELS", default_value = "")]
     pub redis_sentinels: String,
@@ -399,6 +402,8 @@ pub struct Config {
     pub redis_tls: Option<bus::RedisTls>,
     /// A Sentinel set naming the master; `None`: the URL's server.
     pub redis_sentinel: Option<bus::SentinelConfig>,
+    /// Redis Cluster seed nodes (URLs); empty: not a cluster.
+    pub redis_cluster_nodes: Vec<String>,
     /// Channel prefix.
     pub channel_prefix: String,
     /// Give up reconnecting after this many attempts (`None`: never).
@@ -799,29 +804,18 @@ impl Config {
                 })
                 .unwrap_or_else(|| format!("node-{}", random_hex(4))),
         };
-        let redis_sentinel = {
-            let sentinels: Vec<String> = args
-                .redis_sentinels
-                .split(',')
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .map(str::to_owned)
-                .collect();
-            if let Some(bad) = sentinels.iter().find(|s| {
-                s.rsplit_once(':')
-                    .is_none_or(|(host, port)| host.is_empty() || port.parse::<u16>().is_err())
-            }) {
-                return Err(invalid(
-                    "REDIS_SENTINELS",
-                    format!("{bad:?} is not host:port"),
-                ));
-            }
-            (!sentinels.is_empty()).then(|| bus::SentinelConfig {
-                sentinels,
-                master: args.redis_sentinel_master.trim().to_owned(),
-            })
-        };
-        let has_redis = redis_sentinel.is_some()
+        let redis_sentinel =
+            bus::SentinelConfig::parse(&args.redis_sentinels, &args.redis_sentinel_master)
+                .map_err(|e| invalid("REDIS_SENTINELS", e))?;
+        let redis_cluster_nodes = bus::RedisClusterConfig::seeds(&args.redis_cluster_nodes);
+        if !redis_cluster_nodes.is_empty() && redis_sentinel.is_some() {
+            return Err(invalid(
+                "REDIS_CLUSTER_NODES",
+                "Redis Cluster and Sentinel exclude each other: set one of REDIS_CLUSTER_NODES and REDIS_SENTINELS",
+            ));
+        }
+        let has_redis = !redis_cluster_nodes.is_empty()
+            || redis_sentinel.is_some()
             || [&args.redis_url, &args.redis_socketio_url, &args.redis_host]
                 .iter()
                 .any(|v| v.as_deref().is_some_and(|v| !v.trim().is_empty()));
@@ -846,6 +840,8 @@ impl Config {
             // With Sentinels the URL only carries credentials, database and TLS; the
             // host is the master they name.
             _ if redis_sentinel.is_some() => Some("redis://sentinel-master".to_owned()),
+            // The first seed names the cluster in logs; the bus uses every seed.
+            _ if !redis_cluster_nodes.is_empty() => redis_cluster_nodes.first().cloned(),
             _ => None,
         };
         let recovery = {
@@ -865,6 +861,12 @@ impl Config {
                 if !list.iter().any(|n| n == ns) {
                     list.push(ns.to_owned());
                 }
+            }
+            if !list.is_empty() && !redis_cluster_nodes.is_empty() {
+                return Err(invalid(
+                    "RECOVERY_NAMESPACES",
+                    "connection state recovery is not available on Redis Cluster yet (its history and channels live on different shards); use one Redis or Sentinel",
+                ));
             }
             if !list.is_empty() && redis_url.is_none() {
                 return Err(invalid(
@@ -987,6 +989,7 @@ impl Config {
             redis_url,
             redis_tls,
             redis_sentinel,
+            redis_cluster_nodes,
             channel_prefix: args.redis_channel_prefix,
             redis_max_reconnect_attempts: args.redis_max_reconnect_attempts,
             legacy_channel,

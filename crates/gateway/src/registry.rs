@@ -40,7 +40,7 @@ pub struct Registry {
 
 impl Registry {
     pub(crate) fn new(bus: Arc<dyn Bus>, channels: &Channels, node_id: &str) -> Self {
-        let prefix = format!("{}:nodes:", channels.prefix());
+        let prefix = bus.colocated(&format!("{}:nodes:", channels.prefix()));
         Self {
             bus,
             key: format!("{prefix}{node_id}"),

@@ -463,6 +463,14 @@ pub async fn run(
 
 /// The bus the configuration selects: Redis when a URL is set, else in-memory.
 pub fn connect_bus(config: &Config) -> Result<(Arc<dyn Bus>, Inbox), StartError> {
+    if !config.redis_cluster_nodes.is_empty() {
+        let mut cluster = bus::RedisClusterConfig::new(config.redis_cluster_nodes.clone());
+        cluster.classic_channels = config.legacy_channel.iter().cloned().collect();
+        cluster.tls = config.redis_tls.clone();
+        let (bus, inbox) =
+            bus::RedisClusterBus::connect(cluster).map_err(|e| StartError::Key(e.to_string()))?;
+        return Ok((Arc::new(bus), inbox));
+    }
     match &config.redis_url {
         Some(url) => {
             let mut redis = bus::RedisConfig::new(url.clone());

@@ -131,6 +131,21 @@ impl Publisher {
         Ok(Self::new(Arc::new(bus), Channels::default(), "publisher").with_inbox(inbox))
     }
 
+    /// A publisher over Redis Cluster (the gateways' `REDIS_CLUSTER_NODES`): rooms are
+    /// published with `SPUBLISH` to the shard that owns each room's channel.
+    ///
+    /// ```no_run
+    /// # fn demo() -> Result<(), publisher::PublishError> {
+    /// let seeds = vec!["redis://10.0.0.1:6379".to_owned(), "redis://10.0.0.2:6379".to_owned()];
+    /// let publisher = publisher::Publisher::connect_cluster(bus::RedisClusterConfig::new(seeds))?;
+    /// # Ok(()) }
+    /// ```
+    pub fn connect_cluster(config: bus::RedisClusterConfig) -> Result<Self, PublishError> {
+        let (bus, inbox) = bus::RedisClusterBus::connect(config)
+            .map_err(|e| PublishError::Connect(e.to_string()))?;
+        Ok(Self::new(Arc::new(bus), Channels::default(), "publisher").with_inbox(inbox))
+    }
+
     /// The same publisher with another origin (the service name in every envelope).
     pub fn with_origin(&self, origin: &str) -> Self {
         Self {

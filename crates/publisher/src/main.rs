@@ -21,6 +21,9 @@ struct Cli {
         required_unless_present = "redis_sentinels"
     )]
     redis_url: Option<String>,
+    /// Redis Cluster seed nodes (comma-separated host:port or URLs): publish with SPUBLISH to each room's shard
+    #[arg(long, env = "REDIS_CLUSTER_NODES")]
+    redis_cluster_nodes: Option<String>,
     /// Redis Sentinels (comma-separated host:port): publish to the master they name; --redis-url then gives only credentials, database and TLS
     #[arg(long, env = "REDIS_SENTINELS")]
     redis_sentinels: Option<String>,
@@ -90,20 +93,13 @@ async fn main() -> anyhow::Result<()> {
         .redis_tls_cert_file
         .as_deref()
         .zip(cli.redis_tls_key_file.as_deref());
-    let sentinels: Vec<String> = cli
-        .redis_sentinels
-        .as_deref()
-        .unwrap_or_default()
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(str::to_owned)
-        .collect();
-    if !sentinels.is_empty() {
-        redis = redis.with_sentinel(bus::SentinelConfig {
-            sentinels,
-            master: cli.redis_sentinel_master.clone(),
-        });
+    if let Some(sentinel) = bus::SentinelConfig::parse(
+        cli.redis_sentinels.as_deref().unwrap_or_default(),
+        &cli.redis_sentinel_master,
+    )
+    .map_err(|e| anyhow::anyhow!("--redis-sentinels: {e}"))?
+    {
+        redis = redis.with_sentinel(sentinel);
     }
     if cli.redis_tls_ca_file.is_some() || client.is_some() {
         redis = redis.with_tls(
@@ -111,10 +107,19 @@ async fn main() -> anyhow::Result<()> {
                 .context("reading the Redis TLS files")?,
         );
     }
-    let publisher = publisher::Publisher::connect_with(redis)?
-        .with_channel_prefix(&cli.prefix)
-        .with_origin(&cli.origin)
-        .in_namespace(&cli.ns);
+    let seeds =
+        bus::RedisClusterConfig::seeds(cli.redis_cluster_nodes.as_deref().unwrap_or_default());
+    let publisher = if seeds.is_empty() {
+        publisher::Publisher::connect_with(redis)?
+    } else {
+        let mut cluster = bus::RedisClusterConfig::new(seeds)
+            .with_publish_retry_budget(Duration::from_millis(cli.retry_ms));
+        cluster.tls = redis.tls.clone();
+        publisher::Publisher::connect_cluster(cluster)?
+    }
+    .with_channel_prefix(&cli.prefix)
+    .with_origin(&cli.origin)
+    .in_namespace(&cli.ns);
     let recovery: Vec<&str> = cli
         .recovery_namespaces
         .split(',')

@@ -65,7 +65,7 @@ impl Replies {
         // Answers to an earlier query that came too late.
         while inbox.try_recv().is_ok() {}
         let nodes = bus
-            .registered(&format!("{}:nodes:", channels.prefix()))
+            .registered(&bus.colocated(&format!("{}:nodes:", channels.prefix())))
             .await
             .map_err(|e| PresenceError::Bus(e.to_string()))?
             .len();

@@ -11,6 +11,7 @@ mod keys;
 mod node;
 mod otlp;
 mod redis;
+mod redis_cluster;
 mod sentinel;
 
 pub use ca::TestCa;
@@ -22,6 +23,7 @@ pub use node::{
 };
 pub use otlp::{OtlpReceiver, ReceivedSpan, check_publish_trace};
 pub use redis::{RedisServer, free_port};
+pub use redis_cluster::RedisClusterSet;
 pub use sentinel::{SENTINEL_MASTER, SentinelSet};
 
 /// Copies the directory `from` (recursively) to `to`, e.g. a shipped configuration

@@ -190,19 +190,30 @@ pub async fn spawn_redis_cluster(
         config.redis_url = Some(redis_url.to_owned());
         config.channel_prefix = prefix.clone();
         configure(i, &mut config);
-        let mut redis = bus::RedisConfig::new(redis_url.to_owned()).with_reconnect(
-            std::time::Duration::from_millis(50),
-            std::time::Duration::from_millis(500),
-        );
-        redis.ping_interval = std::time::Duration::from_secs(1);
-        redis.tls = config.redis_tls.clone();
-        redis.sentinel = config.redis_sentinel.clone();
-        let (bus, inbox) = bus::RedisBus::connect(redis)?;
-        anyhow::ensure!(
-            bus.wait_up(std::time::Duration::from_secs(10)).await,
-            "node {i} could not reach Redis at {redis_url}"
-        );
-        nodes.push(spawn_node(config, Arc::new(bus), inbox).await?);
+        let ping = std::time::Duration::from_secs(1);
+        let within = std::time::Duration::from_secs(10);
+        let (bus, inbox, up): (Arc<dyn bus::Bus>, _, bool) =
+            if config.redis_cluster_nodes.is_empty() {
+                let mut redis = bus::RedisConfig::new(redis_url.to_owned()).with_reconnect(
+                    std::time::Duration::from_millis(50),
+                    std::time::Duration::from_millis(500),
+                );
+                redis.ping_interval = ping;
+                redis.tls = config.redis_tls.clone();
+                redis.sentinel = config.redis_sentinel.clone();
+                let (bus, inbox) = bus::RedisBus::connect(redis)?;
+                let up = bus.wait_up(within).await;
+                (Arc::new(bus), inbox, up)
+            } else {
+                let mut redis = bus::RedisClusterConfig::new(config.redis_cluster_nodes.clone());
+                redis.ping_interval = ping;
+                redis.classic_channels = config.legacy_channel.iter().cloned().collect();
+                let (bus, inbox) = bus::RedisClusterBus::connect(redis)?;
+                let up = bus.wait_up(within).await;
+                (Arc::new(bus), inbox, up)
+            };
+        anyhow::ensure!(up, "node {i} could not reach Redis at {redis_url}");
+        nodes.push(spawn_node(config, bus, inbox).await?);
     }
     // Ready as a cluster once each node is in the registry (its first heartbeat): until
     // then the others do not count it among the nodes a query waits for.

@@ -119,16 +119,30 @@ impl RedisServer {
         Ok(server)
     }
 
-    /// Starts a replica of the server on `127.0.0.1:<master>` (`--replicaof`).
-    pub fn start_replica_of(master: u16) -> anyhow::Result<Self> {
+    /// Starts a server with more `redis-server` arguments.
+    pub fn start_with_args(extra: Vec<String>) -> anyhow::Result<Self> {
+        Self::start_on(free_port()?, extra)
+    }
+
+    /// [`RedisServer::start_with_args`] on a given port.
+    pub fn start_on(port: u16, extra: Vec<String>) -> anyhow::Result<Self> {
         let mut server = Self {
-            port: free_port()?,
+            port,
             child: None,
             tls: None,
-            extra: vec!["--replicaof".into(), "127.0.0.1".into(), master.to_string()],
+            extra,
         };
         server.spawn()?;
         Ok(server)
+    }
+
+    /// Starts a replica of the server on `127.0.0.1:<master>` (`--replicaof`).
+    pub fn start_replica_of(master: u16) -> anyhow::Result<Self> {
+        Self::start_with_args(vec![
+            "--replicaof".into(),
+            "127.0.0.1".into(),
+            master.to_string(),
+        ])
     }
 
     fn port_args(&self) -> Vec<String> {
