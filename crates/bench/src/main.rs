@@ -402,6 +402,9 @@ async fn main() -> anyhow::Result<()> {
     if std::env::args().any(|a| a == "--recovery") {
         return recovery_cost().await;
     }
+    if std::env::args().any(|a| a == "--sharding") {
+        return sharding().await;
+    }
     let quick = std::env::args().any(|a| a == "--quick");
     let plan = if quick { Plan::quick() } else { Plan::full() };
     let started = std::time::Instant::now();
@@ -463,6 +466,124 @@ async fn recovery_cost() -> anyhow::Result<()> {
         ],
     )
     .await
+}
+
+/// `bench --sharding`: Roomcast's targeted load (3000 users, each message to one user's
+/// room, client publishes over 3 nodes) on one Redis and on a 3-master Redis Cluster with
+/// sharded pub/sub, one after the other in one run: the best rate that keeps p99 under
+/// 100 ms without loss, and per message the Redis CPU and bytes out (all Redis processes
+/// together) and the node CPU per delivery.
+async fn sharding() -> anyhow::Result<()> {
+    let plan = Plan::full();
+    let rates = [5_000u64, 10_000, 20_000, 30_000, 40_000, 50_000, 60_000];
+    let recorder = Arc::new(Recorder::default());
+    let mut next_point = 0;
+    let mut rows = Vec::new();
+    for variant in ["one Redis", "3-shard cluster"] {
+        let (single, cluster) = if variant == "one Redis" {
+            (Some(testkit::RedisServer::start()?), None)
+        } else {
+            (None, Some(testkit::RedisClusterSet::start()?))
+        };
+        let (urls, pids, env) = match (&single, &cluster) {
+            (Some(r), _) => (vec![r.url()], r.pid().into_iter().collect(), Vec::new()),
+            (_, Some(c)) => (
+                c.seeds(),
+                c.pids(),
+                vec![("REDIS_CLUSTER_NODES", c.seeds().join(","))],
+            ),
+            _ => anyhow::bail!("no Redis"),
+        };
+        let stack = Stack::start_with_env(Kind::Roomcast, plan.nodes, &urls[0], &env)?;
+        let users = plan.targeted_users as u64;
+        let subs = scenarios::subscribe_many(
+            &stack.ports,
+            plan.targeted_users,
+            |i| format!("user:{i}"),
+            &recorder,
+            "targeted subscribers",
+        )
+        .await?;
+        let sockets = scenarios::socket_publishers_of(&stack.ports, "client_publish").await?;
+        let user_room = move |seq: u64| format!("user:{}", seq.wrapping_mul(7919) % users);
+        let mut points = Vec::new();
+        for &rate in &rates {
+            let cpu =
+                |pids: &[u32]| -> f64 { pids.iter().filter_map(|p| stacks::cpu_ms(*p).ok()).sum() };
+            let mut bytes = 0u64;
+            for url in &urls {
+                bytes += scenarios::redis_output_bytes(url).await.unwrap_or(0);
+            }
+            let cpu_before = cpu(&pids);
+            let mut p = scenarios::sweep(
+                &stack,
+                None,
+                &sockets,
+                &recorder,
+                &mut next_point,
+                &[rate],
+                1,
+                plan.point_secs,
+                1,
+                &user_room,
+            )
+            .await?;
+            let redis_cpu_ms = cpu(&pids) - cpu_before;
+            let mut after = 0u64;
+            for url in &urls {
+                after += scenarios::redis_output_bytes(url).await.unwrap_or(0);
+            }
+            let Some(p) = p.pop() else { break };
+            let sent = p.sent.max(1) as f64;
+            let pass = p.pass;
+            rows.push((
+                variant,
+                p.rate,
+                p.achieved_rate,
+                p.latency.p99_ms,
+                p.loss,
+                p.node_cpu_us_per_delivery,
+                redis_cpu_ms * 1000.0 / sent,
+                after.saturating_sub(bytes) as f64 / sent,
+                p.generator_cpu_pct,
+                pass,
+            ));
+            points.push(p);
+            if !pass {
+                break;
+            }
+        }
+        eprintln!("  {variant}: best {} msg/s", scenarios::best_rate(&points));
+        for t in subs {
+            t.abort();
+        }
+        drop(sockets);
+        drop(stack);
+    }
+    println!(
+        "\nRoomcast targeted load, {} users over {} nodes, client publishes: one Redis vs a 3-master Redis Cluster (sharded pub/sub)",
+        plan.targeted_users, plan.nodes
+    );
+    println!(
+        "{:<16} {:>7} {:>9} {:>8} {:>5} {:>13} {:>14} {:>11} {:>8} {:>5}",
+        "Redis",
+        "msg/s",
+        "achieved",
+        "p99 ms",
+        "loss",
+        "node µs/deliv",
+        "Redis µs/msg",
+        "Redis B/msg",
+        "gen cpu",
+        "ok"
+    );
+    for r in &rows {
+        println!(
+            "{:<16} {:>7} {:>9.0} {:>8.1} {:>5} {:>13.1} {:>14.1} {:>11.0} {:>7.0}% {:>5}",
+            r.0, r.1, r.2, r.3, r.4, r.5, r.6, r.7, r.8, r.9
+        );
+    }
+    Ok(())
 }
 
 /// Roomcast's fan-out (the full plan's subscribers in one room, sent by sockets emitting

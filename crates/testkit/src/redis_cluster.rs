@@ -125,6 +125,11 @@ impl RedisClusterSet {
         bail!("no master owns slot {slot}")
     }
 
+    /// Process ids of the servers still running.
+    pub fn pids(&self) -> Vec<u32> {
+        self.servers.iter().filter_map(RedisServer::pid).collect()
+    }
+
     /// Kills the server on `port` (a crash).
     pub fn kill(&mut self, port: u16) {
         if let Some(s) = self.servers.iter_mut().find(|s| s.port() == port) {
