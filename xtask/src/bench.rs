@@ -1,4 +1,5 @@
-//! `cargo xtask bench [--quick]`: build the stacks and run the benchmark.
+//! `cargo xtask bench [--quick | --recovery | --sharding | --tracing]`: build the stacks
+//! and run the benchmark, or one of its studies.
 //!
 //! The full run uses release builds (what people deploy); `--quick` is a smoke run on the
 //! debug build CI already has. The runner lifts the open-files limit for itself and the
@@ -8,7 +9,7 @@ use std::process::Command;
 
 use anyhow::{Context, bail};
 
-pub(crate) fn run(quick: bool) -> anyhow::Result<()> {
+pub(crate) fn run(quick: bool, study: Option<&str>) -> anyhow::Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
     let profile: &[&str] = if quick { &[] } else { &["--release"] };
     let status = Command::new(&cargo)
@@ -36,6 +37,7 @@ pub(crate) fn run(quick: bool) -> anyhow::Result<()> {
     if quick {
         cmd.arg("--quick");
     }
+    cmd.args(study);
     let status = cmd.status().context("running the benchmark")?;
     if !status.success() {
         bail!("benchmark failed ({status})");

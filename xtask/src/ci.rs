@@ -71,7 +71,7 @@ pub(crate) fn run() -> anyhow::Result<()> {
     eprintln!("==> e2e: ok in {:.1}s", started.elapsed().as_secs_f64());
     let started = Instant::now();
     eprintln!("==> bench --quick: smoke run of the benchmark (no speed verdict)");
-    crate::bench::run(true)?;
+    crate::bench::run(true, None)?;
     eprintln!(
         "==> bench --quick: ok in {:.1}s",
         started.elapsed().as_secs_f64()

@@ -151,7 +151,8 @@ impl Connector {
             let topology = topology(&mut conn).await?;
             Ok::<_, redis::RedisError>((conn, topology))
         };
-        let (conn, topology) = match timeout(limit, make).await {
+        // Longer than one connection attempt: the seeds are tried before slots are known.
+        let (conn, topology) = match timeout(limit * 2, make).await {
             Ok(Ok(made)) => made,
             Ok(Err(e)) => return Err(format!("cannot connect to the Redis Cluster: {e}")),
             Err(_) => return Err("timed out connecting to the Redis Cluster".to_owned()),
@@ -268,7 +269,9 @@ impl RedisClusterBus {
         let mut builder = redis::cluster::ClusterClientBuilder::new(config.nodes.clone())
             .use_protocol(redis::ProtocolVersion::RESP3)
             .push_sender(push_tx)
-            .connection_timeout(config.command_timeout)
+            // Short: a dead node's address may swallow the SYN (a killed container), and
+            // a new connection tries every seed before it is usable.
+            .connection_timeout(config.command_timeout / 3)
             .response_timeout(config.command_timeout)
             // A dead master is replaced within about the cluster's node timeout: retry
             // often and briefly (the default backoff starts at 1.3 s and grows to

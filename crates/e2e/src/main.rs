@@ -10,6 +10,7 @@ mod deploy;
 mod images;
 mod recovery;
 mod scenarios;
+mod sharded;
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -161,27 +162,15 @@ async fn start(run: &str) -> anyhow::Result<Env> {
     let mut nodes = Vec::new();
     for i in 0..3 {
         let id = format!("node-{}", i + 1);
-        let (name, tag) = images::GATEWAY_IMAGE;
         // Created on the default bridge, which carries the published port, then attached
         // to the private network that reaches Redis: detaching it later partitions the
         // node from Redis while the test still reaches the node.
-        let container = GenericImage::new(name, tag)
-            .with_wait_for(WaitFor::message_on_stdout("listening on"))
-            .with_exposed_port(3000.tcp())
-            .with_container_name(format!("roomcast-e2e-{run}-{id}"))
-            .with_label(LABEL, run)
-            .with_env_var("GATEWAY_MODE", "production")
-            .with_env_var("GATEWAY_NODE_ID", &id)
-            .with_env_var("PORT", "3000")
-            .with_env_var("JWT_SECRET", testkit::TEST_SECRET)
-            .with_env_var("PUBLISH_API_KEY", testkit::TEST_KEY)
+        let container = gateway(run, &id)
             .with_env_var("REDIS_URL", format!("redis://{redis_name}:6379"))
             .with_env_var("REDIS_CHANNEL_PREFIX", &prefix)
             .with_env_var("NODE_TTL_SECS", "6")
             .with_env_var("NAMESPACES", format!("/,{}", recovery::NAMESPACE))
             .with_env_var("RECOVERY_NAMESPACES", recovery::NAMESPACE)
-            .with_env_var("LOG_FORMAT", "json")
-            .with_env_var("RUST_LOG", "info")
             .with_host("host.docker.internal", Host::HostGateway)
             .with_env_var(
                 "OTEL_EXPORTER_OTLP_ENDPOINT",
@@ -214,6 +203,24 @@ async fn start(run: &str) -> anyhow::Result<Env> {
         scenarios::wait_health(node, "ok", Duration::from_secs(30)).await?;
     }
     Ok(env)
+}
+
+/// A gateway container of run `run` named `id`, in production mode with the test
+/// secrets, JSON logs and its port 3000 published; callers add how it reaches Redis.
+pub(crate) fn gateway(run: &str, id: &str) -> testcontainers::core::ContainerRequest<GenericImage> {
+    let (name, tag) = images::GATEWAY_IMAGE;
+    GenericImage::new(name, tag)
+        .with_wait_for(WaitFor::message_on_stdout("listening on"))
+        .with_exposed_port(3000.tcp())
+        .with_container_name(format!("roomcast-e2e-{run}-{id}"))
+        .with_label(LABEL, run)
+        .with_env_var("GATEWAY_MODE", "production")
+        .with_env_var("GATEWAY_NODE_ID", id)
+        .with_env_var("PORT", "3000")
+        .with_env_var("JWT_SECRET", testkit::TEST_SECRET)
+        .with_env_var("PUBLISH_API_KEY", testkit::TEST_KEY)
+        .with_env_var("LOG_FORMAT", "json")
+        .with_env_var("RUST_LOG", "info")
 }
 
 fn save_logs(env: &Env, dir: &std::path::Path) {

@@ -17,7 +17,7 @@ type Scenario = for<'a> fn(
 
 /// Runs every scenario in order; a failure does not stop the others.
 pub(crate) async fn run_all(env: &mut Env) -> Vec<(&'static str, anyhow::Result<Outcome>)> {
-    let matrix: [(&'static str, Scenario); 13] = [
+    let matrix: [(&'static str, Scenario); 14] = [
         ("cross-node delivery", |e| Box::pin(cross_node(e))),
         ("one trace, 3 nodes", |e| Box::pin(one_trace(e))),
         ("user targeting", |e| Box::pin(user_targeting(e))),
@@ -35,6 +35,9 @@ pub(crate) async fn run_all(env: &mut Env) -> Vec<(&'static str, anyhow::Result<
         }),
         ("node loss", |e| Box::pin(node_loss(e))),
         ("compose up", |e| Box::pin(crate::deploy::compose(e))),
+        ("redis cluster", |e| {
+            Box::pin(crate::sharded::redis_cluster(e))
+        }),
     ];
     // E2E_ONLY=name,name runs a subset (for working on one scenario).
     let only = std::env::var("E2E_ONLY").unwrap_or_default();
