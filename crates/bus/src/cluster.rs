@@ -238,6 +238,17 @@ struct Publish {
     deadline: Instant,
 }
 
+impl crate::redis::Expiring for Publish {
+    fn deadline(&self) -> Instant {
+        self.deadline
+    }
+
+    fn expire(&mut self, why: &str) {
+        let reply = std::mem::replace(&mut self.reply, oneshot::channel().0);
+        let _ = reply.send(Err(PublishError::Unavailable(why.to_owned())));
+    }
+}
+
 enum Command {
     Subscribe(Vec<String>, oneshot::Sender<Result<(), SubscribeError>>),
     Unsubscribe(Vec<String>, oneshot::Sender<Result<(), SubscribeError>>),
@@ -296,12 +307,7 @@ impl RedisClusterBus {
             current: tokio::sync::Mutex::new(None),
             generation: tokio::sync::watch::channel(0).0,
         });
-        let health = Arc::new(Mutex::new(Health {
-            publisher: LinkState::Connecting,
-            subscriber: LinkState::Connecting,
-            channels: 0,
-            reconnects: 0,
-        }));
+        let health = Arc::new(Mutex::new(Health::CONNECTING));
         let (publish_tx, publish_rx) = mpsc::channel(config.publish_queue.max(1));
         let (command_tx, command_rx) = mpsc::unbounded_channel();
         let (inbox_tx, inbox) = mpsc::channel(crate::INBOX_CAPACITY);
@@ -377,17 +383,7 @@ async fn publisher(
         }
         let retry_until = Instant::now() + config.publish_retry_budget;
         loop {
-            let now = Instant::now();
-            batch.retain_mut(|p| {
-                if p.deadline > now {
-                    return true;
-                }
-                let reply = std::mem::replace(&mut p.reply, oneshot::channel().0);
-                let _ = reply.send(Err(PublishError::Unavailable(
-                    "Redis Cluster did not answer in time".into(),
-                )));
-                false
-            });
+            crate::redis::drop_expired(&mut batch, "Redis Cluster did not answer in time");
             if batch.is_empty() {
                 break;
             }

@@ -56,6 +56,14 @@ pub struct Health {
 }
 
 impl Health {
+    /// Both links still connecting, nothing subscribed: a Redis bus just created.
+    pub const CONNECTING: Health = Health {
+        publisher: LinkState::Connecting,
+        subscriber: LinkState::Connecting,
+        channels: 0,
+        reconnects: 0,
+    };
+
     /// Both links up.
     pub const UP: Health = Health {
         publisher: LinkState::Up,

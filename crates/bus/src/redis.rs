@@ -251,6 +251,39 @@ struct PublishRequest {
     deadline: Instant,
 }
 
+/// A queued request whose caller waits only until its deadline.
+pub(crate) trait Expiring {
+    /// When the caller stops waiting.
+    fn deadline(&self) -> Instant;
+    /// Answers the caller with `why`.
+    fn expire(&mut self, why: &str);
+}
+
+impl Expiring for PublishRequest {
+    fn deadline(&self) -> Instant {
+        self.deadline
+    }
+
+    fn expire(&mut self, why: &str) {
+        let reply = std::mem::replace(&mut self.reply, oneshot::channel().0);
+        let _ = reply.send(Err(PublishError::Unavailable(why.to_owned())));
+    }
+}
+
+/// Answers and removes the requests of `batch` whose callers have given up, instead of
+/// sending them: a queue that built up behind a blackholed Redis drains at once when it
+/// answers again.
+pub(crate) fn drop_expired<T: Expiring>(batch: &mut Vec<T>, why: &str) {
+    let now = Instant::now();
+    batch.retain_mut(|req| {
+        if req.deadline() > now {
+            return true;
+        }
+        req.expire(why);
+        false
+    });
+}
+
 #[derive(Debug)]
 enum Command {
     Subscribe(Vec<String>, oneshot::Sender<Result<(), SubscribeError>>),
@@ -290,12 +323,7 @@ impl RedisBus {
         let endpoint = crate::endpoint::Endpoint::new(config.clone())?;
         tokio::spawn(endpoint.clone().follow_sentinels());
 
-        let health = Arc::new(Mutex::new(Health {
-            publisher: LinkState::Connecting,
-            subscriber: LinkState::Connecting,
-            channels: 0,
-            reconnects: 0,
-        }));
+        let health = Arc::new(Mutex::new(Health::CONNECTING));
         let (publish_tx, publish_rx) = mpsc::channel(config.publish_queue.max(1));
         let (command_tx, command_rx) = mpsc::unbounded_channel();
         let (inbox_tx, inbox) = mpsc::channel(crate::INBOX_CAPACITY);
@@ -420,19 +448,7 @@ async fn publisher_task(
         let deadline = Instant::now() + config.publish_retry_budget;
         let mut attempt = 0;
         loop {
-            // Requests whose callers have given up are answered, not sent: a queue that
-            // built up behind a blackholed Redis drains at once when it answers again.
-            let now = Instant::now();
-            batch.retain_mut(|req| {
-                if req.deadline > now {
-                    return true;
-                }
-                let reply = std::mem::replace(&mut req.reply, oneshot::channel().0);
-                let _ = reply.send(Err(PublishError::Unavailable(
-                    "Redis did not answer in time".into(),
-                )));
-                false
-            });
+            drop_expired(&mut batch, "Redis did not answer in time");
             if batch.is_empty() {
                 break;
             }

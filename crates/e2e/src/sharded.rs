@@ -34,22 +34,12 @@ fn cli(ip: &str, args: &[&str]) -> anyhow::Result<String> {
 /// The IP of the master that owns `key`'s slot, asked of `ip`.
 fn master_of(ip: &str, key: &str) -> anyhow::Result<String> {
     let slot: u16 = cli(ip, &["CLUSTER", "KEYSLOT", key])?.trim().parse()?;
-    for line in cli(ip, &["CLUSTER", "NODES"])?.lines() {
-        let f: Vec<&str> = line.split_whitespace().collect();
-        if f.len() < 9 || !f[2].contains("master") || f[2].contains("fail") {
-            continue;
-        }
-        let owns = f[8..].iter().any(|r| {
-            let (a, b) = r.split_once('-').unwrap_or((r, r));
-            matches!((a.parse::<u16>(), b.parse::<u16>()), (Ok(a), Ok(b)) if (a..=b).contains(&slot))
-        });
-        if owns {
-            return f[1]
-                .split(':')
-                .next()
-                .map(str::to_owned)
-                .context("no address in CLUSTER NODES");
-        }
+    if let Some(addr) = testkit::master_owning(&cli(ip, &["CLUSTER", "NODES"])?, slot) {
+        return addr
+            .split(':')
+            .next()
+            .map(str::to_owned)
+            .context("no address in CLUSTER NODES");
     }
     bail!("no master owns slot {slot}")
 }

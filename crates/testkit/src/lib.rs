@@ -23,7 +23,7 @@ pub use node::{
 };
 pub use otlp::{OtlpReceiver, ReceivedSpan, check_publish_trace};
 pub use redis::{RedisServer, free_port};
-pub use redis_cluster::RedisClusterSet;
+pub use redis_cluster::{RedisClusterSet, master_owning};
 pub use sentinel::{SENTINEL_MASTER, SentinelSet};
 
 /// Copies the directory `from` (recursively) to `to`, e.g. a shipped configuration

@@ -105,22 +105,12 @@ impl RedisClusterSet {
             .trim()
             .parse()?;
         let nodes = redis_cli(live.port(), &[], &["CLUSTER", "NODES"])?;
-        for line in nodes.lines() {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            if fields.len() < 9 || !fields[2].contains("master") || fields[2].contains("fail") {
-                continue;
-            }
-            let owns = fields[8..].iter().any(|range| {
-                let (a, b) = range.split_once('-').unwrap_or((range, range));
-                matches!((a.parse::<u16>(), b.parse::<u16>()), (Ok(a), Ok(b)) if (a..=b).contains(&slot))
-            });
-            if owns {
-                let port = fields[1]
-                    .split(['@', ':'])
-                    .nth(1)
-                    .context("no port in CLUSTER NODES")?;
-                return Ok(port.parse()?);
-            }
+        if let Some(addr) = master_owning(&nodes, slot) {
+            let port = addr
+                .rsplit(':')
+                .next()
+                .context("no port in CLUSTER NODES")?;
+            return Ok(port.parse()?);
         }
         bail!("no master owns slot {slot}")
     }
@@ -150,4 +140,19 @@ impl Drop for RedisClusterSet {
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// The `ip:port` of the live master that owns `slot`, from `CLUSTER NODES` output.
+pub fn master_owning(cluster_nodes: &str, slot: u16) -> Option<String> {
+    cluster_nodes.lines().find_map(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.len() < 9 || !f[2].contains("master") || f[2].contains("fail") {
+            return None;
+        }
+        let owns = f[8..].iter().any(|range| {
+            let (a, b) = range.split_once('-').unwrap_or((range, range));
+            matches!((a.parse::<u16>(), b.parse::<u16>()), (Ok(a), Ok(b)) if (a..=b).contains(&slot))
+        });
+        owns.then(|| f[1].split('@').next().unwrap_or(f[1]).to_owned())
+    })
 }
