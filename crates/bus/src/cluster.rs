@@ -92,6 +92,34 @@ impl RedisClusterConfig {
             .collect()
     }
 
+    /// A `redis` cluster client builder for these seeds, timeouts and TLS material (for
+    /// code with its own cluster connection, like the SDK's stream consumer).
+    pub fn client_builder(&self) -> redis::cluster::ClusterClientBuilder {
+        let mut builder = redis::cluster::ClusterClientBuilder::new(self.nodes.clone())
+            // Short: a dead node's address may swallow the SYN (a killed container), and
+            // a new connection tries every seed before it is usable.
+            .connection_timeout(self.command_timeout / 3)
+            .response_timeout(self.command_timeout)
+            // A dead master is replaced within about the cluster's node timeout: retry
+            // often and briefly (the default backoff starts at 1.3 s and grows to
+            // minutes), so requests reach the promoted replica as soon as it is there.
+            .retries(8)
+            .min_retry_wait(50)
+            .max_retry_wait(500);
+        if let Some(tls) = &self.tls {
+            builder = builder.certs(redis::TlsCertificates {
+                client_tls: tls.client.clone().map(|(client_cert, client_key)| {
+                    redis::ClientTlsConfig {
+                        client_cert,
+                        client_key,
+                    }
+                }),
+                root_cert: tls.root_ca.clone(),
+            });
+        }
+        builder
+    }
+
     /// Sets how long publishes retry while the cluster is unreachable.
     pub fn with_publish_retry_budget(mut self, budget: Duration) -> Self {
         self.publish_retry_budget = budget;
@@ -277,31 +305,12 @@ impl RedisClusterBus {
             let _ = rustls::crypto::ring::default_provider().install_default();
         }
         let (push_tx, push_rx) = mpsc::unbounded_channel();
-        let mut builder = redis::cluster::ClusterClientBuilder::new(config.nodes.clone())
+        let client = config
+            .client_builder()
             .use_protocol(redis::ProtocolVersion::RESP3)
             .push_sender(push_tx)
-            // Short: a dead node's address may swallow the SYN (a killed container), and
-            // a new connection tries every seed before it is usable.
-            .connection_timeout(config.command_timeout / 3)
-            .response_timeout(config.command_timeout)
-            // A dead master is replaced within about the cluster's node timeout: retry
-            // often and briefly (the default backoff starts at 1.3 s and grows to
-            // minutes), so requests reach the promoted replica as soon as it is there.
-            .retries(8)
-            .min_retry_wait(50)
-            .max_retry_wait(500);
-        if let Some(tls) = &config.tls {
-            builder = builder.certs(redis::TlsCertificates {
-                client_tls: tls.client.clone().map(|(client_cert, client_key)| {
-                    redis::ClientTlsConfig {
-                        client_cert,
-                        client_key,
-                    }
-                }),
-                root_cert: tls.root_ca.clone(),
-            });
-        }
-        let client = builder.build().map_err(|e| invalid(e.to_string()))?;
+            .build()
+            .map_err(|e| invalid(e.to_string()))?;
         let conn = Arc::new(Connector {
             client,
             current: tokio::sync::Mutex::new(None),

@@ -22,6 +22,11 @@ async fn nodes(set: &RedisClusterSet) -> Vec<TestNode> {
     let seeds = set.seeds();
     spawn_redis_cluster(3, &seeds[0], |_, c| {
         c.redis_cluster_nodes = seeds.clone();
+        c.upstream = gateway::UpstreamConfig {
+            routes: gateway::Routes::parse("notification_read=stream").unwrap(),
+            stream_max_len: 1000,
+            webhook: None,
+        };
     })
     .await
     .unwrap()
@@ -81,6 +86,36 @@ async fn rooms_on_every_shard_cross_nodes_and_a_killed_master_is_followed() {
         (here.sockets, here.nodes_answered, here.nodes_expected),
         (2, 3, 3)
     );
+
+    // Events to services: the stream on its shard, read by the SDK's consumer, which
+    // answers the sender's user.
+    let prefix = nodes[0].cluster.channels().prefix().to_owned();
+    let cluster_config = bus::RedisClusterConfig::new(set.seeds());
+    let mut worker =
+        publisher::Consumer::connect_cluster(&cluster_config, &prefix, "/", "svc", "w1")
+            .await
+            .unwrap();
+    let ack = ann
+        .emit_with_ack("notification_read", &[json!({"id": 7})])
+        .await
+        .unwrap();
+    assert_eq!(ack[0]["ok"], true, "{ack:?}");
+    let got = worker.next(Duration::from_secs(5), 10).await.unwrap();
+    assert_eq!(got.len(), 1);
+    let event = got[0].event.clone().unwrap();
+    assert_eq!(
+        (event.user.as_str(), event.args[0]["id"].as_u64()),
+        ("ann", Some(7))
+    );
+    sdk.reply_to_user(&event)
+        .emit("notification_read_confirmed", &7)
+        .await
+        .unwrap();
+    assert_eq!(
+        ann.expect_arg("notification_read_confirmed").await.unwrap(),
+        7
+    );
+    worker.ack(&got[0]).await.unwrap();
 
     // A room's channel is a shard channel on its owner, not a classic channel anywhere.
     let ch = channel(&nodes[0], &rooms[0]);

@@ -70,7 +70,7 @@ impl From<redis::RedisError> for ConsumeError {
 /// ```
 #[derive(Clone)]
 pub struct Consumer {
-    conn: MultiplexedConnection,
+    conn: Conn,
     stream: String,
     group: String,
     name: String,
@@ -118,11 +118,42 @@ impl Consumer {
         // blocking read, and an XREADGROUP given up on the client would leave its
         // entries pending); each call has its own limit instead.
         let config = redis::AsyncConnectionConfig::new().set_response_timeout(None);
-        let mut conn = timeout(
+        let conn = timeout(
             COMMAND_TIMEOUT,
             client.get_multiplexed_async_connection_with_config(&config),
         )
         .await??;
+        Self::join(Conn::One(conn), prefix, ns, group, name).await
+    }
+
+    /// [`Consumer::connect`] on Redis Cluster (the gateways' `REDIS_CLUSTER_NODES`): the
+    /// stream lives on the shard that owns its key; a failover is followed by the cluster
+    /// connection (a read in flight fails; call again).
+    pub async fn connect_cluster(
+        redis: &bus::RedisClusterConfig,
+        prefix: &str,
+        ns: &str,
+        group: &str,
+        name: &str,
+    ) -> Result<Self, ConsumeError> {
+        let client = redis
+            .client_builder()
+            // No client-side response timeout under a blocking read (see connect_with);
+            // each call has its own limit.
+            .response_timeout(Duration::from_secs(24 * 3600))
+            .build()?;
+        let conn = timeout(COMMAND_TIMEOUT, client.get_async_connection()).await??;
+        Self::join(Conn::Cluster(conn), prefix, ns, group, name).await
+    }
+
+    /// Joins (creating if needed) the group on namespace `ns`'s stream over `conn`.
+    async fn join(
+        mut conn: Conn,
+        prefix: &str,
+        ns: &str,
+        group: &str,
+        name: &str,
+    ) -> Result<Self, ConsumeError> {
         let stream = rooms::Channels::new(prefix).upstream(ns);
         let created: Result<(), redis::RedisError> = redis::cmd("XGROUP")
             .arg("CREATE")
@@ -215,4 +246,42 @@ fn delivery(entry: String, fields: &std::collections::HashMap<String, redis::Val
         None => Err("the entry has no \"event\" field".to_owned()),
     };
     Delivery { entry, event }
+}
+
+/// The consumer's connection: to one Redis, or to a Redis Cluster.
+#[derive(Clone)]
+enum Conn {
+    One(MultiplexedConnection),
+    Cluster(redis::cluster_async::ClusterConnection),
+}
+
+impl redis::aio::ConnectionLike for Conn {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        match self {
+            Conn::One(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            Conn::One(c) => c.req_packed_commands(cmd, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::One(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
 }
