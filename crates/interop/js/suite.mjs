@@ -124,6 +124,31 @@ await runCase("cross-node delivery", async () => {
   close(a, b);
 });
 
+await runCase("presence: who is here, join and leave events", async () => {
+  const a = await open(0, tokenOf(users.alice));
+  const b = await open(1, tokenOf(users.bob));
+  const room = `doc:Presence:${users.alice}`;
+  check((await a.socket.timeout(5000).emitWithAck("join", room)).ok, "alice join");
+  check((await b.socket.timeout(5000).emitWithAck("join", room)).ok, "bob join");
+  const joined = await a.rec.expect("presence_join");
+  check(joined.args[0].user === users.bob && joined.args[0].room === room, JSON.stringify(joined.args));
+  const here = await a.socket.timeout(5000).emitWithAck("presence", room);
+  check(here.ok && here.count === 2, JSON.stringify(here));
+  b.socket.disconnect();
+  const left = await a.rec.expect("presence_leave");
+  check(left.args[0].user === users.bob && left.args[0].reason === "disconnected", JSON.stringify(left.args));
+  // Presence is asked of every node; bob's is gone within a few round trips.
+  let after;
+  for (let i = 0; i < 50; i++) {
+    after = await a.socket.timeout(5000).emitWithAck("presence", room);
+    if (after.ok && after.count === 1) break;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  check(after.ok && after.count === 1, JSON.stringify(after));
+  close(a);
+  return "bob's join and disconnect announced to alice across nodes; presence 2 then 1";
+});
+
 await runCase("chat: client publish across nodes", async () => {
   const a = await open(0, tokenOf(users.alice));
   const b = await open(2, tokenOf(users.bob));

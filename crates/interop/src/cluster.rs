@@ -162,6 +162,8 @@ impl Cluster {
             )
             .env("RECOVERY_NAMESPACES", RECOVERY_NAMESPACE)
             .env("RECOVERY_WINDOW_MS", RECOVERY_WINDOW_MS.to_string())
+            // Only the presence case's rooms, so that no other case sees these events.
+            .env("PRESENCE_EVENTS", "doc:Presence:*")
             .env("NODE_TTL_SECS", "6")
             .env("RUST_LOG", "info")
             .envs(self.secrets.upstream.iter().flat_map(|(url, secret)| {
