@@ -282,6 +282,9 @@ enum Command {
     Unsubscribe(Vec<String>, oneshot::Sender<Result<(), SubscribeError>>),
 }
 
+/// Messages between the cluster connection and the inbox.
+const PUSH_QUEUE: usize = 8192;
+
 /// Publishes sent in one go.
 const MAX_BATCH: usize = 512;
 
@@ -304,7 +307,10 @@ impl RedisClusterBus {
         if config.nodes.iter().any(|n| n.starts_with("rediss://")) {
             let _ = rustls::crypto::ring::default_provider().install_default();
         }
-        let (push_tx, push_rx) = mpsc::unbounded_channel();
+        // Bounded: the connection cannot wait for a slow node, so a node that falls this far
+        // behind loses the oldest messages (counted in the log) instead of growing.
+        // (Its ring is allocated up front: a few thousand slots, the inbox behind it holds more.)
+        let (push_tx, push_rx) = tokio::sync::broadcast::channel(PUSH_QUEUE);
         let client = config
             .client_builder()
             .use_protocol(redis::ProtocolVersion::RESP3)
@@ -582,12 +588,27 @@ async fn apply(
     }
 }
 
-/// Turns the connection's push messages into inbox messages.
+/// Turns the connection's push messages into inbox messages. The connection cannot be
+/// made to wait (unlike a single Redis's subscriber, which stops reading), so the queue
+/// between them is bounded and a node that falls behind by more than it holds loses
+/// messages, logged with their number.
 async fn receive(
-    mut pushes: mpsc::UnboundedReceiver<redis::PushInfo>,
+    mut pushes: tokio::sync::broadcast::Receiver<redis::PushInfo>,
     inbox: mpsc::Sender<Message>,
 ) {
-    while let Some(push) = pushes.recv().await {
+    use tokio::sync::broadcast::error::RecvError;
+    loop {
+        let push = match pushes.recv().await {
+            Ok(push) => push,
+            Err(RecvError::Lagged(lost)) => {
+                tracing::warn!(
+                    lost,
+                    "this node fell behind the Redis Cluster's messages; the oldest were dropped"
+                );
+                continue;
+            }
+            Err(RecvError::Closed) => return,
+        };
         if !matches!(
             push.kind,
             redis::PushKind::SMessage | redis::PushKind::Message
