@@ -12,20 +12,26 @@ use anyhow::{Context, bail};
 pub(crate) fn run(quick: bool, study: Option<&str>) -> anyhow::Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
     let profile: &[&str] = if quick { &[] } else { &["--release"] };
-    let status = Command::new(&cargo)
-        .args([
+    // The socketioxide reference stack is a workspace of its own (upstream socketioxide,
+    // not Roomcast's patched copy), built into the same target directory.
+    for args in [
+        &["build", "--quiet", "-p", "bench"][..],
+        &[
             "build",
             "--quiet",
-            "-p",
-            "bench",
-            "-p",
-            "peer-socketioxide-redis",
-        ])
-        .args(profile)
-        .status()
-        .context("building the benchmark")?;
-    if !status.success() {
-        bail!("build failed");
+            "--manifest-path",
+            "bench/peers/socketioxide-redis/Cargo.toml",
+        ][..],
+    ] {
+        let mut cmd = Command::new(&cargo);
+        cmd.args(args).args(profile);
+        if std::env::var_os("CARGO_TARGET_DIR").is_none() {
+            cmd.env("CARGO_TARGET_DIR", "target");
+        }
+        let status = cmd.status().context("building the benchmark")?;
+        if !status.success() {
+            bail!("build failed: cargo {}", args.join(" "));
+        }
     }
     let target = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".to_owned());
     let dir = if quick { "debug" } else { "release" };

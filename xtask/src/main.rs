@@ -47,6 +47,10 @@ fn main() {
 }
 
 fn run() -> anyhow::Result<()> {
+    // Every task works from the workspace root, wherever `cargo xtask` was typed.
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    std::env::set_current_dir(&root)
+        .map_err(|e| anyhow::anyhow!("entering the workspace root: {e}"))?;
     let args: Vec<String> = std::env::args().skip(1).collect();
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     match args.as_slice() {

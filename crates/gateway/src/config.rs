@@ -253,6 +253,12 @@ pub struct Args {
     /// take); past it the socket is disconnected as a slow consumer [default: 1048576]
     #[arg(long, env = "SOCKET_BUFFER_BYTES", default_value_t = 1 << 20)]
     pub socket_buffer_bytes: usize,
+    /// WebSocket write path: `direct` (a message is framed once and written to each
+    /// socket by the sender, one task per connection) or `queued` (engineioxide's
+    /// per-socket writer task). Over native TLS, and for sessions upgraded from
+    /// polling, the queued path is used either way [default: direct]
+    #[arg(long, env = "WS_WRITE_PATH", default_value = "direct", value_parser = ["direct", "queued"])]
+    pub ws_write_path: String,
     /// Log format: `text` or `json` [default: text]
     #[arg(long, env = "LOG_FORMAT", default_value = "text")]
     pub log_format: String,
@@ -430,6 +436,8 @@ pub struct Config {
     pub socket_buffer: usize,
     /// Bytes queued per socket before it is a slow consumer.
     pub socket_buffer_bytes: usize,
+    /// Whether plain-TCP WebSocket sessions use the direct write path (`WS_WRITE_PATH`).
+    pub ws_direct_writes: bool,
     /// Connection and room caps.
     pub connection_limits: crate::ConnectionLimits,
     /// Per-socket event and join rates.
@@ -1011,6 +1019,7 @@ impl Config {
             ws_read_buffer: args.ws_read_buffer_bytes,
             socket_buffer: args.socket_buffer_packets,
             socket_buffer_bytes: args.socket_buffer_bytes,
+            ws_direct_writes: args.ws_write_path == "direct",
             connection_limits: crate::ConnectionLimits {
                 per_node: args.max_connections,
                 per_user: args.max_connections_per_user,

@@ -163,6 +163,8 @@ impl Node {
             // A socket that does not read what is sent to it is disconnected as a slow
             // consumer once this much waits for it, instead of losing messages silently.
             .max_queued_bytes(config.socket_buffer_bytes)
+            // Frames written by the sender, one task per connection (vendor/README.md).
+            .ws_direct_writes(config.ws_direct_writes)
             // A session must authenticate this soon, or it is closed: an unauthenticated
             // connection holds as little as possible for as short as possible.
             .connect_timeout(config.connect_timeout)

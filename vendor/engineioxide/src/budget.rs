@@ -58,6 +58,20 @@ impl OutboundBudget {
             });
     }
 
+    /// Adds `n` bytes waiting in a direct WebSocket outbox.
+    pub(crate) fn add_len(&self, n: usize) {
+        self.queued.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Takes `n` bytes written from a direct WebSocket outbox off the account.
+    pub(crate) fn sub_len(&self, n: usize) {
+        let _ = self
+            .queued
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |q| {
+                Some(q.saturating_sub(n))
+            });
+    }
+
     /// Bytes queued now.
     pub(crate) fn queued(&self) -> usize {
         self.queued.load(Ordering::Relaxed)

@@ -92,6 +92,14 @@ pub struct EngineIoConfig {
     /// to prevent memory eating by a malicious user.
     pub ws_max_frame_size: usize,
 
+    /// Whether WebSocket connections served over a plain `TcpStream` use the direct
+    /// transport: frames written by the sender with a non-blocking write, one task per
+    /// connection (see `transport::direct`). When `false`, or over any other stream
+    /// (TLS in the process), the queued transport is used. Roomcast patch.
+    ///
+    /// Defaults to `true`.
+    pub ws_direct_writes: bool,
+
     /// Allowed transports on this server
     /// It is represented as a bitfield to allow to combine any number of transports easily
     pub transports: u8,
@@ -110,6 +118,7 @@ impl Default for EngineIoConfig {
             ws_read_buffer_size: 4096,
             ws_max_message_size: 64 << 20,
             ws_max_frame_size: 16 << 20,
+            ws_direct_writes: true,
             transports: TransportType::Polling as u8 | TransportType::Websocket as u8,
         }
     }
@@ -212,8 +221,13 @@ impl EngineIoConfigBuilder {
         self
     }
 
-    /// The maximum number of bytes that may wait in one connection's outbound queue
-    /// before it is closed as a slow consumer (Roomcast patch). Defaults to unbounded.
+    /// See [`EngineIoConfig::ws_direct_writes`] (Roomcast patch). Defaults to `true`.
+    pub fn ws_direct_writes(mut self, enabled: bool) -> Self {
+        self.config.ws_direct_writes = enabled;
+        self
+    }
+
+    /// See [`EngineIoConfig::max_queued_bytes`] (Roomcast patch).
     pub fn max_queued_bytes(mut self, max_queued_bytes: usize) -> Self {
         self.config.max_queued_bytes = Some(max_queued_bytes);
         self

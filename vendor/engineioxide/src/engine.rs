@@ -46,6 +46,20 @@ impl<H: EngineIoHandler> EngineIo<H> {
         req: Parts,
         supports_binary: bool,
     ) -> Arc<Socket<H::Data>> {
+        self.create_session_with(protocol, transport, req, supports_binary, None)
+    }
+
+    /// [`Self::create_session`]; with `direct`, the session's direct WebSocket writer
+    /// on that stream is in place (holding its frames) before the handler hears of the
+    /// session (Roomcast patch).
+    pub(crate) fn create_session_with(
+        self: &Arc<Self>,
+        protocol: ProtocolVersion,
+        transport: TransportType,
+        req: Parts,
+        supports_binary: bool,
+        direct: Option<Arc<tokio::net::TcpStream>>,
+    ) -> Arc<Socket<H::Data>> {
         let engine = self.clone();
         let close_fn = Box::new(move |sid, reason| engine.close_session(sid, reason));
 
@@ -57,6 +71,14 @@ impl<H: EngineIoHandler> EngineIo<H> {
             close_fn,
             supports_binary,
         );
+        if let Some(stream) = direct {
+            let writer = crate::transport::direct::WsWriter::new(
+                stream,
+                socket.budget.clone(),
+                self.config.max_buffer_size,
+            );
+            let _ = socket.direct.set(Arc::new(writer));
+        }
         let socket = Arc::new(socket);
         self.sockets
             .write()

@@ -30,6 +30,14 @@ pub enum Error {
     UnknownSessionID(Sid),
     #[error("transport mismatch")]
     TransportMismatch,
+
+    /// A WebSocket frame from the client broke RFC 6455 or a size limit (Roomcast patch:
+    /// the direct transport).
+    #[error("websocket protocol error: {0}")]
+    WsProtocol(&'static str),
+    /// The connection failed (Roomcast patch: the direct transport).
+    #[error("io error: {0}")]
+    Io(#[from] std::io::Error),
 }
 
 /// Convert an error into an http response

@@ -58,7 +58,7 @@ use std::{
     collections::VecDeque,
     fmt::Debug,
     sync::{
-        Arc,
+        Arc, OnceLock,
         atomic::{AtomicBool, AtomicU8, Ordering},
     },
     time::Duration,
@@ -68,6 +68,7 @@ use crate::{
     budget::{BufferedRx, OutboundBudget},
     config::EngineIoConfig,
     errors::Error,
+    transport::direct::{self, Refused, WsWriter},
 };
 use bytes::Bytes;
 use engineioxide_core::{Packet, PacketBuf, ProtocolVersion, Str, TransportType};
@@ -112,7 +113,10 @@ impl From<&Error> for Option<DisconnectReason> {
         use Error::*;
         match err {
             WsTransport(_) => Some(DisconnectReason::TransportError),
-            BadPacket(_) | PacketParse(_) => Some(DisconnectReason::PacketParsingError),
+            BadPacket(_) | PacketParse(_) | WsProtocol(_) => {
+                Some(DisconnectReason::PacketParsingError)
+            }
+            Io(_) => Some(DisconnectReason::TransportError),
             HeartbeatTimeout => Some(DisconnectReason::HeartbeatTimeout),
             _ => None,
         }
@@ -122,15 +126,34 @@ impl From<&Error> for Option<DisconnectReason> {
 /// A permit to emit a message to the client.
 /// A permit holds a place in the internal channel to send one packet to the client.
 pub struct Permit<'a> {
-    inner: mpsc::Permit<'a, PacketBuf>,
+    inner: PermitInner<'a>,
     budget: &'a OutboundBudget,
+    protocol: ProtocolVersion,
 }
+
+/// Where a [`Permit`]'s packets go (Roomcast patch).
+enum PermitInner<'a> {
+    /// A place in the socket's queue.
+    Queue(mpsc::Permit<'a, PacketBuf>),
+    /// The socket's direct WebSocket writer.
+    Direct(&'a WsWriter),
+}
+
 impl Permit<'_> {
-    /// Puts `packets` in the queue, on the socket's byte account.
+    /// Puts `packets` in the queue, on the socket's byte account, or writes them.
     #[inline]
     fn send(self, packets: PacketBuf) {
-        self.budget.add(&packets);
-        self.inner.send(packets);
+        match self.inner {
+            PermitInner::Queue(permit) => {
+                self.budget.add(&packets);
+                permit.send(packets);
+            }
+            // The permit was given within the budget; a refusal now (the peer fell behind
+            // since) has marked the socket a slow consumer, which closes it.
+            PermitInner::Direct(writer) => {
+                writer.send(direct::frames(self.protocol, &packets)).ok();
+            }
+        }
     }
     /// Consume the permit and emit a message to the client.
     #[inline]
@@ -228,7 +251,11 @@ where
     pub(crate) internal_tx: mpsc::Sender<PacketBuf>,
 
     /// The byte account of the queue behind `internal_tx` (Roomcast patch).
-    budget: Arc<OutboundBudget>,
+    pub(crate) budget: Arc<OutboundBudget>,
+
+    /// The direct WebSocket writer, once the session is on the direct transport; every
+    /// packet then goes there instead of `internal_tx` (Roomcast patch).
+    pub(crate) direct: OnceLock<Arc<WsWriter>>,
 
     /// Channel to send volatile [PacketBuf]s that bypass the internal buffer.
     /// Uses a [`watch`](tokio::sync::watch) channel so only the latest volatile
@@ -286,6 +313,7 @@ where
             )),
             internal_tx,
             budget,
+            direct: OnceLock::new(),
 
             volatile_tx,
 
@@ -317,6 +345,13 @@ where
     /// Queues `packets` on the byte account; a full queue makes the socket a slow
     /// consumer. Every packet enters the queue here or through a [`Permit`].
     fn push(&self, packets: PacketBuf) -> Result<(), TrySendError<PacketBuf>> {
+        if let Some(writer) = self.direct.get() {
+            return match writer.send(direct::frames(self.protocol, &packets)) {
+                Ok(()) => Ok(()),
+                Err(Refused::Full) => Err(TrySendError::Full(packets)),
+                Err(Refused::Closed) => Err(TrySendError::Closed(packets)),
+            };
+        }
         if !self.budget.admit() {
             return Err(TrySendError::Full(packets));
         }
@@ -336,6 +371,11 @@ where
     /// Bytes waiting in this socket's outbound queue (Roomcast patch).
     pub fn queued_bytes(&self) -> usize {
         self.budget.queued()
+    }
+
+    /// The byte account of this socket's outbound queue (Roomcast patch).
+    pub(crate) fn budget(&self) -> &OutboundBudget {
+        &self.budget
     }
 
     pub(crate) fn is_upgrading(&self) -> bool {
@@ -490,6 +530,17 @@ where
     /// If the socket is closed, the function will return a [`TrySendError::Closed`] error.
     #[inline]
     pub fn reserve(&self) -> Result<Permit<'_>, TrySendError<()>> {
+        if let Some(writer) = self.direct.get() {
+            return match writer.admit() {
+                Ok(()) => Ok(Permit {
+                    inner: PermitInner::Direct(writer),
+                    budget: &self.budget,
+                    protocol: self.protocol,
+                }),
+                Err(Refused::Full) => Err(TrySendError::Full(())),
+                Err(Refused::Closed) => Err(TrySendError::Closed(())),
+            };
+        }
         if !self.budget.admit() {
             return Err(TrySendError::Full(()));
         }
@@ -499,8 +550,9 @@ where
             }
         })?;
         Ok(Permit {
-            inner: permit,
+            inner: PermitInner::Queue(permit),
             budget: &self.budget,
+            protocol: self.protocol,
         })
     }
 
@@ -604,6 +656,9 @@ where
     }
 
     pub(crate) fn send_volatile(&self, packets: PacketBuf) -> bool {
+        if let Some(writer) = self.direct.get() {
+            return writer.send_volatile(direct::frames(self.protocol, &packets));
+        }
         self.volatile_tx.send(Some(packets)).is_ok()
     }
 }
@@ -681,6 +736,7 @@ where
             )),
             internal_tx,
             budget,
+            direct: OnceLock::new(),
 
             volatile_tx,
 

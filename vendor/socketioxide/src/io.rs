@@ -216,6 +216,15 @@ impl<A: Adapter> SocketIoBuilder<A> {
         self
     }
 
+    /// Whether WebSocket sessions over a plain TCP stream use engineioxide's direct
+    /// transport (frames written by the sender, one task per connection). Defaults to
+    /// `true`. Roomcast patch.
+    #[inline]
+    pub fn ws_direct_writes(mut self, enabled: bool) -> Self {
+        self.engine_config_builder = self.engine_config_builder.ws_direct_writes(enabled);
+        self
+    }
+
     /// The maximum size of a payload in bytes.
     /// If a payload is bigger than this value the `emit()` method will return an error.
     ///

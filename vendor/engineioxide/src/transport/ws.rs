@@ -27,7 +27,8 @@ use engineioxide_core::{Packet, ProtocolVersion, Sid, Str, TransportType};
 
 use crate::{
     DisconnectReason, Socket, body::ResponseBody, config::EngineIoConfig, engine::EngineIo,
-    errors::Error, handler::EngineIoHandler, socket::InternalRx, transport::make_open_packet,
+    errors::Error, handler::EngineIoHandler, socket::InternalRx, transport::direct,
+    transport::make_open_packet,
 };
 
 /// Create a response for websocket upgrade
@@ -66,9 +67,23 @@ pub fn new_req<R: Send + 'static, B, H: EngineIoHandler>(
         .clone();
 
     tokio::spawn(async move {
-        let conn = hyper::upgrade::on(req)
-            .await
-            .map(hyper_util::rt::TokioIo::new);
+        let upgraded = hyper::upgrade::on(req).await;
+        // Roomcast patch: a new session on a plain TCP connection takes the direct
+        // transport (`transport::direct`); upgrades from polling and other streams (TLS
+        // in the process) keep the queued one.
+        let upgraded = match upgraded {
+            Ok(upgraded) if sid.is_none() && engine.config.ws_direct_writes => {
+                match downcast_tcp(upgraded) {
+                    Ok((stream, read_buf)) => {
+                        direct::accept(engine, stream, read_buf, protocol, parts).await;
+                        return;
+                    }
+                    Err(upgraded) => Ok(upgraded),
+                }
+            }
+            other => other,
+        };
+        let conn = upgraded.map(hyper_util::rt::TokioIo::new);
 
         let res = match conn {
             Ok(conn) => on_init(engine.clone(), conn, protocol, sid, parts).await,
@@ -96,6 +111,23 @@ pub fn new_req<R: Send + 'static, B, H: EngineIoHandler>(
     });
 
     Ok(ws_response(&ws_key))
+}
+
+/// The TCP stream under an upgraded HTTP/1 connection served by hyper or hyper-util's
+/// auto builder, and the bytes already read from it (Roomcast patch).
+fn downcast_tcp(
+    upgraded: hyper::upgrade::Upgraded,
+) -> Result<(tokio::net::TcpStream, bytes::Bytes), hyper::upgrade::Upgraded> {
+    use hyper_util::rt::TokioIo;
+    use tokio::net::TcpStream;
+    let upgraded =
+        match hyper_util::server::conn::auto::upgrade::downcast::<TokioIo<TcpStream>>(upgraded) {
+            Ok(parts) => return Ok((parts.io.into_inner(), parts.read_buf)),
+            Err(upgraded) => upgraded,
+        };
+    upgraded
+        .downcast::<TokioIo<TcpStream>>()
+        .map(|parts| (parts.io.into_inner(), parts.read_buf))
 }
 
 /// Handle a websocket connection upgrade
