@@ -27,10 +27,11 @@ tasks:
                   a few hundred)
   bench [--quick] Roomcast against the reference stacks, side by side (--quick: a smoke
                   run on debug builds, part of ci; no speed verdict)
-  bench --recovery | --sharding | --tracing
+  bench --recovery | --sharding | --tracing | --write-path
                   one study, release build, in one run: fan-out with connection state
                   recovery off/on; targeted load on one Redis vs a 3-shard Redis Cluster;
-                  traces off/exported at 1 % (docs/performance.md)
+                  traces off/exported at 1 %; WebSocket write path queued vs direct
+                  (docs/performance.md)
   image           the runtime image (deploy/image/Dockerfile) from a release build, as
                   roomcast/gateway:latest and :<version>
   lint-deploy     hadolint, yamllint, kubernetes-validate and docker-compose config on
@@ -66,9 +67,10 @@ fn run() -> anyhow::Result<()> {
         ),
         ["bench"] => bench::run(false, None),
         ["bench", "--quick"] => bench::run(true, None),
-        ["bench", study @ ("--recovery" | "--sharding" | "--tracing")] => {
-            bench::run(false, Some(study))
-        }
+        [
+            "bench",
+            study @ ("--recovery" | "--sharding" | "--tracing" | "--write-path"),
+        ] => bench::run(false, Some(study)),
         ["cluster"] => e2e::cluster(),
         ["image"] => deploy::image(),
         ["lint-deploy"] => deploy::lint(),

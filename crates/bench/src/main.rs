@@ -405,6 +405,9 @@ async fn main() -> anyhow::Result<()> {
     if std::env::args().any(|a| a == "--sharding") {
         return sharding().await;
     }
+    if std::env::args().any(|a| a == "--write-path") {
+        return write_path().await;
+    }
     let quick = std::env::args().any(|a| a == "--quick");
     let plan = if quick { Plan::quick() } else { Plan::full() };
     let started = std::time::Instant::now();
@@ -450,6 +453,21 @@ async fn tracing_cost() -> anyhow::Result<()> {
         sink.count()
     );
     Ok(())
+}
+
+/// `bench --write-path`: Roomcast's fan-out on engineioxide's queued WebSocket writer
+/// (a channel and a writer task per socket) and on the direct one (frames written by
+/// the broadcast loop), alternating, each point twice.
+async fn write_path() -> anyhow::Result<()> {
+    compare(
+        "WebSocket write path queued vs direct (WS_WRITE_PATH)",
+        "publish",
+        &[
+            ("queued", vec![("WS_WRITE_PATH", "queued".to_owned())]),
+            ("direct", vec![("WS_WRITE_PATH", "direct".to_owned())]),
+        ],
+    )
+    .await
 }
 
 /// `bench --recovery`: Roomcast's fan-out into one room of a namespace without and with

@@ -9,10 +9,20 @@
 //! Closing is deferred to that task because a send may run under a caller's lock (a
 //! broadcast holds its adapter's room map) that the close path takes again.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::{
+    collections::VecDeque,
+    sync::{
+        Arc, Mutex, MutexGuard,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    },
+};
 
 use engineioxide_core::{Packet, PacketBuf};
-use tokio::sync::{Notify, mpsc};
+use futures_util::task::AtomicWaker;
+use tokio::sync::{
+    Notify,
+    mpsc::error::{TryRecvError, TrySendError},
+};
 
 /// The byte account of one socket's outbound queue.
 #[derive(Debug)]
@@ -102,47 +112,210 @@ fn weight(packets: &PacketBuf) -> usize {
         .sum()
 }
 
+/// A socket's outbound packet queue (Roomcast patch).
+///
+/// Upstream uses a tokio `mpsc` channel, which allocates its first block of 32 slots at
+/// creation: ~6 KiB of `PacketBuf`s per socket, idle or not. This queue holds nothing
+/// until something waits in it, and keeps the channel's contract: bounded in packets, a
+/// permit reserves a place, closing refuses new packets while what waits can still be
+/// taken.
+#[derive(Debug)]
+pub(crate) struct Queue {
+    state: Mutex<QueueState>,
+    capacity: usize,
+    rx_waker: AtomicWaker,
+    closed: Notify,
+}
+
+#[derive(Debug, Default)]
+struct QueueState {
+    items: VecDeque<PacketBuf>,
+    /// Places held by [`QueuePermit`]s not used yet.
+    reserved: usize,
+    closed: bool,
+    /// The session moved to a direct WebSocket writer: sends are refused here (as if
+    /// closed) so the sender writes them there instead.
+    redirected: bool,
+}
+
+impl Queue {
+    /// A queue of at most `capacity` packets, and its receiving end.
+    pub(crate) fn new(capacity: usize, budget: Arc<OutboundBudget>) -> (Arc<Self>, BufferedRx) {
+        let queue = Arc::new(Self {
+            state: Mutex::new(QueueState::default()),
+            capacity: capacity.max(1),
+            rx_waker: AtomicWaker::new(),
+            closed: Notify::new(),
+        });
+        let rx = BufferedRx {
+            queue: queue.clone(),
+            budget,
+        };
+        (queue, rx)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, QueueState> {
+        // Every step under the lock is one push or pop: a poisoned lock is consistent.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queues `packets` if there is a place.
+    pub(crate) fn try_send(&self, packets: PacketBuf) -> Result<(), TrySendError<PacketBuf>> {
+        let mut state = self.lock();
+        if state.closed || state.redirected {
+            return Err(TrySendError::Closed(packets));
+        }
+        if state.items.len() + state.reserved >= self.capacity {
+            return Err(TrySendError::Full(packets));
+        }
+        state.items.push_back(packets);
+        drop(state);
+        self.rx_waker.wake();
+        Ok(())
+    }
+
+    /// Queues `packets` even past the capacity (a control packet that must go out, like
+    /// the Noop ending a polling request during an upgrade); refused only once closed.
+    pub(crate) fn force_send(&self, packets: PacketBuf) -> Result<(), ()> {
+        let mut state = self.lock();
+        if state.closed {
+            return Err(());
+        }
+        state.items.push_back(packets);
+        drop(state);
+        self.rx_waker.wake();
+        Ok(())
+    }
+
+    /// Holds a place for one send.
+    pub(crate) fn try_reserve(&self) -> Result<QueuePermit<'_>, TrySendError<()>> {
+        let mut state = self.lock();
+        if state.closed || state.redirected {
+            return Err(TrySendError::Closed(()));
+        }
+        if state.items.len() + state.reserved >= self.capacity {
+            return Err(TrySendError::Full(()));
+        }
+        state.reserved += 1;
+        Ok(QueuePermit { queue: self })
+    }
+
+    /// From now on sends are refused, to be written to the session's direct writer;
+    /// a permit given before hands its packets back ([`QueuePermit::send`]).
+    pub(crate) fn redirect(&self) {
+        self.lock().redirected = true;
+    }
+
+    /// Whether the queue is closed (the session ended).
+    pub(crate) fn is_closed(&self) -> bool {
+        self.lock().closed
+    }
+
+    /// Resolves once the queue is closed.
+    pub(crate) async fn closed(&self) {
+        loop {
+            let notified = self.closed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.is_closed() {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// A place held in a [`Queue`] for one send.
+#[derive(Debug)]
+pub(crate) struct QueuePermit<'a> {
+    queue: &'a Queue,
+}
+
+impl QueuePermit<'_> {
+    /// Uses the place (dropped if the queue closed meanwhile); the packets come back
+    /// if the session moved to a direct writer meanwhile.
+    pub(crate) fn send(self, packets: PacketBuf) -> Option<PacketBuf> {
+        let queue = self.queue;
+        let back = {
+            let mut state = queue.lock();
+            if state.redirected {
+                Some(packets)
+            } else {
+                if !state.closed {
+                    state.items.push_back(packets);
+                }
+                None
+            }
+        };
+        // `Drop` gives the place back.
+        drop(self);
+        queue.rx_waker.wake();
+        back
+    }
+}
+
+impl Drop for QueuePermit<'_> {
+    fn drop(&mut self) {
+        let mut state = self.queue.lock();
+        state.reserved = state.reserved.saturating_sub(1);
+    }
+}
+
 /// The receiving end of a socket's queue, taking each packet's weight off the account.
 #[derive(Debug)]
 pub(crate) struct BufferedRx {
-    rx: mpsc::Receiver<PacketBuf>,
-    budget: std::sync::Arc<OutboundBudget>,
+    queue: Arc<Queue>,
+    budget: Arc<OutboundBudget>,
 }
 
 impl BufferedRx {
-    pub(crate) fn new(
-        rx: mpsc::Receiver<PacketBuf>,
-        budget: std::sync::Arc<OutboundBudget>,
-    ) -> Self {
-        Self { rx, budget }
-    }
-
-    fn taken(&self, p: Option<PacketBuf>) -> Option<PacketBuf> {
-        if let Some(p) = &p {
-            self.budget.sub(p);
+    fn pop(&self) -> Option<Option<PacketBuf>> {
+        let mut state = self.queue.lock();
+        match state.items.pop_front() {
+            Some(p) => {
+                if state.items.is_empty() && state.items.capacity() > 4 {
+                    // A burst's memory goes back once it is drained.
+                    state.items = VecDeque::new();
+                }
+                drop(state);
+                self.budget.sub(&p);
+                Some(Some(p))
+            }
+            None if state.closed => Some(None),
+            None => None,
         }
-        p
     }
 
     pub(crate) async fn recv(&mut self) -> Option<PacketBuf> {
-        let p = self.rx.recv().await;
-        self.taken(p)
+        std::future::poll_fn(|cx| self.poll_recv(cx)).await
     }
 
-    pub(crate) fn try_recv(&mut self) -> Result<PacketBuf, mpsc::error::TryRecvError> {
-        let p = self.rx.try_recv()?;
-        self.budget.sub(&p);
-        Ok(p)
+    pub(crate) fn try_recv(&mut self) -> Result<PacketBuf, TryRecvError> {
+        match self.pop() {
+            Some(Some(p)) => Ok(p),
+            Some(None) => Err(TryRecvError::Disconnected),
+            None => Err(TryRecvError::Empty),
+        }
     }
 
     pub(crate) fn poll_recv(
         &mut self,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<PacketBuf>> {
-        self.rx.poll_recv(cx).map(|p| self.taken(p))
+        if let Some(p) = self.pop() {
+            return std::task::Poll::Ready(p);
+        }
+        self.queue.rx_waker.register(cx.waker());
+        match self.pop() {
+            Some(p) => std::task::Poll::Ready(p),
+            None => std::task::Poll::Pending,
+        }
     }
 
+    /// Closes the queue: sends are refused from now on, what waits can still be taken.
     pub(crate) fn close(&mut self) {
-        self.rx.close()
+        self.queue.lock().closed = true;
+        self.queue.closed.notify_waiters();
+        self.queue.rx_waker.wake();
     }
 }

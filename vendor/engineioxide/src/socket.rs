@@ -65,7 +65,7 @@ use std::{
 };
 
 use crate::{
-    budget::{BufferedRx, OutboundBudget},
+    budget::{BufferedRx, OutboundBudget, Queue, QueuePermit},
     config::EngineIoConfig,
     errors::Error,
     transport::direct::{self, Refused, WsWriter},
@@ -75,11 +75,7 @@ use engineioxide_core::{Packet, PacketBuf, ProtocolVersion, Str, TransportType};
 use futures_util::FutureExt;
 use http::request::Parts;
 use smallvec::{SmallVec, smallvec};
-use tokio::sync::{
-    Mutex,
-    mpsc::{self, Receiver, error::TrySendError},
-    watch,
-};
+use tokio::sync::{Mutex, Notify, mpsc::error::TrySendError, watch};
 
 pub use engineioxide_core::Sid;
 use tokio_util::sync::CancellationToken;
@@ -129,12 +125,13 @@ pub struct Permit<'a> {
     inner: PermitInner<'a>,
     budget: &'a OutboundBudget,
     protocol: ProtocolVersion,
+    direct: &'a OnceLock<Arc<WsWriter>>,
 }
 
 /// Where a [`Permit`]'s packets go (Roomcast patch).
 enum PermitInner<'a> {
     /// A place in the socket's queue.
-    Queue(mpsc::Permit<'a, PacketBuf>),
+    Queue(QueuePermit<'a>),
     /// The socket's direct WebSocket writer.
     Direct(&'a WsWriter),
 }
@@ -146,7 +143,13 @@ impl Permit<'_> {
         match self.inner {
             PermitInner::Queue(permit) => {
                 self.budget.add(&packets);
-                permit.send(packets);
+                if let Some(packets) = permit.send(packets) {
+                    // The session moved to a direct writer since the permit was given.
+                    self.budget.sub(&packets);
+                    if let Some(writer) = self.direct.get() {
+                        writer.send(direct::frames(self.protocol, &packets)).ok();
+                    }
+                }
             }
             // The permit was given within the budget; a refusal now (the peer fell behind
             // since) has marked the socket a slow consumer, which closes it.
@@ -248,7 +251,7 @@ where
     pub(crate) internal_rx: Mutex<InternalRx>,
 
     /// Channel to send [PacketBuf] to the internal connection
-    pub(crate) internal_tx: mpsc::Sender<PacketBuf>,
+    pub(crate) internal_tx: Arc<Queue>,
 
     /// The byte account of the queue behind `internal_tx` (Roomcast patch).
     pub(crate) budget: Arc<OutboundBudget>,
@@ -264,10 +267,12 @@ where
 
     /// Internal channel to receive Pong [`Packets`](Packet) (v4 protocol) or Ping (v3 protocol) in the heartbeat job
     /// which is running in a separate task
-    heartbeat_rx: Mutex<Receiver<()>>,
-    /// Channel to send Ping [`Packets`](Packet) (v4 protocol) or Ping (v3 protocol) from the connexion to the heartbeat job
-    /// which is running in a separate task
-    pub(crate) heartbeat_tx: mpsc::Sender<()>,
+    ///
+    /// Roomcast patch: a [`Notify`] (it keeps one permit, like the channel of one `()` it
+    /// replaces, without the channel's allocations).
+    heartbeat: Notify,
+    /// Whether the heartbeat job was started (it runs once per socket).
+    heartbeat_started: AtomicBool,
 
     /// A cancellation token that will be triggered when the socket is being closed.
     pub(crate) cancellation_token: CancellationToken,
@@ -296,10 +301,9 @@ where
         close_fn: Box<dyn Fn(Sid, DisconnectReason) + Send + Sync>,
         supports_binary: bool,
     ) -> Self {
-        let (internal_tx, internal_rx) = mpsc::channel(config.max_buffer_size);
-        let (heartbeat_tx, heartbeat_rx) = mpsc::channel(1);
-        let (volatile_tx, volatile_rx) = watch::channel(None);
         let budget = Arc::new(OutboundBudget::new(config.max_queued_bytes));
+        let (internal_tx, buffered_rx) = Queue::new(config.max_buffer_size, budget.clone());
+        let (volatile_tx, volatile_rx) = watch::channel(None);
 
         Self {
             id: Sid::new(),
@@ -307,18 +311,15 @@ where
             transport: AtomicU8::new(transport as u8),
             upgrading: AtomicBool::new(false),
 
-            internal_rx: Mutex::new(InternalRx::new(
-                BufferedRx::new(internal_rx, budget.clone()),
-                volatile_rx,
-            )),
+            internal_rx: Mutex::new(InternalRx::new(buffered_rx, volatile_rx)),
             internal_tx,
             budget,
             direct: OnceLock::new(),
 
             volatile_tx,
 
-            heartbeat_rx: Mutex::new(heartbeat_rx),
-            heartbeat_tx,
+            heartbeat: Notify::new(),
+            heartbeat_started: AtomicBool::new(false),
             cancellation_token: CancellationToken::new(),
 
             close_fn,
@@ -346,26 +347,48 @@ where
     /// consumer. Every packet enters the queue here or through a [`Permit`].
     fn push(&self, packets: PacketBuf) -> Result<(), TrySendError<PacketBuf>> {
         if let Some(writer) = self.direct.get() {
-            return match writer.send(direct::frames(self.protocol, &packets)) {
-                Ok(()) => Ok(()),
-                Err(Refused::Full) => Err(TrySendError::Full(packets)),
-                Err(Refused::Closed) => Err(TrySendError::Closed(packets)),
-            };
+            return self.push_direct(writer, packets);
         }
         if !self.budget.admit() {
             return Err(TrySendError::Full(packets));
         }
         self.budget.add(&packets);
-        self.internal_tx.try_send(packets).map_err(|e| {
-            let packets = match &e {
-                TrySendError::Full(p) | TrySendError::Closed(p) => p,
-            };
-            self.budget.sub(packets);
-            if matches!(e, TrySendError::Full(_)) {
-                self.budget.overflow();
+        match self.internal_tx.try_send(packets) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                let packets = match &e {
+                    TrySendError::Full(p) | TrySendError::Closed(p) => p,
+                };
+                self.budget.sub(packets);
+                match e {
+                    // The session moved to a direct writer meanwhile (an upgrade).
+                    TrySendError::Closed(p) if self.direct.get().is_some() => self.push(p),
+                    TrySendError::Full(p) => {
+                        self.budget.overflow();
+                        Err(TrySendError::Full(p))
+                    }
+                    e => Err(e),
+                }
             }
-            e
-        })
+        }
+    }
+
+    /// Writes `packets` through the session's direct WebSocket writer (Roomcast patch).
+    fn push_direct(
+        &self,
+        writer: &WsWriter,
+        packets: PacketBuf,
+    ) -> Result<(), TrySendError<PacketBuf>> {
+        match writer.send(direct::frames(self.protocol, &packets)) {
+            Ok(()) => Ok(()),
+            Err(Refused::Full) => Err(TrySendError::Full(packets)),
+            Err(Refused::Closed) => Err(TrySendError::Closed(packets)),
+        }
+    }
+
+    /// The client answered a heartbeat (a pong in v4, a ping in v3).
+    pub(crate) fn heartbeat_received(&self) {
+        self.heartbeat.notify_one();
     }
 
     /// Bytes waiting in this socket's outbound queue (Roomcast patch).
@@ -438,10 +461,10 @@ where
     ///
     /// If the client does not respond within the timeout, the connection is closed.
     async fn heartbeat_job_v4(&self, interval: Duration, timeout: Duration) -> Result<(), Error> {
-        let mut heartbeat_rx = self
-            .heartbeat_rx
-            .try_lock()
-            .expect("Pong rx should be locked only once");
+        assert!(
+            !self.heartbeat_started.swap(true, Ordering::Relaxed),
+            "the heartbeat job runs once per socket"
+        );
 
         #[cfg(feature = "tracing")]
         tracing::debug!(sid = ?self.id, "heartbeat sender routine started");
@@ -449,7 +472,7 @@ where
         let mut interval_tick = tokio::time::interval(interval);
         interval_tick.tick().await;
         // Some clients send the pong packet in first. If that happens, we should consume it.
-        heartbeat_rx.try_recv().ok();
+        let _ = self.heartbeat.notified().now_or_never();
         loop {
             // If we are currently upgrading we should pause the heartbeat process
             if self.is_upgrading() {
@@ -466,10 +489,9 @@ where
             #[cfg(feature = "tracing")]
             tracing::trace!(sid = ?self.id, "waiting for pong");
 
-            tokio::time::timeout(timeout, heartbeat_rx.recv())
+            tokio::time::timeout(timeout, self.heartbeat.notified())
                 .await
-                .map_err(|_| Error::HeartbeatTimeout)?
-                .ok_or(Error::HeartbeatTimeout)?;
+                .map_err(|_| Error::HeartbeatTimeout)?;
 
             #[cfg(feature = "tracing")]
             tracing::trace!(sid = ?self.id, "pong received");
@@ -480,19 +502,18 @@ where
 
     #[cfg(feature = "v3")]
     async fn heartbeat_job_v3(&self, interval: Duration, timeout: Duration) -> Result<(), Error> {
-        let mut heartbeat_rx = self
-            .heartbeat_rx
-            .try_lock()
-            .expect("Pong rx should be locked only once");
+        assert!(
+            !self.heartbeat_started.swap(true, Ordering::Relaxed),
+            "the heartbeat job runs once per socket"
+        );
 
         #[cfg(feature = "tracing")]
         tracing::debug!(sid = ?self.id, "heartbeat receiver routine started");
 
         loop {
-            tokio::time::timeout(interval + timeout, heartbeat_rx.recv())
+            tokio::time::timeout(interval + timeout, self.heartbeat.notified())
                 .await
-                .map_err(|_| Error::HeartbeatTimeout)?
-                .ok_or(Error::HeartbeatTimeout)?;
+                .map_err(|_| Error::HeartbeatTimeout)?;
 
             #[cfg(feature = "tracing")]
             tracing::trace!(sid = ?self.id, "ping received, sending pong");
@@ -536,6 +557,7 @@ where
                     inner: PermitInner::Direct(writer),
                     budget: &self.budget,
                     protocol: self.protocol,
+                    direct: &self.direct,
                 }),
                 Err(Refused::Full) => Err(TrySendError::Full(())),
                 Err(Refused::Closed) => Err(TrySendError::Closed(())),
@@ -544,15 +566,24 @@ where
         if !self.budget.admit() {
             return Err(TrySendError::Full(()));
         }
-        let permit = self.internal_tx.try_reserve().inspect_err(|e| {
-            if matches!(e, TrySendError::Full(())) {
-                self.budget.overflow();
+        let permit = match self.internal_tx.try_reserve() {
+            Ok(permit) => permit,
+            // The session moved to a direct writer meanwhile (an upgrade).
+            Err(TrySendError::Closed(())) if self.direct.get().is_some() => {
+                return self.reserve();
             }
-        })?;
+            Err(e) => {
+                if matches!(e, TrySendError::Full(())) {
+                    self.budget.overflow();
+                }
+                return Err(e);
+            }
+        };
         Ok(Permit {
             inner: PermitInner::Queue(permit),
             budget: &self.budget,
             protocol: self.protocol,
+            direct: &self.direct,
         })
     }
 
@@ -671,8 +702,6 @@ impl<D: Default + Send + Sync + 'static> std::fmt::Debug for Socket<D> {
             .field("conn", &self.transport)
             .field("internal_rx", &self.internal_rx)
             .field("internal_tx", &self.internal_tx)
-            .field("heartbeat_rx", &self.heartbeat_rx)
-            .field("heartbeat_tx", &self.heartbeat_tx)
             .field("cancellation_token", &self.cancellation_token)
             .field("req_data", &self.req_parts)
             .finish()
@@ -719,10 +748,9 @@ where
         close_fn: Box<dyn Fn(Sid, DisconnectReason) + Send + Sync>,
         buffer_size: usize,
     ) -> (Arc<Socket<D>>, tokio::sync::mpsc::Receiver<Packet>) {
-        let (internal_tx, internal_rx) = mpsc::channel(buffer_size);
-        let (heartbeat_tx, heartbeat_rx) = mpsc::channel(1);
-        let (volatile_tx, volatile_rx) = watch::channel(None);
         let budget = Arc::new(OutboundBudget::new(None));
+        let (internal_tx, buffered_rx) = Queue::new(buffer_size, budget.clone());
+        let (volatile_tx, volatile_rx) = watch::channel(None);
 
         let sock = Self {
             id: sid,
@@ -730,18 +758,15 @@ where
             transport: AtomicU8::new(TransportType::Websocket as u8),
             upgrading: AtomicBool::new(false),
 
-            internal_rx: Mutex::new(InternalRx::new(
-                BufferedRx::new(internal_rx, budget.clone()),
-                volatile_rx,
-            )),
+            internal_rx: Mutex::new(InternalRx::new(buffered_rx, volatile_rx)),
             internal_tx,
             budget,
             direct: OnceLock::new(),
 
             volatile_tx,
 
-            heartbeat_rx: Mutex::new(heartbeat_rx),
-            heartbeat_tx,
+            heartbeat: Notify::new(),
+            heartbeat_started: AtomicBool::new(false),
             cancellation_token: CancellationToken::new(),
             close_fn,
 
@@ -752,7 +777,7 @@ where
         };
         let sock = Arc::new(sock);
 
-        let (tx, rx) = mpsc::channel(buffer_size);
+        let (tx, rx) = tokio::sync::mpsc::channel(buffer_size);
         let sock_clone = sock.clone();
         tokio::spawn(async move {
             let mut internal_rx = sock_clone.internal_rx.try_lock().unwrap();

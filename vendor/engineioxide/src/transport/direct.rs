@@ -33,6 +33,7 @@ use std::{
 use bytes::{BufMut, Bytes, BytesMut};
 use engineioxide_core::{Packet, PacketBuf, ProtocolVersion, Str, TransportType};
 use tokio::{net::TcpStream, sync::Notify, time::Instant};
+use tokio_util::future::FutureExt as _;
 
 use crate::{
     DisconnectReason, Socket, budget::OutboundBudget, engine::EngineIo, errors::Error,
@@ -546,22 +547,145 @@ pub(crate) async fn accept<H: EngineIoHandler>(
         &engine.config,
     ));
     writer.release(vec![frame(OP_TEXT, String::from(open).as_bytes(), &[])]);
-    serve(engine, socket, stream, writer, read_buf).await
+    let heartbeat = Heartbeat::new(
+        protocol,
+        engine.config.ping_interval,
+        engine.config.ping_timeout,
+    );
+    let reader = Reader {
+        buf: BytesMut::from(read_buf),
+        partial: None,
+    };
+    serve(engine, socket, stream, writer, reader, Some(heartbeat)).await
+}
+
+/// Upgrades polling session `sid` to a WebSocket connection over `stream` (the
+/// `2probe` / `3probe` / `5` handshake), moves what its polling queue still holds to the
+/// connection, and serves it until it closes. The session's heartbeat task keeps running.
+pub(crate) async fn upgrade<H: EngineIoHandler>(
+    engine: Arc<EngineIo<H>>,
+    stream: TcpStream,
+    read_buf: Bytes,
+    sid: engineioxide_core::Sid,
+) {
+    let Some(socket) = engine.get_socket(sid) else {
+        return;
+    };
+    if socket.is_ws() || socket.direct.get().is_some() {
+        return; // a second WebSocket for the session
+    }
+    let stream = Arc::new(stream);
+    let config = &engine.config;
+    let mut reader = Reader {
+        buf: BytesMut::from(read_buf),
+        partial: None,
+    };
+    let handshake = async {
+        // Pending polling requests end with a Noop; wait for the one in progress.
+        socket.start_upgrade();
+        socket
+            .internal_tx
+            .force_send(smallvec::smallvec![Packet::Noop])
+            .map_err(|_| Error::Upgrade)?;
+        let rx = socket.internal_rx.lock().await;
+        let mut expect = async |want: Packet| -> Result<(), Error> {
+            loop {
+                match next_incoming(&stream, &mut reader, config).await? {
+                    Incoming::Text(t) if Packet::parse(socket.protocol, t.clone())? == want => {
+                        return Ok(());
+                    }
+                    Incoming::Ping(_) | Incoming::Pong => continue,
+                    _ => return Err(Error::Upgrade),
+                }
+            }
+        };
+        expect(Packet::PingUpgrade).await?;
+        let pong = frame(OP_TEXT, String::from(Packet::PongUpgrade).as_bytes(), &[]);
+        if write_some(&stream, &pong)? < pong.len() {
+            return Err(Error::Upgrade);
+        }
+        expect(Packet::Upgrade).await?;
+        Ok(rx)
+    };
+    let rx = match tokio::time::timeout(config.upgrade_timeout, handshake)
+        .with_cancellation_token(&socket.cancellation_token)
+        .await
+    {
+        Some(Ok(Ok(rx))) => rx,
+        Some(_) => {
+            #[cfg(feature = "tracing")]
+            tracing::debug!(%sid, "ws upgrade failed, closing session");
+            engine.close_session(sid, DisconnectReason::TransportError);
+            return;
+        }
+        None => return,
+    };
+
+    // From here every send goes to the writer (held); what the polling queue took
+    // before goes out first.
+    let writer = Arc::new(WsWriter::new(
+        stream.clone(),
+        socket.budget.clone(),
+        config.max_buffer_size,
+    ));
+    if socket.direct.set(writer.clone()).is_err() {
+        return;
+    }
+    socket.internal_tx.redirect();
+    let mut first = Vec::new();
+    {
+        let mut rx = rx;
+        let crate::socket::InternalRx {
+            buffered_rx,
+            peeked_packet,
+            ..
+        } = &mut *rx;
+        if let Some(packets) = peeked_packet.take() {
+            first.extend(frames(socket.protocol, &packets));
+        }
+        while let Ok(packets) = buffered_rx.try_recv() {
+            first.extend(frames(socket.protocol, &packets));
+        }
+    }
+    writer.release(first);
+    socket.upgrade_to_websocket();
+    #[cfg(feature = "tracing")]
+    tracing::debug!(%sid, "ws upgraded (direct transport)");
+    serve(engine, socket, stream, writer, reader, None).await
+}
+
+/// The next message or control frame from the client.
+async fn next_incoming(
+    stream: &TcpStream,
+    reader: &mut Reader,
+    config: &crate::config::EngineIoConfig,
+) -> Result<Incoming, Error> {
+    loop {
+        if let Some(incoming) = reader.next(config.ws_max_frame_size, config.ws_max_message_size)? {
+            return Ok(incoming);
+        }
+        stream.readable().await?;
+        if !reader.fill(stream)? {
+            return Err(Error::Upgrade);
+        }
+    }
 }
 
 /// Serves one direct WebSocket connection until it closes: reads and handles the
 /// client's frames, writes what waits in the outbox, runs the heartbeat, and closes a
-/// slow consumer. `read_buf` holds bytes already read from the stream by the HTTP server.
-pub(crate) async fn serve<H: EngineIoHandler>(
+/// slow consumer. Without `heartbeat`, the session's own heartbeat task runs it and
+/// hears of the client's pongs.
+async fn serve<H: EngineIoHandler>(
     engine: Arc<EngineIo<H>>,
     socket: Arc<Socket<H::Data>>,
     stream: Arc<TcpStream>,
     writer: Arc<WsWriter>,
-    read_buf: Bytes,
+    reader: Reader,
+    heartbeat: Option<Heartbeat>,
 ) {
     let cancel = socket.cancellation_token.clone();
     let result = cancel
-        .run_until_cancelled(run(&engine, &socket, &stream, &writer, read_buf))
+        .run_until_cancelled(run(&engine, &socket, &stream, &writer, reader, heartbeat))
         .await;
     match result {
         Some(Err(e)) => {
@@ -595,16 +719,14 @@ async fn run<H: EngineIoHandler>(
     socket: &Arc<Socket<H::Data>>,
     stream: &TcpStream,
     writer: &WsWriter,
-    read_buf: Bytes,
+    mut reader: Reader,
+    mut heartbeat: Option<Heartbeat>,
 ) -> Result<DisconnectReason, Error> {
     let config = &engine.config;
     let (max_frame, max_message) = (config.ws_max_frame_size, config.ws_max_message_size);
-    let mut reader = Reader {
-        buf: BytesMut::from(read_buf),
-        partial: None,
-    };
-    let mut heartbeat = Heartbeat::new(socket.protocol, config.ping_interval, config.ping_timeout);
-    let sleep = tokio::time::sleep_until(heartbeat.wake_at());
+    let far = || Instant::now() + Duration::from_secs(86_400);
+    let wake_at = |h: &Option<Heartbeat>| h.as_ref().map_or_else(far, Heartbeat::wake_at);
+    let sleep = tokio::time::sleep_until(wake_at(&heartbeat));
     tokio::pin!(sleep);
 
     loop {
@@ -613,11 +735,15 @@ async fn run<H: EngineIoHandler>(
             match incoming {
                 Incoming::Text(text) => match Packet::parse(socket.protocol, text)? {
                     Packet::Close => return Ok(DisconnectReason::TransportClose),
-                    Packet::Ping if socket.protocol == ProtocolVersion::V3 => {
-                        heartbeat.alive();
-                        send_packet(socket, writer, Packet::Pong)?;
-                    }
-                    Packet::Pong | Packet::Ping => heartbeat.alive(),
+                    Packet::Pong | Packet::Ping => match &mut heartbeat {
+                        Some(h) => {
+                            h.alive();
+                            if socket.protocol == ProtocolVersion::V3 {
+                                send_packet(socket, writer, Packet::Pong)?;
+                            }
+                        }
+                        None => socket.heartbeat_received(),
+                    },
                     Packet::Message(msg) => engine.handler.on_message(msg, socket.clone()),
                     p => return Err(Error::BadPacket(p)),
                 },
@@ -640,7 +766,9 @@ async fn run<H: EngineIoHandler>(
             }
         }
         reader.shrink();
-        sleep.as_mut().reset(heartbeat.wake_at());
+        if let Some(h) = &heartbeat {
+            sleep.as_mut().reset(h.wake_at());
+        }
 
         let pending = writer.pending();
         tokio::select! {
@@ -660,8 +788,8 @@ async fn run<H: EngineIoHandler>(
                 writer.flush()?;
             }
             _ = writer.wake.notified(), if !pending => writer.flush()?,
-            _ = &mut sleep => {
-                if let Some(packet) = heartbeat.tick()? {
+            _ = &mut sleep, if heartbeat.is_some() => {
+                if let Some(packet) = heartbeat.as_mut().map(Heartbeat::tick).transpose()?.flatten() {
                     send_packet(socket, writer, packet)?;
                 }
             }

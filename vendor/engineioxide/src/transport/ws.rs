@@ -68,25 +68,27 @@ pub fn new_req<R: Send + 'static, B, H: EngineIoHandler>(
 
     tokio::spawn(async move {
         let upgraded = hyper::upgrade::on(req).await;
-        // Roomcast patch: a new session on a plain TCP connection takes the direct
-        // transport (`transport::direct`); upgrades from polling and other streams (TLS
+        // Roomcast patch: a WebSocket on a plain TCP connection (new, or upgraded from
+        // polling) takes the direct transport (`transport::direct`); other streams (TLS
         // in the process) keep the queued one.
         let upgraded = match upgraded {
-            Ok(upgraded) if sid.is_none() && engine.config.ws_direct_writes => {
-                match downcast_tcp(upgraded) {
-                    Ok((stream, read_buf)) => {
-                        direct::accept(engine, stream, read_buf, protocol, parts).await;
-                        return;
+            Ok(upgraded) if engine.config.ws_direct_writes => match downcast_tcp(upgraded) {
+                Ok((stream, read_buf)) => {
+                    match sid {
+                        None => direct::accept(engine, stream, read_buf, protocol, parts).await,
+                        Some(sid) => direct::upgrade(engine, stream, read_buf, sid).await,
                     }
-                    Err(upgraded) => Ok(upgraded),
+                    return;
                 }
-            }
+                Err(upgraded) => Ok(upgraded),
+            },
             other => other,
         };
         let conn = upgraded.map(hyper_util::rt::TokioIo::new);
 
         let res = match conn {
-            Ok(conn) => on_init(engine.clone(), conn, protocol, sid, parts).await,
+            // Boxed, so the task of a direct connection (above) is not sized for this one.
+            Ok(conn) => Box::pin(on_init(engine.clone(), conn, protocol, sid, parts)).await,
             Err(_e) => {
                 #[cfg(feature = "tracing")]
                 tracing::debug!("ws upgrade error: {}", _e);
@@ -247,7 +249,7 @@ where
                 }
                 Packet::Pong | Packet::Ping => {
                     // A full channel means that the client is already known to be alive.
-                    socket.heartbeat_tx.try_send(()).ok();
+                    socket.heartbeat_received();
                     Ok::<(), Error>(())
                 }
                 Packet::Message(msg) => {
@@ -459,8 +461,7 @@ where
     // We send a last Noop request to close a potential waiting polling request.
     socket
         .internal_tx
-        .send(smallvec![Packet::Noop])
-        .await
+        .force_send(smallvec![Packet::Noop])
         .map_err(|_| Error::Upgrade)?;
 
     // wait for any current polling connection to finish by waiting for the socket to be unlocked
