@@ -272,13 +272,19 @@ fn markdown(r: &Results, img: &str) -> String {
             sx.fanout_best as f64,
         );
         let _ = writeln!(md, "| target | measured | met |\n|---|---|---|");
+        // Node's stack may pass no fan-out point at all on this machine; any passing
+        // rate is then more than twice its zero.
         let _ = writeln!(
             md,
-            "| fan-out best rate ≥ 4× Node | {} vs {} = {} | {} |",
+            "| fan-out best rate ≥ 2× Node | {} vs {}{} | {} |",
             rc.fanout_best,
             node.fanout_best,
-            ratio(rcf, nf),
-            yes(nf > 0.0 && rcf >= 4.0 * nf)
+            if nf > 0.0 {
+                format!(" = {}", ratio(rcf, nf))
+            } else {
+                " (Node passes no point)".into()
+            },
+            yes(rcf > 0.0 && rcf >= 2.0 * nf)
         );
         let _ = writeln!(
             md,
@@ -288,22 +294,49 @@ fn markdown(r: &Results, img: &str) -> String {
             ratio(rcf, sf),
             yes(sf > 0.0 && rcf >= 1.5 * sf)
         );
-        let common = rc.fanout_best.min(sx.fanout_best);
-        match (cpu_at(&rc.fanout, common), cpu_at(&sx.fanout, common)) {
-            (Some(a), Some(b)) => {
+        // CPU per delivery at every rate both passed, and the verdict at the highest.
+        let common: Vec<u64> = sx
+            .fanout
+            .iter()
+            .filter(|p| p.pass && cpu_at(&rc.fanout, p.rate).is_some())
+            .map(|p| p.rate)
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let pairs: Vec<(u64, f64, f64)> = common
+            .iter()
+            .filter_map(|&r| Some((r, cpu_at(&rc.fanout, r)?, cpu_at(&sx.fanout, r)?)))
+            .collect();
+        match pairs.last() {
+            Some(&(top, a, b)) => {
+                let all: Vec<String> = pairs
+                    .iter()
+                    .map(|(r, a, b)| format!("{:.2}× at {r}", a / b))
+                    .collect();
                 let _ = writeln!(
                     md,
-                    "| node CPU per delivery ≤ socketioxide-redis (at {common} msg/s) | {a:.2} vs {b:.2} µs | {} |",
-                    yes(a <= b)
+                    "| node CPU per delivery ≤ 0.8× socketioxide-redis (at {top} msg/s) | {a:.2} vs {b:.2} µs = {:.2}× ({}) | {} |",
+                    a / b,
+                    all.join(", "),
+                    yes(a <= 0.8 * b)
                 );
             }
-            _ => {
+            None => {
                 let _ = writeln!(
                     md,
-                    "| node CPU per delivery ≤ socketioxide-redis | no common passing rate | no |"
+                    "| node CPU per delivery ≤ 0.8× socketioxide-redis | no common passing rate | no |"
                 );
             }
         }
+        let lossless = r
+            .stacks
+            .iter()
+            .all(|s| s.fanout.iter().chain(&s.targeted).all(|p| !p.pass || p.loss == 0));
+        let _ = writeln!(
+            md,
+            "| zero loss at every passing point | every stack, fan-out and targeted | {} |",
+            yes(lossless)
+        );
         let (rt, st) = (rc.targeted_best as f64, sx.targeted_best as f64);
         let _ = writeln!(
             md,
@@ -330,15 +363,26 @@ fn markdown(r: &Results, img: &str) -> String {
             yes(flat)
         );
         let idle = |s: &StackResults| s.idle.first().map_or(f64::MAX, |i| i.kib_per_connection);
-        let leanest = idle(rc) < idle(sx) && idle(rc) < idle(node);
+        let each: Vec<String> = rc
+            .idle
+            .iter()
+            .map(|i| format!("{:.1} @{}", i.kib_per_connection, i.connections))
+            .collect();
         let _ = writeln!(
             md,
-            "| idle memory per connection below every reference (at {}) | {:.1} vs {:.1} (socketioxide) vs {:.1} (node) KiB | {} |",
-            rc.idle.first().map_or(0, |i| i.connections),
-            idle(rc),
+            "| idle memory ≤ 10 KiB per connection (at 10 000 and at the open-files limit) | {} (socketioxide {:.1}, node {:.1}) KiB | {} |",
+            each.join(", "),
             idle(sx),
             idle(node),
-            yes(leanest)
+            yes(!rc.idle.is_empty() && rc.idle.iter().all(|i| i.kib_per_connection <= 10.0))
+        );
+        let storm = |s: &StackResults| s.storm.as_ref().map_or(0.0, |x| x.per_second);
+        let _ = writeln!(
+            md,
+            "| connection storm no slower than socketioxide-redis | {:.0} vs {:.0} conn/s | {} |",
+            storm(rc),
+            storm(sx),
+            yes(storm(rc) >= storm(sx))
         );
     }
 

@@ -109,7 +109,19 @@ impl Stack {
                     c
                 }
                 Kind::Roomcast => {
-                    let mut c = Command::new(bin_dir().join("roomcast-bench-node"));
+                    // `BENCH_NODE_WRAPPER="valgrind --tool=massif"` (or `perf record -g
+                    // --`) runs each Roomcast node under a profiler.
+                    let node = bin_dir().join("roomcast-bench-node");
+                    let wrapper = std::env::var("BENCH_NODE_WRAPPER").unwrap_or_default();
+                    let mut words = wrapper.split_whitespace();
+                    let mut c = match words.next() {
+                        Some(program) => {
+                            let mut c = Command::new(program);
+                            c.args(words).arg(node);
+                            c
+                        }
+                        None => Command::new(node),
+                    };
                     c.args([port.to_string(), redis_url.to_owned(), format!("bench-{i}")]);
                     c.env("RUST_LOG", "warn");
                     c
@@ -148,7 +160,20 @@ impl Stack {
 
 impl Drop for Stack {
     fn drop(&mut self) {
+        // Under a profiler (`BENCH_NODE_WRAPPER`) the nodes stop with SIGTERM, so the
+        // profiler writes its report on the way out.
+        let profiled = std::env::var_os("BENCH_NODE_WRAPPER").is_some();
         for child in &mut self.children {
+            if profiled {
+                let _ = Command::new("kill")
+                    .args(["-TERM", &child.id().to_string()])
+                    .status();
+                let deadline = std::time::Instant::now() + Duration::from_secs(60);
+                while matches!(child.try_wait(), Ok(None)) && std::time::Instant::now() < deadline
+                {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
             let _ = child.kill();
             let _ = child.wait();
         }

@@ -26,7 +26,10 @@ use std::{
     cell::RefCell,
     collections::VecDeque,
     io,
-    sync::{Arc, Mutex, MutexGuard},
+    sync::{
+        Arc, Mutex, MutexGuard,
+        atomic::{AtomicBool, Ordering},
+    },
     time::Duration,
 };
 
@@ -58,6 +61,9 @@ pub(crate) struct WsWriter {
     max_frames: usize,
     /// Wakes the connection's task when frames start waiting.
     wake: Notify,
+    /// Set once the connection is closed or a write failed (as `Outbox::stream` is
+    /// `None` or `Outbox::failed`), for [`Self::admit`] to read without the lock.
+    closed: AtomicBool,
 }
 
 #[derive(Debug)]
@@ -108,6 +114,7 @@ impl WsWriter {
             budget,
             max_frames: max_frames.max(1),
             wake: Notify::new(),
+            closed: AtomicBool::new(false),
         }
     }
 
@@ -119,13 +126,14 @@ impl WsWriter {
 
     /// Whether a frame of this socket may be accepted now (the budget is not exceeded
     /// and the connection is open); refusing for the budget marks a slow consumer.
+    ///
+    /// Lock-free: it runs for every socket of every broadcast, right before
+    /// [`Self::send`], which checks the outbox's frame count under its lock.
     pub(crate) fn admit(&self) -> Result<(), Refused> {
-        let out = self.lock();
-        if out.stream.is_none() || out.failed {
+        if self.closed.load(Ordering::Relaxed) {
             return Err(Refused::Closed);
         }
-        if !self.budget.admit() || out.frames.len() >= self.max_frames {
-            self.budget.overflow();
+        if !self.budget.admit() {
             return Err(Refused::Full);
         }
         Ok(())
@@ -157,6 +165,7 @@ impl WsWriter {
                     }
                     Err(_) => {
                         out.failed = true;
+                        self.closed.store(true, Ordering::Relaxed);
                         self.wake.notify_one();
                         return Err(Refused::Closed);
                     }
@@ -216,7 +225,10 @@ impl WsWriter {
         };
         while let Some(front) = out.frames.front() {
             let rest = front.slice(out.head..);
-            let n = write_some(&stream, &rest).inspect_err(|_| out.failed = true)?;
+            let n = write_some(&stream, &rest).inspect_err(|_| {
+                out.failed = true;
+                self.closed.store(true, Ordering::Relaxed);
+            })?;
             self.budget.sub_len(n);
             if n < rest.len() {
                 out.head += n;
@@ -236,6 +248,7 @@ impl WsWriter {
     fn close(&self) {
         let mut out = self.lock();
         out.stream = None;
+        self.closed.store(true, Ordering::Relaxed);
         let queued: usize = out.frames.iter().map(Bytes::len).sum::<usize>() - out.head;
         self.budget.sub_len(queued);
         out.frames = VecDeque::new();
@@ -298,6 +311,10 @@ pub(crate) fn text_frame(msg: &Str) -> Bytes {
 
 /// The frames of `packets` for a socket speaking `protocol`.
 pub(crate) fn frames(protocol: ProtocolVersion, packets: &PacketBuf) -> SmallFrames {
+    // The broadcast case: one message.
+    if let [Packet::Message(msg)] = packets.as_slice() {
+        return smallvec::smallvec![text_frame(msg)];
+    }
     packets
         .iter()
         .filter_map(|p| match p {

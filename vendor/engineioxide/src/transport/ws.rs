@@ -76,7 +76,10 @@ pub fn new_req<R: Send + 'static, B, H: EngineIoHandler>(
                 Ok((stream, read_buf)) => {
                     match sid {
                         None => direct::accept(engine, stream, read_buf, protocol, parts).await,
-                        Some(sid) => direct::upgrade(engine, stream, read_buf, sid).await,
+                        // Boxed: only upgrades pay for the handshake's state.
+                        Some(sid) => {
+                            Box::pin(direct::upgrade(engine, stream, read_buf, sid)).await
+                        }
                     }
                     return;
                 }
