@@ -36,6 +36,12 @@ pub(crate) fn run() -> anyhow::Result<()> {
             &[("RUSTDOCFLAGS", "-D warnings")],
         ),
         ("tests", &["test", "--workspace"], &[]),
+        // The carried engineioxide patches' own tests (vendor/README.md).
+        (
+            "vendor tests",
+            &["test", "--quiet", "-p", "engineioxide", "--lib"],
+            &[],
+        ),
     ];
     for (name, args, env) in steps {
         let started = Instant::now();

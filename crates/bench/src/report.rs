@@ -328,10 +328,12 @@ fn markdown(r: &Results, img: &str) -> String {
                 );
             }
         }
-        let lossless = r
-            .stacks
-            .iter()
-            .all(|s| s.fanout.iter().chain(&s.targeted).all(|p| !p.pass || p.loss == 0));
+        let lossless = r.stacks.iter().all(|s| {
+            s.fanout
+                .iter()
+                .chain(&s.targeted)
+                .all(|p| !p.pass || p.loss == 0)
+        });
         let _ = writeln!(
             md,
             "| zero loss at every passing point | every stack, fan-out and targeted | {} |",

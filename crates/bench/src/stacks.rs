@@ -169,8 +169,7 @@ impl Drop for Stack {
                     .args(["-TERM", &child.id().to_string()])
                     .status();
                 let deadline = std::time::Instant::now() + Duration::from_secs(60);
-                while matches!(child.try_wait(), Ok(None)) && std::time::Instant::now() < deadline
-                {
+                while matches!(child.try_wait(), Ok(None)) && std::time::Instant::now() < deadline {
                     std::thread::sleep(Duration::from_millis(100));
                 }
             }
