@@ -210,12 +210,20 @@ fn markdown(r: &Results, img: &str) -> String {
     );
 
     let _ = writeln!(md, "## Summary\n");
+    // The headline: CPU per delivery at the highest fan-out rate every stack passed.
+    let common = r
+        .stacks
+        .iter()
+        .map(|s| s.fanout_best)
+        .filter(|&b| b > 0)
+        .min()
+        .unwrap_or(0);
     let _ = writeln!(
         md,
-        "| stack | fan-out best rate (msg/s, {} subs) | targeted best rate (msg/s) | connect storm (conn/s) | idle KiB/conn | Redis bytes/msg (3 → 5 nodes) |",
+        "| stack | node CPU µs/delivery (fan-out at {common} msg/s) | fan-out best rate (msg/s, {} subs) | targeted best rate (msg/s) | connect storm (conn/s) | idle KiB/conn | Redis bytes/msg (3 → 5 nodes) |",
         plan.subscribers
     );
-    let _ = writeln!(md, "|---|---:|---:|---:|---:|---|");
+    let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---|");
     for s in &r.stacks {
         let idle = s
             .idle
@@ -231,8 +239,9 @@ fn markdown(r: &Results, img: &str) -> String {
             .join(" → ");
         let _ = writeln!(
             md,
-            "| {} | {} | {} | {:.0} | {} | {} |",
+            "| {} | {} | {} | {} | {:.0} | {} | {} |",
             s.name,
+            cpu_at(&s.fanout, common).map_or("—".into(), |c| format!("{c:.2}")),
             s.fanout_best,
             s.targeted_best,
             s.storm.as_ref().map_or(0.0, |x| x.per_second),
@@ -243,12 +252,14 @@ fn markdown(r: &Results, img: &str) -> String {
     if let Some(s) = find(r, "roomcast") {
         let _ = writeln!(
             md,
-            "| roomcast, publisher SDK path | {} | | | | |",
+            "| roomcast, publisher SDK path | {} | {} | | | | |",
+            cpu_at(&s.fanout_sdk, common).map_or("—".into(), |c| format!("{c:.2}")),
             s.fanout_sdk_best
         );
         let _ = writeln!(
             md,
-            "| roomcast, client publish path | {} | | | | |",
+            "| roomcast, client publish path | {} | {} | | | | |",
+            cpu_at(&s.fanout_client, common).map_or("—".into(), |c| format!("{c:.2}")),
             s.fanout_client_best
         );
     }

@@ -21,6 +21,8 @@ const BROADCASTS: u64 = 1000;
 const FAST: usize = 1900;
 const SLOW: usize = 50;
 const POLLING: usize = 50;
+/// Slow readers start reading once this many broadcasts were published.
+const SLOW_START: u64 = 300;
 
 fn auth(user: &str) -> Value {
     json!({"token": token(json!({"sub": user, "tenant_id": "acme", "rooms": ["room:*"]}))})
@@ -106,14 +108,20 @@ impl Poller {
     }
 }
 
-/// Reads every broadcast on a WebSocket client; a slow one first waits for `start` (the
-/// broadcasts pile up in its buffers meanwhile), then reads with a pause every 50.
+/// Reads every broadcast on a WebSocket client; a slow one first stops reading until
+/// `published` reaches [`SLOW_START`] (the broadcasts pile up in its buffers meanwhile),
+/// then reads with a pause every 50. The stall is bounded (10 s): a client that does
+/// not read for the heartbeat's 45 s is rightly closed as dead.
 async fn read_ws(
     mut client: testkit::SioClient,
-    mut start: Option<tokio::sync::watch::Receiver<bool>>,
+    mut published: Option<tokio::sync::watch::Receiver<u64>>,
 ) -> anyhow::Result<()> {
-    if let Some(start) = &mut start {
-        start.wait_for(|s| *s).await?;
+    if let Some(published) = &mut published {
+        let _ = tokio::time::timeout(
+            Duration::from_secs(10),
+            published.wait_for(|n| *n >= SLOW_START),
+        )
+        .await;
     }
     for seq in 0..BROADCASTS {
         let tick = client.expect_arg("tick").await?;
@@ -122,7 +130,7 @@ async fn read_ws(
             "got {} where {seq} was due",
             tick["seq"]
         );
-        if start.is_some() && seq % 50 == 0 {
+        if published.is_some() && seq % 50 == 0 {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
@@ -141,13 +149,13 @@ async fn a_thousand_broadcasts_reach_two_thousand_sockets_fast_slow_and_polling_
     let node: TestNode = nodes.remove(0);
     let base = node.url();
 
-    let (start_slow, slow_start) = tokio::sync::watch::channel(false);
+    let (published_tx, published) = tokio::sync::watch::channel(0u64);
     let mut readers = Vec::new();
     for i in 0..FAST + SLOW {
         let mut client = node.client(auth(&format!("user-{i}"))).await.unwrap();
         assert_eq!(client.join(ROOM).await.unwrap()["ok"], true);
-        let start = (i >= FAST).then(|| slow_start.clone());
-        readers.push(("websocket", tokio::spawn(read_ws(client, start))));
+        let slow = (i >= FAST).then(|| published.clone());
+        readers.push(("websocket", tokio::spawn(read_ws(client, slow))));
     }
     for i in 0..POLLING {
         let poller = Poller::join(&base, &format!("poller-{i}")).await.unwrap();
@@ -166,8 +174,8 @@ async fn a_thousand_broadcasts_reach_two_thousand_sockets_fast_slow_and_polling_
         }))
         .await
         .unwrap();
+        published_tx.send_replace(seq + 1);
     }
-    start_slow.send(true).unwrap();
 
     let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
     let mut failures = Vec::new();
