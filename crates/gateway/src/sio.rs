@@ -405,6 +405,24 @@ async fn on_connect(ctx: Arc<SocketCtx>, s: SocketRef<BusAdapter>) {
             tracing::warn!(sid = %s.id, "{w}");
         }
     }
+    // Tracked before the client hears `connected`: it may answer with a `join` at once,
+    // handled on another thread, whose record update needs the session tracked (a race
+    // the e2e recovery rows found once the direct write path made that answer fast).
+    if let Some(pid) = s.recovery_pid() {
+        let record = recovery::SessionRecord {
+            ns: s.ns().to_owned(),
+            user: identity.user_id.clone(),
+            tenant: identity.tenant_id.as_ref().map(|t| t.as_str().to_owned()),
+            sid: s.id.to_string(),
+            rooms: rooms.iter().map(|r| r.as_str().to_owned()).collect(),
+        };
+        if let Some(bytes) = cluster.recovery().track(s.id, pid, record) {
+            cluster.save_session(pid.to_owned(), Some(bytes), None);
+        }
+        // A `join` the client sent right after its CONNECT ack may have been handled
+        // before the session was tracked: record the rooms the socket is in now.
+        cluster.session_changed(&s);
+    }
     let connected = json!({
         "message": "connected",
         "user_id": identity.user_id,
@@ -436,18 +454,6 @@ async fn on_connect(ctx: Arc<SocketCtx>, s: SocketRef<BusAdapter>) {
                 s.disconnect().ok();
                 return;
             }
-        }
-    }
-    if let Some(pid) = s.recovery_pid() {
-        let record = recovery::SessionRecord {
-            ns: s.ns().to_owned(),
-            user: identity.user_id.clone(),
-            tenant: identity.tenant_id.as_ref().map(|t| t.as_str().to_owned()),
-            sid: s.id.to_string(),
-            rooms: rooms.iter().map(|r| r.as_str().to_owned()).collect(),
-        };
-        if let Some(bytes) = cluster.recovery().track(s.id, pid, record) {
-            cluster.save_session(pid.to_owned(), Some(bytes), None);
         }
     }
 }

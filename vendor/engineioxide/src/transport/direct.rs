@@ -397,8 +397,9 @@ impl Reader {
             }
             let len = len as usize;
             if b.len() < at + 4 + len {
-                // Room for the rest of this frame, so it arrives in as few reads as it can.
-                self.buf.reserve(at + 4 + len - self.buf.len());
+                // Room for more of this frame, so it arrives in few reads; at most 64 KiB
+                // ahead of what arrived, so a declared length alone reserves little.
+                self.buf.reserve((at + 4 + len - self.buf.len()).min(64 * 1024));
                 return Ok(None);
             }
             let mask = [b[at], b[at + 1], b[at + 2], b[at + 3]];
@@ -952,6 +953,16 @@ mod tests {
                 "{name} should be refused"
             );
         }
+    }
+
+    #[test]
+    fn a_declared_length_alone_reserves_little() {
+        let mut bytes = vec![0x82u8, 0x80 | 127];
+        bytes.extend_from_slice(&(1u64 << 20).to_be_bytes());
+        bytes.extend_from_slice(&[1, 2, 3, 4]);
+        let mut r = reader(&bytes);
+        assert_eq!(r.next(1 << 20, 1 << 20).unwrap(), None);
+        assert!(r.buf.capacity() <= 128 * 1024, "{}", r.buf.capacity());
     }
 
     #[test]
