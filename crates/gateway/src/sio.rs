@@ -452,7 +452,6 @@ async fn on_connect(ctx: Arc<SocketCtx>, s: SocketRef<BusAdapter>) {
                 // Better a fresh session (the client reconnects) than a silent gap.
                 tracing::warn!(sid = %s.id, error = %e, "replay failed; disconnecting");
                 s.disconnect().ok();
-                return;
             }
         }
     }
