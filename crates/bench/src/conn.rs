@@ -53,8 +53,8 @@ pub(crate) async fn connect(
     sink.send(Message::Text(format!("40{auth}").into())).await?;
     loop {
         let text = next_text(&mut stream).await?;
-        // engineioxide pings right after the open packet, before the namespace answers:
-        // an unanswered ping closes the connection after the ping timeout.
+        // Upstream engineioxide pings right after the open packet, before the namespace
+        // answers: an unanswered ping closes the connection after the ping timeout.
         if text == "2" {
             sink.send(Message::Text("3".into())).await?;
             continue;

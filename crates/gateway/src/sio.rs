@@ -437,6 +437,8 @@ async fn on_connect(ctx: Arc<SocketCtx>, s: SocketRef<BusAdapter>) {
         // a CONNECT whose Engine.IO session closed while it was being processed, and such
         // a socket is never closed by it. Close it, which runs the disconnect hook.
         tracing::debug!(sid = %s.id, "connection gone during the handshake; closing the socket");
+        // Not a session to keep or to drop: what Redis holds for it stays as it is.
+        drop(cluster.recovery().untrack(s.id));
         s.disconnect().ok();
         return;
     }
@@ -451,6 +453,10 @@ async fn on_connect(ctx: Arc<SocketCtx>, s: SocketRef<BusAdapter>) {
             Err(e) => {
                 // Better a fresh session (the client reconnects) than a silent gap.
                 tracing::warn!(sid = %s.id, error = %e, "replay failed; disconnecting");
+                // The record the recovery re-made for this socket stays in Redis (the
+                // disconnect below must not drop it): the client's next try recovers
+                // from the same offset.
+                drop(cluster.recovery().untrack(s.id));
                 s.disconnect().ok();
             }
         }

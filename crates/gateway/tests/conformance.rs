@@ -200,7 +200,8 @@ async fn heartbeat_pings_and_a_silent_client_is_closed() {
     let node = fast_ping_node().await;
     let (mut ws, _) = Raw::handshake(&node).await;
     ws.pong = false;
-    // The server pings (engineioxide also pings once right after the open packet).
+    // The server pings every pingInterval (engineioxide's queued transport also pings
+    // once right after the open packet).
     assert_eq!(ws.text().await, "2");
     ws.send("3").await;
     let started = Instant::now();
