@@ -891,7 +891,7 @@ impl Cluster {
         offset: &str,
         old_sid: &str,
         rooms: &std::collections::HashSet<String>,
-    ) -> Result<usize, String> {
+    ) -> Result<usize, ReplayError> {
         let stream = self.channels().history(socket.ns());
         let page_size = self.recovery.page();
         let _turn = self.recovery.dispatch.lock().await;
@@ -902,7 +902,7 @@ impl Cluster {
                 .bus()
                 .history(&stream, &from, page_size + 1)
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| ReplayError::Failed(e.to_string()))?;
             let full = page.len() > page_size;
             for (id, bytes) in page {
                 // The range starts at `from` itself, already handled.
@@ -918,7 +918,9 @@ impl Cluster {
                         attachments: &env.attachments,
                         offset: Some(&id),
                     };
-                    socket.emit(&*env.event, &args).map_err(|e| e.to_string())?;
+                    socket
+                        .emit(&*env.event, &args)
+                        .map_err(|_| ReplayError::Gone)?;
                     sent += 1;
                 }
                 from = id;
@@ -927,7 +929,9 @@ impl Cluster {
                 break;
             }
             if read > self.recovery.max_replay() {
-                return Err(format!("more than {read} messages to replay"));
+                return Err(ReplayError::Failed(format!(
+                    "more than {read} messages to replay"
+                )));
             }
         }
         tracing::debug!(sid = %socket.id, %offset, upto = %from, sent, "replayed");
@@ -1490,5 +1494,23 @@ mod tests {
             serde_json::to_value(&args).unwrap(),
             json!([{"a": [3], "b": [[1, 2], "x"]}, {"_placeholder": true, "num": 7}, 5])
         );
+    }
+}
+
+/// Why a replay stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum ReplayError {
+    /// The client's connection closed meanwhile: it will come back and try again.
+    Gone,
+    /// The history could not be read, or holds more than one replay may send.
+    Failed(String),
+}
+
+impl std::fmt::Display for ReplayError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Gone => f.write_str("the connection closed during the replay"),
+            Self::Failed(e) => f.write_str(e),
+        }
     }
 }

@@ -450,13 +450,18 @@ async fn on_connect(ctx: Arc<SocketCtx>, s: SocketRef<BusAdapter>) {
             Ok(sent) => {
                 tracing::info!(sid = %s.id, previous = %plan.record.sid, replayed = sent, "session recovered")
             }
-            Err(e) => {
-                // Better a fresh session (the client reconnects) than a silent gap.
-                tracing::warn!(sid = %s.id, error = %e, "replay failed; disconnecting");
-                // The record the recovery re-made for this socket stays in Redis (the
-                // disconnect below must not drop it): the client's next try recovers
-                // from the same offset.
+            Err(crate::cluster::ReplayError::Gone) => {
+                // The client left mid-replay: the record its recovery re-made stays in
+                // Redis (the disconnect must not drop it), and its next try recovers
+                // from the offset it has.
+                tracing::info!(sid = %s.id, "connection closed during the replay");
                 drop(cluster.recovery().untrack(s.id));
+                s.disconnect().ok();
+            }
+            Err(e) => {
+                // Better a fresh session (the client reconnects) than a silent gap: the
+                // disconnect drops the record, so the next try starts afresh.
+                tracing::warn!(sid = %s.id, error = %e, "replay failed; disconnecting");
                 s.disconnect().ok();
             }
         }
