@@ -49,7 +49,15 @@ impl Poller {
         poller.post(format!("40{}", auth(user))).await?;
         // The namespace's connect first (a packet before it closes the session), then
         // the join and its ack.
-        while !poller.poll().await?.iter().any(|p| p.starts_with("40{")) {}
+        loop {
+            let packets = poller.poll().await?;
+            if let Some(refused) = packets.iter().find(|p| p.starts_with("44")) {
+                bail!("connect refused: {refused}");
+            }
+            if packets.iter().any(|p| p.starts_with("40{")) {
+                break;
+            }
+        }
         poller.post(format!("420[\"join\",\"{ROOM}\"]")).await?;
         loop {
             for packet in poller.poll().await? {
@@ -108,6 +116,22 @@ impl Poller {
     }
 }
 
+/// The next `tick`, waiting (and answering pings) until `until` for the first one: the
+/// broadcasts start only once all 2000 sockets are in, which takes a while on a slow run.
+async fn next_tick(
+    client: &mut testkit::SioClient,
+    until: tokio::time::Instant,
+) -> anyhow::Result<Value> {
+    loop {
+        match client.expect_arg("tick").await {
+            Err(e)
+                if format!("{e:#}").contains("timed out")
+                    && tokio::time::Instant::now() < until => {}
+            other => return other,
+        }
+    }
+}
+
 /// Reads every broadcast on a WebSocket client; a slow one first stops reading until
 /// `published` reaches [`SLOW_START`] (the broadcasts pile up in its buffers meanwhile),
 /// then reads with a pause every 50. The stall is bounded (10 s): a client that does
@@ -123,8 +147,13 @@ async fn read_ws(
         )
         .await;
     }
+    let first_by = tokio::time::Instant::now() + Duration::from_secs(180);
     for seq in 0..BROADCASTS {
-        let tick = client.expect_arg("tick").await?;
+        let tick = if seq == 0 {
+            next_tick(&mut client, first_by).await?
+        } else {
+            client.expect_arg("tick").await?
+        };
         ensure!(
             tick["seq"] == seq,
             "got {} where {seq} was due",
@@ -158,7 +187,13 @@ async fn a_thousand_broadcasts_reach_two_thousand_sockets_fast_slow_and_polling_
         readers.push(("websocket", tokio::spawn(read_ws(client, slow))));
     }
     for i in 0..POLLING {
-        let poller = Poller::join(&base, &format!("poller-{i}")).await.unwrap();
+        let poller = tokio::time::timeout(
+            Duration::from_secs(30),
+            Poller::join(&base, &format!("poller-{i}")),
+        )
+        .await
+        .expect("a long-polling client joins within 30 s")
+        .unwrap();
         readers.push(("polling", tokio::spawn(poller.read_all())));
     }
     let health = node.health().await.unwrap();
@@ -177,14 +212,14 @@ async fn a_thousand_broadcasts_reach_two_thousand_sockets_fast_slow_and_polling_
         published_tx.send_replace(seq + 1);
     }
 
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(240);
     let mut failures = Vec::new();
     for (i, (transport, reader)) in readers.into_iter().enumerate() {
         match tokio::time::timeout_at(deadline, reader).await {
             Ok(Ok(Ok(()))) => {}
             Ok(Ok(Err(e))) => failures.push(format!("{transport} reader {i}: {e:#}")),
             Ok(Err(e)) => failures.push(format!("{transport} reader {i} panicked: {e}")),
-            Err(_) => failures.push(format!("{transport} reader {i}: not done within 120 s")),
+            Err(_) => failures.push(format!("{transport} reader {i}: not done within 240 s")),
         }
     }
     assert!(
