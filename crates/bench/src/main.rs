@@ -222,16 +222,8 @@ async fn measure(kind: Kind, plan: &Plan, next_point: &mut u64) -> anyhow::Resul
         "  targeted, {} users in their own rooms",
         plan.targeted_users
     );
-    let users = plan.targeted_users as u64;
-    let user_room = move |seq: u64| format!("user:{}", seq.wrapping_mul(7919) % users);
-    let subs = scenarios::subscribe_many(
-        &stack.ports,
-        plan.targeted_users,
-        |i| format!("user:{i}"),
-        &recorder,
-        "targeted subscribers",
-    )
-    .await?;
+    let user_room = targeted_room(plan.targeted_users);
+    let subs = targeted_subscribers(&stack, plan.targeted_users, &recorder, "").await?;
     let bench = Bench {
         stack: &stack,
         redis_pid: redis.pid(),
@@ -257,14 +249,7 @@ async fn measure(kind: Kind, plan: &Plan, next_point: &mut u64) -> anyhow::Resul
 
     // The same targeted load on 5 nodes: does Redis traffic per message grow?
     let five = Stack::start(kind, 5, &url)?;
-    let subs = scenarios::subscribe_many(
-        &five.ports,
-        plan.targeted_users,
-        |i| format!("user:{i}"),
-        &recorder,
-        "targeted subscribers, 5 nodes",
-    )
-    .await?;
+    let subs = targeted_subscribers(&five, plan.targeted_users, &recorder, ", 5 nodes").await?;
     let sockets = scenarios::socket_publishers(&five.ports).await?;
     out.redis_bytes_per_msg.push((
         5,
@@ -382,6 +367,29 @@ fn machine() -> String {
         ""
     };
     format!("{cpu}, {cores} cores{mem}{docker}")
+}
+
+/// The targeted load's room for message `seq`: one of `users` users, spread evenly.
+fn targeted_room(users: usize) -> impl Fn(u64) -> String + Copy {
+    let users = users as u64;
+    move |seq| format!("user:{}", seq.wrapping_mul(7919) % users)
+}
+
+/// `users` sockets on `stack`, each in its own `user:<i>` room.
+async fn targeted_subscribers(
+    stack: &Stack,
+    users: usize,
+    recorder: &Arc<Recorder>,
+    label: &str,
+) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
+    scenarios::subscribe_many(
+        &stack.ports,
+        users,
+        |i| format!("user:{i}"),
+        recorder,
+        &format!("targeted subscribers{label}"),
+    )
+    .await
 }
 
 #[tokio::main(flavor = "multi_thread")]
@@ -513,17 +521,9 @@ async fn sharding() -> anyhow::Result<()> {
             _ => anyhow::bail!("no Redis"),
         };
         let stack = Stack::start_with_env(Kind::Roomcast, plan.nodes, &urls[0], &env)?;
-        let users = plan.targeted_users as u64;
-        let subs = scenarios::subscribe_many(
-            &stack.ports,
-            plan.targeted_users,
-            |i| format!("user:{i}"),
-            &recorder,
-            "targeted subscribers",
-        )
-        .await?;
+        let subs = targeted_subscribers(&stack, plan.targeted_users, &recorder, "").await?;
         let sockets = scenarios::socket_publishers_of(&stack.ports, "client_publish").await?;
-        let user_room = move |seq: u64| format!("user:{}", seq.wrapping_mul(7919) % users);
+        let user_room = targeted_room(plan.targeted_users);
         let mut points = Vec::new();
         for &rate in &rates {
             let cpu =

@@ -142,29 +142,38 @@ impl WsWriter {
     /// Writes `frames` in order, after anything already waiting; what the kernel does
     /// not take now waits in the outbox.
     pub(crate) fn send(&self, frames: impl IntoIterator<Item = Bytes>) -> Result<(), Refused> {
-        let mut out = self.lock();
-        let Some(stream) = out.stream.clone() else {
+        let mut guard = self.lock();
+        // Field by field: the stream is borrowed (not cloned: this runs per socket per
+        // broadcast) while the queue changes.
+        let Outbox {
+            stream,
+            frames: queue,
+            head,
+            held,
+            failed,
+        } = &mut *guard;
+        let Some(stream) = stream.as_deref() else {
             return Err(Refused::Closed);
         };
-        if out.failed {
+        if *failed {
             return Err(Refused::Closed);
         }
-        if !out.frames.is_empty() && (!self.budget.admit() || out.frames.len() >= self.max_frames) {
+        if !queue.is_empty() && (!self.budget.admit() || queue.len() >= self.max_frames) {
             self.budget.overflow();
             return Err(Refused::Full);
         }
-        let was_idle = out.frames.is_empty();
+        let was_idle = queue.is_empty();
         for frame in frames {
-            if out.frames.is_empty() && !out.held {
-                match write_some(&stream, &frame) {
+            if queue.is_empty() && !*held {
+                match write_some(stream, &frame) {
                     Ok(n) if n == frame.len() => continue,
                     Ok(n) => {
-                        out.head = n;
+                        *head = n;
                         self.budget.add_len(frame.len() - n);
-                        out.frames.push_back(frame);
+                        queue.push_back(frame);
                     }
                     Err(_) => {
-                        out.failed = true;
+                        *failed = true;
                         self.closed.store(true, Ordering::Relaxed);
                         self.wake.notify_one();
                         return Err(Refused::Closed);
@@ -172,10 +181,10 @@ impl WsWriter {
                 }
             } else {
                 self.budget.add_len(frame.len());
-                out.frames.push_back(frame);
+                queue.push_back(frame);
             }
         }
-        if was_idle && !out.frames.is_empty() && !out.held {
+        if was_idle && !queue.is_empty() && !*held {
             self.wake.notify_one();
         }
         Ok(())
@@ -213,33 +222,37 @@ impl WsWriter {
 
     /// Writes what waits, as far as the kernel takes it.
     fn flush(&self) -> Result<(), Error> {
-        let mut out = self.lock();
-        if out.failed {
+        let mut guard = self.lock();
+        let Outbox {
+            stream,
+            frames: queue,
+            head,
+            held,
+            failed,
+        } = &mut *guard;
+        if *failed {
             return Err(Error::Io(io::ErrorKind::BrokenPipe.into()));
         }
-        if out.held {
-            return Ok(());
-        }
-        let Some(stream) = out.stream.clone() else {
+        let (Some(stream), false) = (stream.as_deref(), *held) else {
             return Ok(());
         };
-        while let Some(front) = out.frames.front() {
-            let rest = front.slice(out.head..);
-            let n = write_some(&stream, &rest).inspect_err(|_| {
-                out.failed = true;
+        while let Some(front) = queue.front() {
+            let rest = &front[*head..];
+            let n = write_some(stream, rest).inspect_err(|_| {
+                *failed = true;
                 self.closed.store(true, Ordering::Relaxed);
             })?;
             self.budget.sub_len(n);
             if n < rest.len() {
-                out.head += n;
+                *head += n;
                 return Ok(());
             }
-            out.frames.pop_front();
-            out.head = 0;
+            queue.pop_front();
+            *head = 0;
         }
         // Give a burst's memory back: an idle socket keeps no outbox.
-        if out.frames.capacity() > 0 {
-            out.frames = VecDeque::new();
+        if queue.capacity() > 0 {
+            *queue = VecDeque::new();
         }
         Ok(())
     }
@@ -399,7 +412,8 @@ impl Reader {
             if b.len() < at + 4 + len {
                 // Room for more of this frame, so it arrives in few reads; at most 64 KiB
                 // ahead of what arrived, so a declared length alone reserves little.
-                self.buf.reserve((at + 4 + len - self.buf.len()).min(64 * 1024));
+                self.buf
+                    .reserve((at + 4 + len - self.buf.len()).min(64 * 1024));
                 return Ok(None);
             }
             let mask = [b[at], b[at + 1], b[at + 2], b[at + 3]];
