@@ -1,5 +1,6 @@
-//! `cargo xtask ci`: what CI runs, in the order that fails fastest: prerequisites, format, clippy,
-//! docs, the test suite, the deploy/ linters, the interop suite (other people's clients and a browser), the
+//! `cargo xtask ci`: what CI runs, in the order that fails fastest: prerequisites, the vendor
+//! series and MSRV checks, format, clippy, docs, the test suite, upstream's tests on the patched
+//! Socket.IO crates, a project outside the workspace that embeds the gateway, the deploy/ linters, the interop suite (other people's clients and a browser), the
 //! end-to-end matrix on containers, and a benchmark smoke run.
 
 use std::process::Command;
@@ -16,8 +17,18 @@ pub(crate) fn run() -> anyhow::Result<()> {
     // Debian as root, gets it installed). The guard stops a Docker engine started here.
     let _engine = crate::prereq::ensure()?;
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    timed(
+        "vendor series: vendor/ is the pinned crates.io sources + vendor/patches",
+        crate::vendor::check,
+    )?;
+    timed(
+        "msrv: one rust-version, no dependency needing a newer one",
+        crate::msrv::check,
+    )?;
     let steps: &[Step<'_>] = &[
-        ("format", &["fmt", "--all", "--check"], &[]),
+        // Not `--all`: that also formats path dependencies, the carried crates among them
+        // (vendor/ changes only through its patch series).
+        ("format", &["fmt", "--check"], &[]),
         (
             "clippy",
             &[
@@ -36,12 +47,6 @@ pub(crate) fn run() -> anyhow::Result<()> {
             &[("RUSTDOCFLAGS", "-D warnings")],
         ),
         ("tests", &["test", "--workspace"], &[]),
-        // The carried engineioxide patches' own tests (vendor/README.md).
-        (
-            "vendor tests",
-            &["test", "--quiet", "-p", "engineioxide", "--lib"],
-            &[],
-        ),
     ];
     for (name, args, env) in steps {
         let started = Instant::now();
@@ -56,32 +61,64 @@ pub(crate) fn run() -> anyhow::Result<()> {
         }
         eprintln!("==> {name}: ok in {:.1}s", started.elapsed().as_secs_f64());
     }
-    let started = Instant::now();
-    eprintln!("==> lint-deploy: Dockerfiles, YAML, Kubernetes schemas, Compose");
-    crate::deploy::lint()?;
-    eprintln!(
-        "==> lint-deploy: ok in {:.1}s",
-        started.elapsed().as_secs_f64()
-    );
-    let started = Instant::now();
-    eprintln!("==> interop: JS, Python and Rust clients, Chromium and nginx on a 3-node cluster");
-    crate::e2e::interop()?;
-    eprintln!("==> interop: ok in {:.1}s", started.elapsed().as_secs_f64());
-    let started = Instant::now();
-    eprintln!("==> abuse: attacks against Redis + 2 gateway processes");
-    crate::e2e::abuse()?;
-    eprintln!("==> abuse: ok in {:.1}s", started.elapsed().as_secs_f64());
-    let started = Instant::now();
-    eprintln!("==> e2e: Redis + 3 gateway containers, the scenario matrix");
-    crate::e2e::run()?;
-    eprintln!("==> e2e: ok in {:.1}s", started.elapsed().as_secs_f64());
-    let started = Instant::now();
-    eprintln!("==> bench --quick: smoke run of the benchmark (no speed verdict)");
-    crate::bench::run(true, None)?;
-    eprintln!(
-        "==> bench --quick: ok in {:.1}s",
-        started.elapsed().as_secs_f64()
-    );
+    timed(
+        "upstream tests: engineioxide's and socketioxide's own suites on the patched crates",
+        crate::vendor::test,
+    )?;
+    timed(
+        "embed-check: a project outside the workspace embeds gateway nodes",
+        embed_check,
+    )?;
+    timed(
+        "lint-deploy: Dockerfiles, YAML, Kubernetes schemas, Compose",
+        crate::deploy::lint,
+    )?;
+    timed(
+        "interop: JS, Python and Rust clients, Chromium and nginx on a 3-node cluster",
+        crate::e2e::interop,
+    )?;
+    timed(
+        "abuse: attacks against Redis + 2 gateway processes",
+        crate::e2e::abuse,
+    )?;
+    timed(
+        "e2e: Redis + 3 gateway containers, the scenario matrix",
+        crate::e2e::run,
+    )?;
+    timed(
+        "bench --quick: smoke run of the benchmark (no speed verdict)",
+        || crate::bench::run(true, None),
+    )?;
     eprintln!("==> ci: all steps passed");
+    Ok(())
+}
+
+/// Runs one step, announcing it and its time; the step's name is the text before `:`.
+fn timed(what: &str, step: impl FnOnce() -> anyhow::Result<()>) -> anyhow::Result<()> {
+    let name = what.split(':').next().unwrap_or(what);
+    let started = Instant::now();
+    eprintln!("==> {what}");
+    step().with_context(|| format!("{name} failed"))?;
+    eprintln!("==> {name}: ok in {:.1}s", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// Builds and runs `crates/embed-check`, a project with its own workspace that depends on
+/// `gateway` by path and nothing else: the patched Socket.IO crates must come along.
+pub(crate) fn embed_check() -> anyhow::Result<()> {
+    let dir = std::path::Path::new("crates/embed-check");
+    // Our lock file as its start: the same versions, so the shared target directory
+    // already holds what it needs.
+    std::fs::copy("Cargo.lock", dir.join("Cargo.lock")).context("copying Cargo.lock")?;
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let status = Command::new(cargo)
+        .current_dir(dir)
+        .env("CARGO_TARGET_DIR", crate::vendor::target_dir())
+        .args(["run", "--quiet"])
+        .status()
+        .context("running cargo in crates/embed-check")?;
+    if !status.success() {
+        bail!("the embedding project failed ({status})");
+    }
     Ok(())
 }

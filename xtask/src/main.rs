@@ -7,7 +7,9 @@ mod bench;
 mod ci;
 mod deploy;
 mod e2e;
+mod msrv;
 mod prereq;
+mod vendor;
 
 const USAGE: &str = "\
 usage: cargo xtask <task>
@@ -37,7 +39,15 @@ tasks:
   lint-deploy     hadolint, yamllint, kubernetes-validate and docker-compose config on
                   everything under deploy/ (part of ci)
   cluster         Redis and three development nodes until Ctrl-C, with demo-page links
-  doctor          what each suite needs from this machine, and whether it is here";
+  doctor          what each suite needs from this machine, and whether it is here
+  embed-check     build and run crates/embed-check, a project outside the workspace that
+                  embeds two gateway nodes (no [patch] section)
+  msrv            every package states the workspace's rust-version, and no dependency
+                  needs a newer one
+  vendor check | apply | unpack | export | test
+                  the carried engineioxide/socketioxide patch series (vendor/README.md):
+                  check vendor/ is pristine + series, write it, edit the series with git,
+                  run upstream's own tests on the patched crates";
 
 fn main() {
     if let Err(e) = run() {
@@ -75,6 +85,9 @@ fn run() -> anyhow::Result<()> {
         ["image"] => deploy::image(),
         ["lint-deploy"] => deploy::lint(),
         ["doctor"] => prereq::doctor(),
+        ["vendor", command] => vendor::run(command),
+        ["embed-check"] => ci::embed_check(),
+        ["msrv"] => msrv::check(),
         ["-h" | "--help" | "help"] => {
             println!("{USAGE}");
             Ok(())
