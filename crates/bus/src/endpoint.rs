@@ -8,7 +8,218 @@ use deadpool_redis::{Pool, Runtime};
 use tokio::sync::watch;
 use tokio::time::timeout;
 
-use crate::redis::{RedisConfig, RedisSetupError, mask_url, redis_client};
+/// Settings of a [`RedisBus`](crate::RedisBus).
+#[derive(Clone)]
+pub struct RedisConfig {
+    /// `redis://[user:password@]host:port[/db]` or `rediss://` for TLS.
+    pub url: String,
+    /// First reconnect delay. Default 100 ms.
+    pub reconnect_min: Duration,
+    /// Longest reconnect delay. Default 3 s.
+    pub reconnect_max: Duration,
+    /// Give up reconnecting after this many consecutive failures; `None` (default) never
+    /// gives up.
+    pub max_reconnect_attempts: Option<u32>,
+    /// How long a publish keeps retrying while Redis is unreachable before it fails.
+    /// Default 0: fail at once (the gateway then delivers locally only).
+    pub publish_retry_budget: Duration,
+    /// How often the subscriber connection is pinged to detect a silent network
+    /// failure. Default 5 s.
+    pub ping_interval: Duration,
+    /// How long to wait for a connection, a reply or a subscription confirmation.
+    /// Default 3 s.
+    pub command_timeout: Duration,
+    /// Publishes waiting for Redis at most; past it a publish fails at once instead of
+    /// queueing (a blackholed Redis must not grow memory or latency). Default 10 000.
+    pub publish_queue: usize,
+    /// Certificates for `rediss://` beyond the Web PKI: a private CA, and a client
+    /// certificate for servers that ask for one. `None` (default): the Web PKI roots.
+    pub tls: Option<RedisTls>,
+    /// A Sentinel set naming the master (which then replaces the URL's host and port),
+    /// followed through failovers. `None` (default): the URL's server.
+    pub sentinel: Option<crate::SentinelConfig>,
+}
+
+/// TLS material for `rediss://` (PEM contents, not paths).
+#[derive(Clone, Default)]
+pub struct RedisTls {
+    /// The CA certificate(s) the server's certificate must chain to, instead of the
+    /// Web PKI roots.
+    pub root_ca: Option<Vec<u8>>,
+    /// A client certificate chain and its private key, for servers that verify clients.
+    pub client: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl std::fmt::Debug for RedisTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the key.
+        f.debug_struct("RedisTls")
+            .field("root_ca", &self.root_ca.as_ref().map(Vec::len))
+            .field("client_certificate", &self.client.is_some())
+            .finish()
+    }
+}
+
+impl RedisTls {
+    /// Reads a CA file and, when both are given, a client certificate and key (PEM).
+    pub fn from_files(
+        ca: Option<&std::path::Path>,
+        client: Option<(&std::path::Path, &std::path::Path)>,
+    ) -> std::io::Result<Self> {
+        let read = |p: &std::path::Path| {
+            std::fs::read(p)
+                .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", p.display())))
+        };
+        Ok(Self {
+            root_ca: ca.map(read).transpose()?,
+            client: match client {
+                Some((cert, key)) => Some((read(cert)?, read(key)?)),
+                None => None,
+            },
+        })
+    }
+}
+
+/// The `redis` client for `config`: its URL, with the private CA and client certificate
+/// of [`RedisConfig::tls`] when set (which needs a `rediss://` URL). For code that talks
+/// to the same Redis as the bus with its own connections (the SDK's stream consumer).
+pub fn redis_client(config: &RedisConfig) -> Result<redis::Client, RedisSetupError> {
+    let invalid = |reason: String| RedisSetupError::InvalidUrl {
+        url: mask_url(&config.url),
+        reason,
+    };
+    if config.url.starts_with("rediss://") {
+        // A process may install its own provider first; then ours is not needed.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    }
+    match &config.tls {
+        None => redis::Client::open(config.url.as_str()).map_err(|e| invalid(e.to_string())),
+        Some(_) if !config.url.starts_with("rediss://") => Err(invalid(
+            "a CA or client certificate is set, but the URL is not rediss://".into(),
+        )),
+        Some(tls) => redis::Client::build_with_tls(
+            config.url.as_str(),
+            redis::TlsCertificates {
+                client_tls: tls.client.clone().map(|(client_cert, client_key)| {
+                    redis::ClientTlsConfig {
+                        client_cert,
+                        client_key,
+                    }
+                }),
+                root_cert: tls.root_ca.clone(),
+            },
+        )
+        .map_err(|e| invalid(e.to_string())),
+    }
+}
+
+impl std::fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisConfig")
+            .field("url", &mask_url(&self.url))
+            .field("reconnect_min", &self.reconnect_min)
+            .field("reconnect_max", &self.reconnect_max)
+            .field("max_reconnect_attempts", &self.max_reconnect_attempts)
+            .field("publish_retry_budget", &self.publish_retry_budget)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisConfig {
+    /// Defaults for `url`.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            reconnect_min: Duration::from_millis(100),
+            reconnect_max: Duration::from_secs(3),
+            max_reconnect_attempts: None,
+            publish_retry_budget: Duration::ZERO,
+            ping_interval: Duration::from_secs(5),
+            command_timeout: Duration::from_secs(3),
+            publish_queue: 10_000,
+            tls: None,
+            sentinel: None,
+        }
+    }
+
+    /// Finds the master through `sentinel` (and follows its failovers); the URL then
+    /// gives only the credentials, database and TLS of the connection.
+    pub fn with_sentinel(mut self, sentinel: crate::SentinelConfig) -> Self {
+        self.sentinel = Some(sentinel);
+        self
+    }
+
+    /// Sets the TLS material for `rediss://` (a private CA, a client certificate).
+    pub fn with_tls(mut self, tls: RedisTls) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// The longest a publish can take from call to answer: its retry budget plus one
+    /// attempt (connect and reply), whatever Redis does.
+    pub fn publish_deadline(&self) -> Duration {
+        self.publish_retry_budget
+            .saturating_add(self.command_timeout.saturating_mul(2))
+    }
+
+    /// Sets how long publishes retry while Redis is unreachable.
+    pub fn with_publish_retry_budget(mut self, budget: Duration) -> Self {
+        self.publish_retry_budget = budget;
+        self
+    }
+
+    /// Sets the reconnect backoff bounds.
+    pub fn with_reconnect(mut self, min: Duration, max: Duration) -> Self {
+        self.reconnect_min = min;
+        self.reconnect_max = max.max(min);
+        self
+    }
+}
+
+/// Why a Redis bus could not be created.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RedisSetupError {
+    /// The URL is not a Redis URL.
+    #[error("invalid Redis URL {url}: {reason}")]
+    InvalidUrl {
+        /// The URL with its password masked.
+        url: String,
+        /// Why.
+        reason: String,
+    },
+    /// No Sentinel answered with the master's address.
+    #[error("no Sentinel named the Redis master: {0}")]
+    NoMaster(String),
+}
+
+/// `url` with any password replaced by `***`, safe to log.
+///
+/// ```
+/// assert_eq!(bus::mask_url("redis://:s3cret@cache:6379/0"), "redis://:***@cache:6379/0");
+/// assert_eq!(bus::mask_url("rediss://app:pw@h"), "rediss://app:***@h");
+/// assert_eq!(bus::mask_url("redis://h:6379"), "redis://h:6379");
+/// ```
+pub fn mask_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let (authority, path) = match rest.find('/') {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split_once(':').map_or("", |(u, _)| u);
+            if userinfo.contains(':') {
+                format!("{scheme}://{user}:***@{host}{path}")
+            } else {
+                format!("{scheme}://***@{host}{path}")
+            }
+        }
+        None => url.to_owned(),
+    }
+}
 
 /// A Redis Sentinel set: where its Sentinels listen, and the name of the master they
 /// watch. The master's credentials, database and TLS come from the bus's URL and

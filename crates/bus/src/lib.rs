@@ -34,11 +34,13 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 
 pub use cluster::{RedisClusterBus, RedisClusterConfig};
-pub use endpoint::{SentinelConfig, resolve_client};
+pub use endpoint::{
+    RedisConfig, RedisSetupError, RedisTls, SentinelConfig, mask_url, redis_client, resolve_client,
+};
 pub use health::{Health, LinkState};
 pub use memory::{MemoryBus, MemoryHub};
 pub use outbox::{HistoryError, HistoryPage, Outbox, Recording, SendError, targets};
-pub use redis::{RedisBus, RedisConfig, RedisSetupError, RedisTls, mask_url, redis_client};
+pub use redis::RedisBus;
 
 /// A message received on a subscribed channel.
 #[derive(Debug, Clone)]

@@ -15,11 +15,12 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use bus::{Bus, SendError};
 use bytes::Bytes;
 use envelope::{Envelope, Flags, VERSION};
 use futures_util::future::Either;
 use futures_util::{StreamExt, future};
-use rooms::{Audience, ScopedRoom};
+use rooms::{Audience, Channels, ScopedRoom};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use socketioxide::adapter::Emitter;
@@ -39,7 +40,40 @@ use socketioxide_core::packet::{Packet, PacketData};
 use socketioxide_core::{Sid, Uid, Value as SioValue};
 use tokio::sync::mpsc;
 
-use crate::cluster::Cluster;
+use crate::membership::Confirmation;
+
+/// What the adapter needs of the node it runs in ([`Cluster`](crate::Cluster) provides it).
+///
+/// The adapter knows its node only through this trait, so the dependency runs one way
+/// (the cluster knows the adapter, not the reverse) and neither holds a type it cannot
+/// name on its own.
+pub trait AdapterHost: Send + Sync + std::fmt::Debug + 'static {
+    /// This node's id.
+    fn node_id(&self) -> &str;
+    /// The bus channel names.
+    fn channels(&self) -> &Channels;
+    /// The bus.
+    fn bus(&self) -> &Arc<dyn Bus>;
+    /// Records `adapter` as the one of namespace `ns`, so bus requests reach it.
+    fn register_adapter(&self, ns: &str, adapter: &Arc<BusAdapter>);
+    /// Publishes an envelope whose audience is resolved, counting the outcome.
+    fn send_to_bus<'a>(
+        &'a self,
+        env: &'a Envelope,
+        to: &'a Audience,
+    ) -> Pin<Box<dyn Future<Output = Result<(), SendError>> + Send + 'a>>;
+    /// Adds local socket `sid` to `room` on another node's request, through membership;
+    /// `local` adds it to socketioxide's room map. `None` when the socket is gone.
+    fn join_remote(
+        &self,
+        ns: &str,
+        sid: Sid,
+        room: &ScopedRoom,
+        local: &mut dyn FnMut(),
+    ) -> Option<Confirmation>;
+    /// Removes local socket `sid` from `room` on another node's request.
+    fn leave_remote(&self, ns: &str, sid: Sid, room: &ScopedRoom, local: &mut dyn FnMut());
+}
 
 /// How long a request waits for the other servers' answers (plus the ack timeout for
 /// acknowledged broadcasts).
@@ -70,7 +104,7 @@ impl From<ClusterError> for AdapterError {
 /// cluster-wide operations over the bus.
 pub struct BusAdapter {
     local: CoreLocalAdapter<Emitter>,
-    cluster: Arc<Cluster>,
+    cluster: Arc<dyn AdapterHost>,
     uid: Uid,
     ns: String,
     /// Pending requests of this server, by request id.
@@ -116,7 +150,7 @@ impl DefinedAdapter for BusAdapter {}
 
 impl CoreAdapter<Emitter> for BusAdapter {
     type Error = ClusterError;
-    type State = Arc<Cluster>;
+    type State = Arc<dyn AdapterHost>;
     type AckStream = Either<<Emitter as SocketEmitter>::AckStream, RemoteAckStream>;
     type InitRes = InitRes;
 
@@ -470,7 +504,7 @@ impl BusAdapter {
             match ScopedRoom::parse(&name) {
                 Ok(room) => {
                     for sid in self.local.sockets(opts.clone()) {
-                        let joined = self.cluster.join_remote(&self.ns, sid, &room, || {
+                        let joined = self.cluster.join_remote(&self.ns, sid, &room, &mut || {
                             self.local.add_all(sid, room.as_str().to_owned());
                         });
                         confirmations.extend(joined);
@@ -497,7 +531,7 @@ impl BusAdapter {
             match ScopedRoom::parse(&name) {
                 Ok(room) => {
                     for sid in &sids {
-                        self.cluster.leave_remote(&self.ns, *sid, &room, || {
+                        self.cluster.leave_remote(&self.ns, *sid, &room, &mut || {
                             self.local.del(*sid, room.as_str().to_owned());
                         });
                     }

@@ -7,6 +7,7 @@
 //! names one; a `kid` that no cached JWKS key has makes the authenticator fetch the JWKS
 //! again (at most once per [`TokenRules::jwks_min_refetch`]), which is how key rotation is followed.
 
+use std::fmt;
 use std::sync::RwLock;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -15,7 +16,79 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, erro
 use rooms::{JoinPolicy, Room, ScopedRoom, TenantError, TenantId};
 use serde_json::{Map, Value};
 
-use crate::config::{ClaimNames, JwtKey, TokenRules};
+/// One key client tokens are verified with.
+#[derive(Clone)]
+pub enum JwtKey {
+    /// HS256 shared secret.
+    Secret(String),
+    /// PEM public key contents (RSA → RS*/PS*, EC → ES*, Ed25519 → EdDSA).
+    PublicKeyPem(Vec<u8>),
+}
+
+/// What a token must satisfy besides its signature.
+#[derive(Debug, Clone)]
+pub struct TokenRules {
+    /// Accepted `aud` values; empty: `aud` is not checked. Default empty.
+    pub audience: Vec<String>,
+    /// Accepted `iss` values; empty: `iss` is not checked. Default empty.
+    pub issuer: Vec<String>,
+    /// A JWKS to fetch verification keys from. Default none.
+    pub jwks_url: Option<String>,
+    /// How long a fetched JWKS is used before it is fetched again. Default 300 s.
+    pub jwks_refresh: Duration,
+    /// Refuse tokens that name no tenant. Default false.
+    pub require_tenant: bool,
+    /// The shortest interval between two JWKS fetches caused by unknown `kid`s, so a
+    /// client sending random key ids cannot make the node hammer the identity provider.
+    /// Default 10 s.
+    pub jwks_min_refetch: Duration,
+}
+
+impl Default for TokenRules {
+    fn default() -> Self {
+        Self {
+            audience: Vec::new(),
+            issuer: Vec::new(),
+            jwks_url: None,
+            jwks_refresh: Duration::from_secs(300),
+            require_tenant: false,
+            jwks_min_refetch: Duration::from_secs(10),
+        }
+    }
+}
+
+impl fmt::Debug for JwtKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Secret(_) => f.write_str("Secret(***)"),
+            Self::PublicKeyPem(_) => f.write_str("PublicKeyPem(..)"),
+        }
+    }
+}
+
+/// Names of the claims read from client tokens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimNames {
+    /// User id claim (default `sub`).
+    pub user: String,
+    /// Tenant id claim (default `tenant_id`).
+    pub tenant: String,
+    /// Room patterns claim (default `rooms`).
+    pub rooms: String,
+    /// Publish patterns claim (default `publish`).
+    pub publish: String,
+}
+
+impl Default for ClaimNames {
+    fn default() -> Self {
+        Self {
+            user: "sub".into(),
+            tenant: "tenant_id".into(),
+            rooms: "rooms".into(),
+            publish: "publish".into(),
+        }
+    }
+}
 
 /// Who a connected socket is, from its token.
 #[derive(Debug, Clone)]

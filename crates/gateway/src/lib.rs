@@ -48,8 +48,6 @@ mod http;
 mod limits;
 mod membership;
 mod metrics;
-mod presence;
-mod recovery;
 mod registry;
 mod server;
 mod sio;
@@ -57,23 +55,23 @@ mod telemetry;
 mod tls;
 mod upstream;
 
-pub use adapter::{BusAdapter, ClusterError, InitRes};
-pub use auth::{AuthError, Authenticator, Identity, TokenSources, sign_hs256, unix_now};
+pub use adapter::{AdapterHost, BusAdapter, ClusterError, InitRes};
+pub use auth::{
+    AuthError, Authenticator, ClaimNames, Identity, JwtKey, TokenRules, TokenSources, sign_hs256,
+    unix_now,
+};
 pub use client_events::{MAX_EVENT_NAME, MAX_PUBLISH_ROOMS};
+pub use cluster::RecoveryConfig;
+pub use cluster::{
+    ANSWER_WITHIN, JOIN_EVENT, LEAVE_EVENT, Presence, ServerEvent, ServerEventHandler,
+};
 pub use cluster::{
     AckReply, Cluster, ClusterSettings, DISCONNECT_REASON_EVENT, JoinWarning, Stats,
 };
-pub use config::{
-    Args, ClaimNames, Config, ConfigError, DevCredentials, JwtKey, MIN_SECRET_BYTES, Mode,
-    TokenRules,
-};
+pub use config::{Args, Config, ConfigError, DevCredentials, MIN_SECRET_BYTES, Mode};
 pub use limits::RateLimits;
 pub use membership::{AttachRefused, ConnectionLimits, JoinRefused, Membership, UserKey};
 pub use metrics::{Metrics, OTHER_EVENT, Refusal, Snapshot};
-pub use presence::{
-    ANSWER_WITHIN, JOIN_EVENT, LEAVE_EVENT, Presence, ServerEvent, ServerEventHandler,
-};
-pub use recovery::RecoveryConfig;
 pub use registry::{Registry, RegistryError};
 pub use server::{Node, StartError, connect_bus, run};
 pub use telemetry::{

@@ -168,7 +168,7 @@ impl Node {
             // A session must authenticate this soon, or it is closed: an unauthenticated
             // connection holds as little as possible for as short as possible.
             .connect_timeout(config.connect_timeout)
-            .with_adapter::<BusAdapter>(cluster.clone())
+            .with_adapter::<BusAdapter>(cluster.clone() as Arc<dyn crate::adapter::AdapterHost>)
             .build_layer();
         cluster.set_io(io.clone());
 

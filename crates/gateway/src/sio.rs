@@ -19,10 +19,10 @@ use crate::adapter::BusAdapter;
 use crate::auth::{AuthError, Authenticator, Identity, TokenSources};
 use crate::client_events;
 use crate::cluster::Cluster;
+use crate::cluster::recovery;
 use crate::limits::{RateLimits, SocketLimiter, Verdict};
 use crate::membership::{AttachRefused, JoinRefused};
 use crate::metrics::Refusal;
-use crate::recovery;
 
 /// What the namespace handlers share.
 #[derive(Debug)]
@@ -450,7 +450,7 @@ async fn on_connect(ctx: Arc<SocketCtx>, s: SocketRef<BusAdapter>) {
             Ok(sent) => {
                 tracing::info!(sid = %s.id, previous = %plan.record.sid, replayed = sent, "session recovered")
             }
-            Err(crate::cluster::ReplayError::Gone) => {
+            Err(recovery::ReplayError::Gone) => {
                 // The client left mid-replay: the record its recovery re-made stays in
                 // Redis (the disconnect must not drop it), and its next try recovers
                 // from the offset it has.

@@ -284,6 +284,268 @@ pub(crate) fn requested(auth: Option<&serde_json::Value>) -> Option<(String, Str
     (pid_ok && bus::is_offset(offset)).then(|| (pid.to_owned(), offset.to_owned()))
 }
 
+// What the cluster does with sessions: take, replay, adopt, save (the state above is
+// all this module's; `Cluster` holds it in its `recovery` field).
+#[allow(
+    clippy::wildcard_imports,
+    reason = "the cluster's own imports, for its methods"
+)]
+mod behaviour {
+    use super::super::*;
+    use super::ReplayError;
+
+    impl Cluster {
+        /// Takes the recoverable session `pid` of a client of `user`/`tenant` reconnecting to
+        /// `ns` after `offset`: the record, if it exists, belongs to them, and the history
+        /// still holds `offset` (nothing was trimmed away since). Someone else's session is
+        /// left to its owner. The caller hands the session to its new socket
+        /// ([`Cluster::adopt_session`]) before answering.
+        pub(crate) async fn take_session(
+            &self,
+            ns: &str,
+            pid: &str,
+            offset: &str,
+            user: &str,
+            tenant: Option<&str>,
+        ) -> Option<recovery::SessionRecord> {
+            let key = self.channels().session(pid);
+            let bytes = match self.bus().take(&key, self.recovery.window()).await {
+                Ok(Some(bytes)) => bytes,
+                Ok(None) => return None,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read a recovery session; starting a new one");
+                    return None;
+                }
+            };
+            let record: recovery::SessionRecord = serde_json::from_slice(&bytes).ok()?;
+            if record.ns != ns || record.user != user || record.tenant.as_deref() != tenant {
+                tracing::info!(%ns, %user, "a recovery session of another user or namespace was presented; starting a new one");
+                // Not theirs: it stays its owner's.
+                if let Err(e) = self
+                    .bus()
+                    .register(&key, bytes, self.recovery.window())
+                    .await
+                {
+                    tracing::debug!(error = %e, "could not put a recovery session back");
+                }
+                return None;
+            }
+            let history = self.channels().history(ns);
+            match self.bus().history(&history, offset, 1).await {
+                Ok(page) if page.first().is_some_and(|(id, _)| id == offset) => Some(record),
+                Ok(_) => {
+                    tracing::info!(%ns, %offset, "the offset is no longer in the history; starting a new session");
+                    None
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read the history; starting a new session");
+                    None
+                }
+            }
+        }
+
+        /// Replays to `socket` what its namespace's history holds after `offset` for the
+        /// scoped `rooms` it is in (and the replies addressed to its previous id), in order,
+        /// each with its offset; then releases it to live delivery from where the replay
+        /// ended. Runs at the dispatcher's hand-over point. Returns how many events it sent.
+        pub(crate) async fn replay(
+            &self,
+            socket: &SocketRef<BusAdapter>,
+            offset: &str,
+            old_sid: &str,
+            rooms: &std::collections::HashSet<String>,
+        ) -> Result<usize, ReplayError> {
+            let stream = self.channels().history(socket.ns());
+            let page_size = self.recovery.page();
+            let _turn = self.recovery.dispatch.lock().await;
+            let mut from = offset.to_owned();
+            let (mut sent, mut read) = (0, 0);
+            loop {
+                let page = self
+                    .bus()
+                    .history(&stream, &from, page_size + 1)
+                    .await
+                    .map_err(|e| ReplayError::Failed(e.to_string()))?;
+                let full = page.len() > page_size;
+                for (id, bytes) in page {
+                    // The range starts at `from` itself, already handled.
+                    if bus::offset_cmp(&id, &from).is_le() {
+                        continue;
+                    }
+                    read += 1;
+                    if let Ok(env) = Envelope::decode(&bytes, self.limits)
+                        && reaches(&env, rooms, old_sid)
+                    {
+                        let args = Args {
+                            args: env.arguments(),
+                            attachments: &env.attachments,
+                            offset: Some(&id),
+                        };
+                        socket
+                            .emit(&*env.event, &args)
+                            .map_err(|_| ReplayError::Gone)?;
+                        sent += 1;
+                    }
+                    from = id;
+                }
+                if !full {
+                    break;
+                }
+                if read > self.recovery.max_replay() {
+                    return Err(ReplayError::Failed(format!(
+                        "more than {read} messages to replay"
+                    )));
+                }
+            }
+            tracing::debug!(sid = %socket.id, %offset, upto = %from, sent, "replayed");
+            self.recovery.replayed(socket.id, from);
+            self.metrics.delivered_replay(sent as u64);
+            Ok(sent)
+        }
+
+        /// Makes the socket that recovers `record` its owner at once (same pid, its own id),
+        /// before the client hears back: if this node dies during the replay, the client
+        /// recovers again elsewhere, and writes from the session's previous socket no longer
+        /// land.
+        pub(crate) async fn adopt_session(
+            &self,
+            pid: &str,
+            record: &recovery::SessionRecord,
+            sid: socketioxide::socket::Sid,
+        ) {
+            let adopted = recovery::SessionRecord {
+                sid: sid.to_string(),
+                ..record.clone()
+            };
+            let Ok(bytes) = serde_json::to_vec(&adopted) else {
+                return;
+            };
+            let key = self.channels().session(pid);
+            if let Err(e) = self
+                .bus()
+                .register(&key, Bytes::from(bytes), self.recovery.window())
+                .await
+            {
+                tracing::warn!(error = %e, "could not keep a recovered session");
+            }
+        }
+
+        /// Keeps the session of `socket` (a recovery namespace) as it is now: its rooms.
+        pub(crate) fn session_changed(&self, socket: &SocketRef<BusAdapter>) {
+            if !self.recovery.enabled(socket.ns()) {
+                return;
+            }
+            let rooms = socket
+                .rooms()
+                .into_iter()
+                .filter(|r| !r.starts_with('~'))
+                .filter_map(|r| {
+                    rooms::ScopedRoom::parse(&r)
+                        .ok()
+                        .map(|s| s.room().to_owned())
+                })
+                .collect();
+            if let Some((pid, bytes)) = self.recovery.update_rooms(socket.id, rooms) {
+                self.save_session(pid, Some(bytes), Some(socket.id));
+            }
+        }
+
+        /// Writes (for one window) or removes a session record, in the background, after
+        /// every write queued before. With `owner`, only over that socket's own record (never
+        /// over a tombstone left by a recovery elsewhere, or over the record of the socket
+        /// that recovered it).
+        pub(crate) fn save_session(
+            &self,
+            pid: String,
+            record: Option<Bytes>,
+            owner: Option<socketioxide::socket::Sid>,
+        ) {
+            let queued = self
+                .recovery
+                .queue(recovery::SessionWrite { pid, record, owner });
+            if !queued {
+                tracing::debug!("recovery session writes are backing up; one dropped");
+            }
+        }
+
+        pub(in crate::cluster) async fn write_session(&self, write: recovery::SessionWrite) {
+            let key = self.channels().session(&write.pid);
+            let window = self.recovery.window();
+            let bus = self.bus();
+            let result = match (write.record, write.owner) {
+                (Some(bytes), None) => bus.register(&key, bytes, window).await,
+                (Some(bytes), Some(sid)) => bus
+                    .register_owned(&key, bytes, window, &recovery::owner(sid))
+                    .await
+                    .map(drop),
+                (None, _) => bus.unregister(&key).await,
+            };
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "could not store a recovery session");
+            }
+        }
+
+        /// Applies session writes in order, and refreshes every live session's record each
+        /// third of the window, so that the sessions of a node that dies stay recoverable
+        /// for a window.
+        pub(crate) async fn sessions(self: Arc<Self>) {
+            let Some(mut writes) = self.recovery.take_queue() else {
+                return;
+            };
+            let period = (self.recovery.window() / 3).max(Duration::from_secs(1));
+            let mut refresh =
+                tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+            loop {
+                tokio::select! {
+                    write = writes.recv() => match write {
+                        Some(write) => self.write_session(write).await,
+                        None => return,
+                    },
+                    _ = refresh.tick() => {
+                        for (sid, pid, record) in self.recovery.all() {
+                            let write = recovery::SessionWrite {
+                                pid,
+                                record: Some(record),
+                                owner: Some(sid),
+                            };
+                            self.write_session(write).await;
+                        }
+                    }
+                }
+            }
+        }
+
+        /// Holds a recovering socket: live recorded messages skip it until its replay is
+        /// done (it is in its node-local hold room, which deliveries exclude).
+        pub(crate) fn hold(&self, socket: &SocketRef<BusAdapter>) {
+            self.recovery.hold(socket.id);
+            #[allow(
+                clippy::disallowed_methods,
+                reason = "the hold room is node-local: no membership, no bus channel"
+            )]
+            socket.join(recovery::hold_room(socket.id));
+        }
+    }
+}
+
+/// Why a replay stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum ReplayError {
+    /// The client's connection closed meanwhile: it will come back and try again.
+    Gone,
+    /// The history could not be read, or holds more than one replay may send.
+    Failed(String),
+}
+
+impl std::fmt::Display for ReplayError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Gone => f.write_str("the connection closed during the replay"),
+            Self::Failed(e) => f.write_str(e),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

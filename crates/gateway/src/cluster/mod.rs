@@ -17,12 +17,24 @@ use std::time::Duration;
 use envelope::{Envelope, LegacyMessage, Limits};
 use futures_util::StreamExt;
 use rooms::{Audience, ChannelKind, Channels, Room, ScopedRoom, Target, legacy_target};
-use serde::ser::{Serialize, SerializeTuple, Serializer};
 use serde_json::Value;
 use socketioxide::SocketIo;
 use socketioxide::extract::SocketRef;
 use socketioxide::operators::BroadcastOperators;
 use socketioxide::socket::DisconnectReason;
+
+mod dispatch;
+mod host;
+mod payload;
+pub(crate) mod presence;
+pub(crate) mod recovery;
+
+pub(crate) use payload::Args;
+
+pub use presence::{
+    ANSWER_WITHIN, JOIN_EVENT, LEAVE_EVENT, Presence, ServerEvent, ServerEventHandler,
+};
+pub use recovery::RecoveryConfig;
 
 use crate::adapter::BusAdapter;
 use crate::membership::{
@@ -55,13 +67,13 @@ pub struct Cluster {
     /// Set once the bus was up: until then a new node is of no use to the cluster.
     bus_seen_up: std::sync::atomic::AtomicBool,
     /// Connection state recovery.
-    recovery: crate::recovery::Recovery,
+    recovery: recovery::Recovery,
     /// Presence queries and server-side events waiting for other nodes' answers.
-    presence: crate::presence::Pending,
+    presence: presence::Pending,
     /// Handlers of server-side events from other nodes.
-    server_handlers: crate::presence::ServerHandlers,
+    server_handlers: presence::ServerHandlers,
     /// Join and leave events waiting to be published.
-    announcements: crate::presence::Announcements,
+    announcements: presence::Announcements,
 }
 
 /// Node counters.
@@ -154,10 +166,10 @@ impl Cluster {
             io: OnceLock::new(),
             adapters: Mutex::default(),
             stats: Stats::default(),
-            recovery: crate::recovery::Recovery::new(settings.recovery),
-            presence: crate::presence::Pending::default(),
-            server_handlers: crate::presence::ServerHandlers::default(),
-            announcements: crate::presence::Announcements::new(settings.presence_events),
+            recovery: recovery::Recovery::new(settings.recovery),
+            presence: presence::Pending::default(),
+            server_handlers: presence::ServerHandlers::default(),
+            announcements: presence::Announcements::new(settings.presence_events),
         }
     }
 
@@ -167,7 +179,7 @@ impl Cluster {
     }
 
     /// Connection state recovery.
-    pub(crate) fn recovery(&self) -> &crate::recovery::Recovery {
+    pub(crate) fn recovery(&self) -> &recovery::Recovery {
         &self.recovery
     }
 
@@ -320,7 +332,7 @@ impl Cluster {
             // the socket detached and changes nothing.
             if let Some(cluster) = cluster.upgrade() {
                 for room in cluster.membership.detach(&key(&s)) {
-                    cluster.announce(&s, &room, crate::presence::LEAVE_EVENT, "disconnected");
+                    cluster.announce(&s, &room, presence::LEAVE_EVENT, "disconnected");
                 }
                 cluster.stats.connections.fetch_sub(1, Ordering::Relaxed);
                 if reason == DisconnectReason::SlowConsumer {
@@ -368,7 +380,7 @@ impl Cluster {
             socket.join(room.as_str().to_owned());
         })?;
         if new {
-            self.announce(socket, room, crate::presence::JOIN_EVENT, "joined");
+            self.announce(socket, room, presence::JOIN_EVENT, "joined");
         }
         Ok(async move { confirmation.await.map_err(JoinWarning::BusUnavailable) })
     }
@@ -381,7 +393,7 @@ impl Cluster {
             socket.leave(room.as_str().to_owned());
         });
         if left {
-            self.announce(socket, room, crate::presence::LEAVE_EVENT, "left");
+            self.announce(socket, room, presence::LEAVE_EVENT, "left");
         }
         left
     }
@@ -403,7 +415,7 @@ impl Cluster {
         let Some(identity) = socket.extensions.get::<Arc<crate::auth::Identity>>() else {
             return;
         };
-        let env = crate::presence::announcement(
+        let env = presence::announcement(
             &self.node_id,
             socket.ns(),
             &socket.id.to_string(),
@@ -428,32 +440,6 @@ impl Cluster {
                 tracing::debug!(error = %e, "a presence event did not reach the other nodes");
             }
         }
-    }
-
-    /// Adds local socket `sid` of namespace `ns` to `room` on another node's request,
-    /// through `local` (the adapter's own room change).
-    pub(crate) fn join_remote(
-        &self,
-        ns: &str,
-        sid: socketioxide::socket::Sid,
-        room: &ScopedRoom,
-        local: impl FnOnce(),
-    ) -> Option<crate::membership::Confirmation> {
-        self.membership
-            .join(&(Arc::from(ns), sid), room, local)
-            .ok()
-            .map(|(confirmation, _)| confirmation)
-    }
-
-    /// Removes local socket `sid` from `room` on another node's request.
-    pub(crate) fn leave_remote(
-        &self,
-        ns: &str,
-        sid: socketioxide::socket::Sid,
-        room: &ScopedRoom,
-        local: impl FnOnce(),
-    ) {
-        self.membership.leave(&(Arc::from(ns), sid), room, local);
     }
 
     /// Tells `socket` why (the [`DISCONNECT_REASON_EVENT`] event) and disconnects it.
@@ -769,498 +755,6 @@ impl Cluster {
         Some(op)
     }
 
-    /// Handles one message from the bus.
-    pub async fn on_message(&self, msg: Message) {
-        if self.legacy_channel.as_deref() == Some(&*msg.channel) {
-            return self.on_legacy(&msg).await;
-        }
-        match self.channels().classify(&msg.channel) {
-            ChannelKind::Request(ns) => {
-                if let Some(adapter) = self.adapter(ns) {
-                    adapter.recv_request(&msg.payload).await;
-                }
-                return;
-            }
-            ChannelKind::Response(ns) => {
-                if let Some(adapter) = self.adapter(ns) {
-                    adapter.recv_response(msg.payload);
-                }
-                return;
-            }
-            ChannelKind::Control(ns) => return self.on_control(ns, &msg.payload).await,
-            ChannelKind::Event | ChannelKind::Other => {}
-        }
-        if let Some((offset, payload)) = bus::recorded_frame(&msg.payload) {
-            return self.on_recorded(&msg.channel, offset, payload).await;
-        }
-        let env = match Envelope::decode(&msg.payload, self.limits) {
-            Ok(env) => env,
-            Err(e) => {
-                self.stats.rejected.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(channel = %msg.channel, error = %e, "dropped an undecodable message");
-                return;
-            }
-        };
-        // This node delivered its own messages locally before publishing them.
-        if env.origin == self.node_id {
-            return;
-        }
-        // Clocks of different machines: a message "from the future" counts as 0 ms.
-        self.metrics
-            .bus_latency(envelope::now_ms().saturating_sub(env.ts) as f64);
-        self.stats.delivered.fetch_add(1, Ordering::Relaxed);
-        self.deliver_local(&env).await;
-    }
-
-    /// A recorded message: delivered by every node, its publisher's included, with its
-    /// offset, at the hand-over point with replays.
-    async fn on_recorded(&self, channel: &str, offset: &str, payload: &[u8]) {
-        let env = match Envelope::decode(payload, self.limits) {
-            Ok(env) => env,
-            Err(e) => {
-                self.stats.rejected.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(%channel, error = %e, "dropped an undecodable recorded message");
-                return;
-            }
-        };
-        if env.origin != self.node_id {
-            self.metrics
-                .bus_latency(envelope::now_ms().saturating_sub(env.ts) as f64);
-        }
-        self.stats.delivered.fetch_add(1, Ordering::Relaxed);
-        let _turn = self.recovery.dispatch.lock().await;
-        self.deliver_at(&env, Some(offset)).await;
-    }
-
-    /// Takes the recoverable session `pid` of a client of `user`/`tenant` reconnecting to
-    /// `ns` after `offset`: the record, if it exists, belongs to them, and the history
-    /// still holds `offset` (nothing was trimmed away since). Someone else's session is
-    /// left to its owner. The caller hands the session to its new socket
-    /// ([`Cluster::adopt_session`]) before answering.
-    pub(crate) async fn take_session(
-        &self,
-        ns: &str,
-        pid: &str,
-        offset: &str,
-        user: &str,
-        tenant: Option<&str>,
-    ) -> Option<crate::recovery::SessionRecord> {
-        let key = self.channels().session(pid);
-        let bytes = match self.bus().take(&key, self.recovery.window()).await {
-            Ok(Some(bytes)) => bytes,
-            Ok(None) => return None,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot read a recovery session; starting a new one");
-                return None;
-            }
-        };
-        let record: crate::recovery::SessionRecord = serde_json::from_slice(&bytes).ok()?;
-        if record.ns != ns || record.user != user || record.tenant.as_deref() != tenant {
-            tracing::info!(%ns, %user, "a recovery session of another user or namespace was presented; starting a new one");
-            // Not theirs: it stays its owner's.
-            if let Err(e) = self
-                .bus()
-                .register(&key, bytes, self.recovery.window())
-                .await
-            {
-                tracing::debug!(error = %e, "could not put a recovery session back");
-            }
-            return None;
-        }
-        let history = self.channels().history(ns);
-        match self.bus().history(&history, offset, 1).await {
-            Ok(page) if page.first().is_some_and(|(id, _)| id == offset) => Some(record),
-            Ok(_) => {
-                tracing::info!(%ns, %offset, "the offset is no longer in the history; starting a new session");
-                None
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot read the history; starting a new session");
-                None
-            }
-        }
-    }
-
-    /// Replays to `socket` what its namespace's history holds after `offset` for the
-    /// scoped `rooms` it is in (and the replies addressed to its previous id), in order,
-    /// each with its offset; then releases it to live delivery from where the replay
-    /// ended. Runs at the dispatcher's hand-over point. Returns how many events it sent.
-    pub(crate) async fn replay(
-        &self,
-        socket: &SocketRef<BusAdapter>,
-        offset: &str,
-        old_sid: &str,
-        rooms: &std::collections::HashSet<String>,
-    ) -> Result<usize, ReplayError> {
-        let stream = self.channels().history(socket.ns());
-        let page_size = self.recovery.page();
-        let _turn = self.recovery.dispatch.lock().await;
-        let mut from = offset.to_owned();
-        let (mut sent, mut read) = (0, 0);
-        loop {
-            let page = self
-                .bus()
-                .history(&stream, &from, page_size + 1)
-                .await
-                .map_err(|e| ReplayError::Failed(e.to_string()))?;
-            let full = page.len() > page_size;
-            for (id, bytes) in page {
-                // The range starts at `from` itself, already handled.
-                if bus::offset_cmp(&id, &from).is_le() {
-                    continue;
-                }
-                read += 1;
-                if let Ok(env) = Envelope::decode(&bytes, self.limits)
-                    && reaches(&env, rooms, old_sid)
-                {
-                    let args = Args {
-                        args: env.arguments(),
-                        attachments: &env.attachments,
-                        offset: Some(&id),
-                    };
-                    socket
-                        .emit(&*env.event, &args)
-                        .map_err(|_| ReplayError::Gone)?;
-                    sent += 1;
-                }
-                from = id;
-            }
-            if !full {
-                break;
-            }
-            if read > self.recovery.max_replay() {
-                return Err(ReplayError::Failed(format!(
-                    "more than {read} messages to replay"
-                )));
-            }
-        }
-        tracing::debug!(sid = %socket.id, %offset, upto = %from, sent, "replayed");
-        self.recovery.replayed(socket.id, from);
-        self.metrics.delivered_replay(sent as u64);
-        Ok(sent)
-    }
-
-    /// Makes the socket that recovers `record` its owner at once (same pid, its own id),
-    /// before the client hears back: if this node dies during the replay, the client
-    /// recovers again elsewhere, and writes from the session's previous socket no longer
-    /// land.
-    pub(crate) async fn adopt_session(
-        &self,
-        pid: &str,
-        record: &crate::recovery::SessionRecord,
-        sid: socketioxide::socket::Sid,
-    ) {
-        let adopted = crate::recovery::SessionRecord {
-            sid: sid.to_string(),
-            ..record.clone()
-        };
-        let Ok(bytes) = serde_json::to_vec(&adopted) else {
-            return;
-        };
-        let key = self.channels().session(pid);
-        if let Err(e) = self
-            .bus()
-            .register(&key, Bytes::from(bytes), self.recovery.window())
-            .await
-        {
-            tracing::warn!(error = %e, "could not keep a recovered session");
-        }
-    }
-
-    /// Keeps the session of `socket` (a recovery namespace) as it is now: its rooms.
-    pub(crate) fn session_changed(&self, socket: &SocketRef<BusAdapter>) {
-        if !self.recovery.enabled(socket.ns()) {
-            return;
-        }
-        let rooms = socket
-            .rooms()
-            .into_iter()
-            .filter(|r| !r.starts_with('~'))
-            .filter_map(|r| {
-                rooms::ScopedRoom::parse(&r)
-                    .ok()
-                    .map(|s| s.room().to_owned())
-            })
-            .collect();
-        if let Some((pid, bytes)) = self.recovery.update_rooms(socket.id, rooms) {
-            self.save_session(pid, Some(bytes), Some(socket.id));
-        }
-    }
-
-    /// Writes (for one window) or removes a session record, in the background, after
-    /// every write queued before. With `owner`, only over that socket's own record (never
-    /// over a tombstone left by a recovery elsewhere, or over the record of the socket
-    /// that recovered it).
-    pub(crate) fn save_session(
-        &self,
-        pid: String,
-        record: Option<Bytes>,
-        owner: Option<socketioxide::socket::Sid>,
-    ) {
-        let queued = self
-            .recovery
-            .queue(crate::recovery::SessionWrite { pid, record, owner });
-        if !queued {
-            tracing::debug!("recovery session writes are backing up; one dropped");
-        }
-    }
-
-    async fn write_session(&self, write: crate::recovery::SessionWrite) {
-        let key = self.channels().session(&write.pid);
-        let window = self.recovery.window();
-        let bus = self.bus();
-        let result = match (write.record, write.owner) {
-            (Some(bytes), None) => bus.register(&key, bytes, window).await,
-            (Some(bytes), Some(sid)) => bus
-                .register_owned(&key, bytes, window, &crate::recovery::owner(sid))
-                .await
-                .map(drop),
-            (None, _) => bus.unregister(&key).await,
-        };
-        if let Err(e) = result {
-            tracing::debug!(error = %e, "could not store a recovery session");
-        }
-    }
-
-    /// Applies session writes in order, and refreshes every live session's record each
-    /// third of the window, so that the sessions of a node that dies stay recoverable
-    /// for a window.
-    pub(crate) async fn sessions(self: Arc<Self>) {
-        let Some(mut writes) = self.recovery.take_queue() else {
-            return;
-        };
-        let period = (self.recovery.window() / 3).max(Duration::from_secs(1));
-        let mut refresh = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
-        loop {
-            tokio::select! {
-                write = writes.recv() => match write {
-                    Some(write) => self.write_session(write).await,
-                    None => return,
-                },
-                _ = refresh.tick() => {
-                    for (sid, pid, record) in self.recovery.all() {
-                        let write = crate::recovery::SessionWrite {
-                            pid,
-                            record: Some(record),
-                            owner: Some(sid),
-                        };
-                        self.write_session(write).await;
-                    }
-                }
-            }
-        }
-    }
-
-    /// Holds a recovering socket: live recorded messages skip it until its replay is
-    /// done (it is in its node-local hold room, which deliveries exclude).
-    pub(crate) fn hold(&self, socket: &SocketRef<BusAdapter>) {
-        self.recovery.hold(socket.id);
-        #[allow(
-            clippy::disallowed_methods,
-            reason = "the hold room is node-local: no membership, no bus channel"
-        )]
-        socket.join(crate::recovery::hold_room(socket.id));
-    }
-
-    /// Who is in the scoped `room` of namespace `ns`, on every node that answers within
-    /// [`crate::presence::ANSWER_WITHIN`].
-    pub async fn presence(&self, ns: &str, room: &ScopedRoom) -> crate::presence::Presence {
-        let mut presence = crate::presence::Presence::default();
-        presence.add(&self.local_users(ns, room.as_str()));
-        let id = envelope::new_id();
-        let query = crate::presence::Control::Presence {
-            id: id.clone(),
-            from: self.node_id.clone(),
-            room: room.as_str().to_owned(),
-        };
-        let (expected, answers) = self.ask_others(ns, &id, &query).await;
-        for (_, users) in answers {
-            if let Ok(users) = serde_json::from_value(users) {
-                presence.add(&users);
-            }
-        }
-        presence.nodes_expected = (expected + 1).max(presence.nodes_answered);
-        presence
-    }
-
-    /// Sends `query` (whose id is `id`) to the other nodes of `ns` and collects their
-    /// answers until each live node answered or [`crate::presence::ANSWER_WITHIN`]
-    /// passed; returns how many answers were expected, and the answers.
-    async fn ask_others(
-        &self,
-        ns: &str,
-        id: &str,
-        query: &crate::presence::Control,
-    ) -> (usize, Vec<crate::presence::Answer>) {
-        let expected = match self.registry.nodes().await {
-            Ok(nodes) => nodes.iter().filter(|n| n.node_id != self.node_id).count(),
-            Err(e) => {
-                tracing::debug!(error = %e, "registry unreadable; no other node asked");
-                0
-            }
-        };
-        let mut answers = Vec::new();
-        if expected == 0 {
-            return (0, answers);
-        }
-        let mut rx = self.presence.open(id);
-        let sent = match serde_json::to_vec(query) {
-            Ok(bytes) => self
-                .bus()
-                .publish(&self.channels().control(ns), Bytes::from(bytes))
-                .await
-                .is_ok(),
-            Err(_) => false,
-        };
-        if sent {
-            let deadline = tokio::time::Instant::now() + crate::presence::ANSWER_WITHIN;
-            while answers.len() < expected {
-                match tokio::time::timeout_at(deadline, rx.recv()).await {
-                    Ok(Some(answer)) => answers.push(answer),
-                    _ => break,
-                }
-            }
-        }
-        self.presence.close(id);
-        (expected, answers)
-    }
-
-    /// Socket.IO's `serverSideEmit`: `event` with `args` to the handlers of every other
-    /// node serving `ns` ([`Cluster::on_server_event`]); not to sockets. Fails only when
-    /// the bus refuses it.
-    pub async fn server_side_emit(
-        &self,
-        ns: &str,
-        event: &str,
-        args: Vec<Value>,
-    ) -> Result<(), bus::PublishError> {
-        let message = crate::presence::Control::ServerEvent {
-            id: None,
-            from: self.node_id.clone(),
-            event: event.to_owned(),
-            args,
-        };
-        let bytes = serde_json::to_vec(&message)
-            .map_err(|e| bus::PublishError::Unavailable(e.to_string()))?;
-        self.bus()
-            .publish(&self.channels().control(ns), Bytes::from(bytes))
-            .await
-            .map(drop)
-    }
-
-    /// `serverSideEmitWithAck`: like [`Cluster::server_side_emit`], and waits up to
-    /// [`crate::presence::ANSWER_WITHIN`] for every other live node's answer (what its
-    /// handler returned); returns them as (node id, answer).
-    pub async fn server_side_emit_with_ack(
-        &self,
-        ns: &str,
-        event: &str,
-        args: Vec<Value>,
-    ) -> Vec<(String, Value)> {
-        let id = envelope::new_id();
-        let message = crate::presence::Control::ServerEvent {
-            id: Some(id.clone()),
-            from: self.node_id.clone(),
-            event: event.to_owned(),
-            args,
-        };
-        self.ask_others(ns, &id, &message).await.1
-    }
-
-    /// Registers a handler of server-side events from other nodes (all namespaces); what
-    /// it returns answers senders that wait ([`Cluster::server_side_emit_with_ack`]).
-    pub fn on_server_event(
-        &self,
-        handler: impl Fn(&crate::presence::ServerEvent) -> Option<Value> + Send + Sync + 'static,
-    ) {
-        self.server_handlers.add(Arc::new(handler));
-    }
-
-    /// The users of this node's sockets in `room` (a scoped name), with their counts.
-    fn local_users(&self, ns: &str, room: &str) -> HashMap<String, u32> {
-        let mut users = HashMap::new();
-        let Some(op) = self.io.get().and_then(|io| io.of(ns)) else {
-            return users;
-        };
-        for socket in op.to(room.to_owned()).local().sockets() {
-            if let Some(identity) = socket.extensions.get::<Arc<crate::auth::Identity>>() {
-                *users.entry(identity.user_id.clone()).or_default() += 1;
-            }
-        }
-        users
-    }
-
-    /// A control message from another node (or this node's own query, ignored).
-    async fn on_control(&self, ns: &str, payload: &[u8]) {
-        use crate::presence::Control;
-        let control = match serde_json::from_slice::<Control>(payload) {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::debug!(%ns, error = %e, "undecodable control message");
-                return;
-            }
-        };
-        match control {
-            Control::Presence { id, from, room } if from != self.node_id => {
-                let reply = Control::PresenceReply {
-                    id,
-                    node: self.node_id.clone(),
-                    users: self.local_users(ns, &room),
-                };
-                self.reply(ns, &from, &reply).await;
-            }
-            Control::ServerEvent {
-                id,
-                from,
-                event,
-                args,
-            } if from != self.node_id => {
-                let event = crate::presence::ServerEvent {
-                    ns: ns.to_owned(),
-                    from,
-                    event,
-                    args,
-                };
-                let handlers = self.server_handlers.all();
-                let mut answer = None;
-                for handler in &handlers {
-                    if let Some(a) = handler(&event) {
-                        answer.get_or_insert(a);
-                    }
-                }
-                if let Some(id) = id {
-                    let reply = Control::ServerEventReply {
-                        id,
-                        node: self.node_id.clone(),
-                        data: answer.unwrap_or(Value::Null),
-                    };
-                    self.reply(ns, &event.from, &reply).await;
-                }
-            }
-            Control::Presence { .. } | Control::ServerEvent { .. } => {}
-            Control::PresenceReply { id, node, users } => {
-                let users = serde_json::to_value(users).unwrap_or(Value::Null);
-                self.presence.answer(&id, (node, users));
-            }
-            Control::ServerEventReply { id, node, data } => {
-                self.presence.answer(&id, (node, data));
-            }
-            // A kind this node does not know (a newer node's): nothing to do.
-            _ => {}
-        }
-    }
-
-    /// Answers node `to` on its control channel of `ns`.
-    async fn reply(&self, ns: &str, to: &str, reply: &crate::presence::Control) {
-        let Ok(bytes) = serde_json::to_vec(reply) else {
-            return;
-        };
-        let channel = self.channels().control_for(ns, to);
-        if let Err(e) = self.bus().publish(&channel, Bytes::from(bytes)).await {
-            tracing::debug!(error = %e, "could not answer another node");
-        }
-    }
-
     /// The local socket `sid` of namespace `ns`, if it is here.
     fn local_socket(&self, ns: &str, sid: &str) -> Option<SocketRef<BusAdapter>> {
         let sid = sid.parse::<socketioxide::socket::Sid>().ok()?;
@@ -1277,7 +771,7 @@ impl Cluster {
                     clippy::disallowed_methods,
                     reason = "the hold room is node-local: no membership, no bus channel"
                 )]
-                s.leave(crate::recovery::hold_room(sid));
+                s.leave(recovery::hold_room(sid));
             }
         }
         held
@@ -1304,69 +798,12 @@ impl Cluster {
             .await;
     }
 
-    pub(crate) fn register_adapter(&self, ns: &str, adapter: &Arc<BusAdapter>) {
-        self.adapters
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(ns.to_owned(), Arc::downgrade(adapter));
-    }
-
     fn adapter(&self, ns: &str) -> Option<Arc<BusAdapter>> {
         self.adapters
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .get(ns)
             .and_then(Weak::upgrade)
-    }
-
-    /// The legacy JSON form: every node receives it and delivers to its own sockets.
-    async fn on_legacy(&self, msg: &Message) {
-        let legacy = match LegacyMessage::decode(&msg.payload, self.limits) {
-            Ok(m) => m,
-            Err(e) => {
-                self.stats.rejected.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(channel = %msg.channel, error = %e, "dropped an undecodable legacy message");
-                return;
-            }
-        };
-        let target = legacy_target(
-            legacy.room.as_deref(),
-            legacy.user.as_deref(),
-            legacy.doctype.as_deref(),
-            legacy.docname.as_deref(),
-        );
-        let to = match target {
-            Ok(Target::Broadcast) => Vec::new(),
-            Ok(Target::Rooms(rooms)) => rooms.into_iter().map(Room::into_string).collect(),
-            Err(e) => {
-                self.stats.rejected.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(channel = %msg.channel, error = %e, "dropped a legacy message with an invalid room");
-                return;
-            }
-        };
-        let mut env = Envelope::new("legacy", legacy.event, legacy.message).to_rooms(to);
-        if let Some(ns) = legacy.namespace {
-            env.ns = ns;
-        }
-        env.tenant = legacy.tenant;
-        if self.require_tenant && env.tenant.is_none() {
-            self.stats.rejected.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(channel = %msg.channel, "dropped a legacy message that names no tenant (REQUIRE_TENANT)");
-            return;
-        }
-        self.stats.delivered.fetch_add(1, Ordering::Relaxed);
-        self.deliver_local(&env).await;
-    }
-
-    /// Runs the dispatcher until the bus closes its inbox.
-    pub async fn dispatch(self: Arc<Self>, mut inbox: Inbox) {
-        while let Some(msg) = inbox.recv().await {
-            self.stats
-                .inbox_depth
-                .store(inbox.len() as u64, Ordering::Relaxed);
-            self.on_message(msg).await;
-        }
-        tracing::debug!("bus inbox closed; dispatcher stopped");
     }
 }
 
@@ -1392,65 +829,6 @@ fn key(socket: &SocketRef<BusAdapter>) -> SocketKey {
     (Arc::from(socket.ns()), socket.id)
 }
 
-/// Event arguments serialized as a tuple, which Socket.IO's parser expands into
-/// separate arguments (`["event", a, b]` rather than `["event", [a, b]]`). Placeholders
-/// naming one of `attachments` are written as bytes, which the parser sends as binary.
-pub(crate) struct Args<'a> {
-    pub(crate) args: &'a [Value],
-    pub(crate) attachments: &'a [Bytes],
-    /// The message's offset in its namespace history (connection state recovery): sent
-    /// as the last argument, where Socket.IO clients look for it.
-    pub(crate) offset: Option<&'a str>,
-}
-
-impl Serialize for Args<'_> {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let len = self.args.len() + usize::from(self.offset.is_some());
-        let mut tuple = serializer.serialize_tuple(len)?;
-        for arg in self.args {
-            if self.attachments.is_empty() {
-                tuple.serialize_element(arg)?;
-            } else {
-                tuple.serialize_element(&WithBinary(arg, self.attachments))?;
-            }
-        }
-        if let Some(offset) = self.offset {
-            tuple.serialize_element(offset)?;
-        }
-        tuple.end()
-    }
-}
-
-/// A JSON value whose placeholders are replaced by the attachments they name.
-struct WithBinary<'a>(&'a Value, &'a [Bytes]);
-
-impl Serialize for WithBinary<'_> {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::{SerializeMap, SerializeSeq};
-        let Self(value, attachments) = *self;
-        if let Some(bytes) = envelope::placeholder_index(value).and_then(|n| attachments.get(n)) {
-            return serializer.serialize_bytes(bytes);
-        }
-        match value {
-            Value::Array(items) => {
-                let mut seq = serializer.serialize_seq(Some(items.len()))?;
-                for item in items {
-                    seq.serialize_element(&WithBinary(item, attachments))?;
-                }
-                seq.end()
-            }
-            Value::Object(map) => {
-                let mut out = serializer.serialize_map(Some(map.len()))?;
-                for (k, v) in map {
-                    out.serialize_entry(k, &WithBinary(v, attachments))?;
-                }
-                out.end()
-            }
-            scalar => scalar.serialize(serializer),
-        }
-    }
-}
-
 /// One socket's answer to [`Cluster::publish_with_ack`].
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 #[serde(untagged)]
@@ -1469,48 +847,4 @@ pub enum AckReply {
         /// Why.
         error: String,
     },
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    #[test]
-    fn placeholders_become_bytes_and_everything_else_stays() {
-        let attachments = [Bytes::from_static(&[1, 2]), Bytes::from_static(&[3])];
-        let args = [
-            json!({"a": envelope::placeholder(1), "b": [envelope::placeholder(0), "x"]}),
-            json!({"_placeholder": true, "num": 7}),
-            json!(5),
-        ];
-        let args = Args {
-            args: &args,
-            attachments: &attachments,
-            offset: None,
-        };
-        // serde_json writes bytes as an array of numbers, which makes the swap visible.
-        assert_eq!(
-            serde_json::to_value(&args).unwrap(),
-            json!([{"a": [3], "b": [[1, 2], "x"]}, {"_placeholder": true, "num": 7}, 5])
-        );
-    }
-}
-
-/// Why a replay stopped.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum ReplayError {
-    /// The client's connection closed meanwhile: it will come back and try again.
-    Gone,
-    /// The history could not be read, or holds more than one replay may send.
-    Failed(String),
-}
-
-impl std::fmt::Display for ReplayError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Gone => f.write_str("the connection closed during the replay"),
-            Self::Failed(e) => f.write_str(e),
-        }
-    }
 }
