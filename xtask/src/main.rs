@@ -7,6 +7,7 @@ mod bench;
 mod ci;
 mod deploy;
 mod e2e;
+mod layering;
 mod msrv;
 mod prereq;
 mod vendor;
@@ -42,6 +43,8 @@ tasks:
   doctor          what each suite needs from this machine, and whether it is here
   embed-check     build and run crates/embed-check, a project outside the workspace that
                   embeds two gateway nodes (no [patch] section)
+  layering        no module cycle in the product crates, no file over 900 lines before
+                  its tests
   msrv            every package states the workspace's rust-version, and no dependency
                   needs a newer one
   vendor check | apply | unpack | export | test
@@ -88,6 +91,7 @@ fn run() -> anyhow::Result<()> {
         ["vendor", command] => vendor::run(command),
         ["embed-check"] => ci::embed_check(),
         ["msrv"] => msrv::check(),
+        ["layering"] => layering::check(),
         ["-h" | "--help" | "help"] => {
             println!("{USAGE}");
             Ok(())

@@ -266,7 +266,7 @@ struct Publish {
     deadline: Instant,
 }
 
-impl crate::redis::Expiring for Publish {
+impl crate::commands::Expiring for Publish {
     fn deadline(&self) -> Instant {
         self.deadline
     }
@@ -398,7 +398,7 @@ async fn publisher(
         }
         let retry_until = Instant::now() + config.publish_retry_budget;
         loop {
-            crate::redis::drop_expired(&mut batch, "Redis Cluster did not answer in time");
+            crate::commands::drop_expired(&mut batch, "Redis Cluster did not answer in time");
             if batch.is_empty() {
                 break;
             }
@@ -730,7 +730,7 @@ impl Bus for RedisClusterBus {
         cmd.arg(key)
             .arg(&value[..])
             .arg("PX")
-            .arg(crate::redis::millis(ttl));
+            .arg(crate::commands::millis(ttl));
         let fut = self.run::<redis::Value>(cmd);
         Box::pin(async move { fut.await.map(drop) })
     }
@@ -752,7 +752,7 @@ impl Bus for RedisClusterBus {
             let route = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(
                 Route::with_key(&prefix, SlotAddr::Master),
             ));
-            let pattern = format!("{}*", crate::redis::escape_glob(&prefix));
+            let pattern = format!("{}*", crate::commands::escape_glob(&prefix));
             fn fail(e: impl std::fmt::Display) -> PublishError {
                 PublishError::Unavailable(format!("Redis Cluster: {e}"))
             }

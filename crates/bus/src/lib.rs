@@ -18,6 +18,7 @@
 //! subscriber that is not connected.
 
 mod cluster;
+mod commands;
 mod endpoint;
 mod health;
 mod memory;

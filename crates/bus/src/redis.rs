@@ -12,6 +12,9 @@ use futures_util::StreamExt;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, sleep, timeout};
 
+use crate::commands::{
+    Expiring, RECORDED_PUBLISH, REGISTER_OWNED, TAKE, TOMBSTONE, drop_expired, escape_glob, millis,
+};
 use crate::endpoint::{RedisConfig, RedisSetupError, mask_url};
 use crate::{Bus, BusFuture, Health, Inbox, LinkState, Message, PublishError, SubscribeError};
 
@@ -39,14 +42,6 @@ struct PublishRequest {
     deadline: Instant,
 }
 
-/// A queued request whose caller waits only until its deadline.
-pub(crate) trait Expiring {
-    /// When the caller stops waiting.
-    fn deadline(&self) -> Instant;
-    /// Answers the caller with `why`.
-    fn expire(&mut self, why: &str);
-}
-
 impl Expiring for PublishRequest {
     fn deadline(&self) -> Instant {
         self.deadline
@@ -56,20 +51,6 @@ impl Expiring for PublishRequest {
         let reply = std::mem::replace(&mut self.reply, oneshot::channel().0);
         let _ = reply.send(Err(PublishError::Unavailable(why.to_owned())));
     }
-}
-
-/// Answers and removes the requests of `batch` whose callers have given up, instead of
-/// sending them: a queue that built up behind a blackholed Redis drains at once when it
-/// answers again.
-pub(crate) fn drop_expired<T: Expiring>(batch: &mut Vec<T>, why: &str) {
-    let now = Instant::now();
-    batch.retain_mut(|req| {
-        if req.deadline() > now {
-            return true;
-        }
-        req.expire(why);
-        false
-    });
 }
 
 #[derive(Debug)]
@@ -324,39 +305,8 @@ async fn publish_batch(
     answers.into_iter().map(publish_answer).collect()
 }
 
-/// What [`Bus::take`] leaves in place of a value.
-const TOMBSTONE: &str = "taken";
-
-/// GET, then a tombstone for ARGV[1] ms.
-const TAKE: &str = r"
-local v = redis.call('GET', KEYS[1])
-if v then redis.call('SET', KEYS[1], 'taken', 'PX', ARGV[1]) end
-return v
-";
-
-/// SET unless the current value is a tombstone or lacks the owner marker ARGV[3].
-const REGISTER_OWNED: &str = r"
-local cur = redis.call('GET', KEYS[1])
-if cur and not string.find(cur, ARGV[3], 1, true) then return 0 end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-return 1
-";
-
-pub(crate) fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
-}
-
 /// One `XRANGE` entry: its id and its fields.
 type StreamEntry = (String, Vec<(String, Vec<u8>)>);
-
-/// XADD + PEXPIRE + PUBLISH of the framed entry, atomically: the stream's order is the
-/// channel's order. Returns {id, receivers}.
-const RECORDED_PUBLISH: &str = r"
-local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'e', ARGV[2])
-redis.call('PEXPIRE', KEYS[1], ARGV[4])
-local n = redis.call('PUBLISH', ARGV[3], 'o' .. id .. ' ' .. ARGV[2])
-return {id, n}
-";
 
 /// One pipeline answer: a PUBLISH count, or a recorded publish's {id, count}.
 fn publish_answer(value: redis::Value) -> Result<(usize, Option<String>), String> {
@@ -845,18 +795,6 @@ async fn pooled(
     pool.get()
         .await
         .map_err(|e| PublishError::Unavailable(format!("cannot connect to Redis: {e}")))
-}
-
-/// Escapes Redis glob characters so a prefix matches literally.
-pub(crate) fn escape_glob(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out
 }
 
 impl RedisBus {

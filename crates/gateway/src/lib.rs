@@ -80,6 +80,6 @@ pub use telemetry::{
 };
 pub use tls::TlsFiles;
 pub use upstream::{
-    RESERVED_EVENTS, Routes, SIGNATURE_HEADER, Transport, Upstream, UpstreamConfig, UpstreamEvent,
-    WebhookConfig, sign,
+    RESERVED_EVENTS, Routes, RoutesError, SIGNATURE_HEADER, Transport, Upstream, UpstreamConfig,
+    UpstreamEvent, WebhookConfig, sign,
 };

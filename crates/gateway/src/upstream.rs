@@ -14,8 +14,6 @@ use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
 use sha2::Sha256;
 
-use crate::config::ConfigError;
-
 /// Where a client event goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transport {
@@ -57,14 +55,16 @@ pub const RESERVED_EVENTS: &[&str] = &[
     "disconnect_reason",
 ];
 
+/// Why `UPSTREAM_ROUTES` could not be read: the offending item and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid UPSTREAM_ROUTES: {0}")]
+pub struct RoutesError(pub String);
+
 impl Routes {
     /// Parses `UPSTREAM_ROUTES`: comma-separated `[/ns:]event=stream|webhook`, e.g.
     /// `notification_read=stream,/chat:rpc.*=webhook`.
-    pub fn parse(spec: &str) -> Result<Self, ConfigError> {
-        let invalid = |reason: String| ConfigError::Invalid {
-            name: "UPSTREAM_ROUTES",
-            reason,
-        };
+    pub fn parse(spec: &str) -> Result<Self, RoutesError> {
+        let invalid = RoutesError;
         let mut rules = Vec::new();
         for item in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
             let (target, transport) = item

@@ -271,6 +271,15 @@ pub(crate) fn random_hex(bytes: usize) -> String {
     hex::encode(buf)
 }
 
+impl From<crate::upstream::RoutesError> for ConfigError {
+    fn from(e: crate::upstream::RoutesError) -> Self {
+        Self::Invalid {
+            name: "UPSTREAM_ROUTES",
+            reason: e.0,
+        }
+    }
+}
+
 impl Config {
     /// Validates parsed arguments into a configuration. Generates development secrets when
     /// allowed.
