@@ -31,6 +31,15 @@ async fn main() -> std::process::ExitCode {
         tracing::info!("exporting traces over OTLP (OTEL_* variables)");
     }
 
+    // Everything that can fail on configuration (keys, TLS files, the Redis client) fails
+    // here, before a port is bound: a load balancer never sees a node that cannot start.
+    let node = match gateway::Node::start(&config).await {
+        Ok(node) => node,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
     let listener = match tokio::net::TcpListener::bind((config.host, config.port)).await {
         Ok(l) => l,
         Err(e) => {
@@ -51,7 +60,9 @@ async fn main() -> std::process::ExitCode {
     println!("{}", banner(&config, addr));
     tracing::info!(node_id = %config.node_id, %addr, bus = %bus_description(&config), "listening");
 
-    let result = gateway::run(listener, config, shutdown_signal()).await;
+    let result = node
+        .serve_until_exit(listener, shutdown_signal(), config.shutdown_grace)
+        .await;
     // Off the runtime's worker: the exporter's final send blocks.
     let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
     match result {

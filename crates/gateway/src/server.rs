@@ -24,9 +24,12 @@ use crate::{demo, http, sio};
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StartError {
-    /// The JWT key or the Redis URL is unusable.
+    /// The JWT key is unusable.
     #[error("{0}")]
     Key(String),
+    /// The Redis configuration (URL, TLS material, cluster nodes) is unusable.
+    #[error("redis: {0}")]
+    Redis(String),
     /// The bus refused the node's base subscriptions.
     #[error("cannot subscribe to the bus: {0}")]
     Bus(#[from] bus::SubscribeError),
@@ -234,6 +237,27 @@ impl Node {
     /// Engine.IO `close` packet each) and waits for in-flight requests. For embedding
     /// and tests, where the process lives on; the `gateway` binary uses [`run`], which
     /// leaves the sockets to drop with the process instead.
+    /// Builds a node over the bus its configuration selects: everything that can fail
+    /// on configuration (keys, TLS material, the Redis client, the node id's registry
+    /// record) fails here, before the caller binds a port.
+    pub async fn start(config: &Config) -> Result<Self, StartError> {
+        let (bus, inbox) = connect_bus(config)?;
+        Self::build(config, bus, inbox).await
+    }
+
+    /// Serves as a production node does: on `shutdown` it stops accepting, gives
+    /// in-flight requests `grace`, and returns without closing open sockets (they drop
+    /// when the process exits, so every client library reconnects elsewhere).
+    pub async fn serve_until_exit(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+        grace: std::time::Duration,
+    ) -> Result<(), StartError> {
+        self.serve_with(listener, shutdown, Drain::DropAfter(grace))
+            .await
+    }
+
     pub async fn serve(
         self,
         listener: TcpListener,
@@ -463,9 +487,8 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
-    let (bus, inbox) = connect_bus(&config)?;
-    let node = Node::build(&config, bus, inbox).await?;
-    node.serve_with(listener, shutdown, Drain::DropAfter(config.shutdown_grace))
+    let node = Node::start(&config).await?;
+    node.serve_until_exit(listener, shutdown, config.shutdown_grace)
         .await
 }
 
@@ -476,7 +499,7 @@ pub fn connect_bus(config: &Config) -> Result<(Arc<dyn Bus>, Inbox), StartError>
         cluster.classic_channels = config.legacy_channel.iter().cloned().collect();
         cluster.tls = config.redis_tls.clone();
         let (bus, inbox) =
-            bus::RedisClusterBus::connect(cluster).map_err(|e| StartError::Key(e.to_string()))?;
+            bus::RedisClusterBus::connect(cluster).map_err(|e| StartError::Redis(e.to_string()))?;
         return Ok((Arc::new(bus), inbox));
     }
     match &config.redis_url {
@@ -486,12 +509,34 @@ pub fn connect_bus(config: &Config) -> Result<(Arc<dyn Bus>, Inbox), StartError>
             redis.tls = config.redis_tls.clone();
             redis.sentinel = config.redis_sentinel.clone();
             let (bus, inbox) =
-                bus::RedisBus::connect(redis).map_err(|e| StartError::Key(e.to_string()))?;
+                bus::RedisBus::connect(redis).map_err(|e| StartError::Redis(e.to_string()))?;
             Ok((Arc::new(bus), inbox))
         }
         None => {
             let (bus, inbox) = MemoryHub::new().connect();
             Ok((Arc::new(bus), inbox))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_unusable_redis_url_is_a_redis_error_before_any_port() {
+        let mut config = Config::for_tests(
+            "a-test-secret-of-at-least-32-bytes!",
+            "a-publish-key-of-at-least-32-bytes!",
+        );
+        config.redis_url = Some("redis://:pw@[not-a-host".to_owned());
+        let err = Node::start(&config).await.map(|_| ()).unwrap_err();
+        assert!(matches!(err, StartError::Redis(_)), "{err:?}");
+        let text = err.to_string();
+        assert!(text.starts_with("redis: "), "{text}");
+        assert!(
+            !text.contains(":pw@"),
+            "the password stays out of the message: {text}"
+        );
     }
 }

@@ -5,7 +5,8 @@
 //! length), the weight leaves the account when a transport takes the packet out, and a
 //! socket whose queue is over its byte budget — or out of packet slots — is a slow
 //! consumer: the send is refused and the socket's heartbeat task closes it with
-//! [`DisconnectReason::SlowConsumer`](crate::DisconnectReason::SlowConsumer).
+//! [`DisconnectReason::TransportError`](crate::DisconnectReason::TransportError)
+//! (`Socket::is_slow_consumer` then answers true).
 //! Closing is deferred to that task because a send may run under a caller's lock (a
 //! broadcast holds its adapter's room map) that the close path takes again.
 
@@ -92,6 +93,11 @@ impl OutboundBudget {
         if !self.overflowed.swap(true, Ordering::Relaxed) {
             self.notify.notify_one();
         }
+    }
+
+    /// Whether the socket went over its budget.
+    pub(crate) fn is_overflowed(&self) -> bool {
+        self.overflowed.load(Ordering::Relaxed)
     }
 
     /// Resolves once the socket went over its budget.

@@ -62,7 +62,8 @@ pub struct EngineIoConfig {
 
     /// The maximum number of bytes (payload lengths) that may wait in one connection's
     /// outbound queue. Past it the connection is a slow consumer: sends to it are
-    /// refused and it is closed with `DisconnectReason::SlowConsumer`, as it also is
+    /// refused and it is closed with `DisconnectReason::TransportError` (and
+    /// `Socket::is_slow_consumer` answers true), as it also is
     /// when its `max_buffer_size` packets are all taken. Roomcast patch.
     ///
     /// Defaults to `None` (bounded by `max_buffer_size` only).

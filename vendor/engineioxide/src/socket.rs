@@ -96,9 +96,6 @@ pub enum DisconnectReason {
     HeartbeatTimeout,
     /// The server is being closed
     ClosingServer,
-    /// The client did not read what was sent to it: its outbound queue went over its
-    /// budget (`EngineIoConfig::max_queued_bytes` or `max_buffer_size`). Roomcast patch.
-    SlowConsumer,
 }
 
 /// Convert an [`Error`] to a [`DisconnectReason`] if possible
@@ -396,6 +393,13 @@ where
         self.budget.queued()
     }
 
+    /// Whether this socket went over its outbound budget (a slow consumer). Such a
+    /// socket is closed with [`DisconnectReason::TransportError`]; a disconnect handler
+    /// asks this to tell it from other transport errors (Roomcast patch).
+    pub fn is_slow_consumer(&self) -> bool {
+        self.budget.is_overflowed()
+    }
+
     /// The byte account of this socket's outbound queue (Roomcast patch).
     pub(crate) fn budget(&self) -> &OutboundBudget {
         &self.budget
@@ -427,7 +431,10 @@ where
                             }
                             Ok(()) => return,
                         },
-                        _ = self.budget.overflowed() => DisconnectReason::SlowConsumer,
+                        // A slow consumer: its transport could not keep up. Reported as a
+                        // transport error (no new variant: adding one would break every
+                        // exhaustive match); `Socket::is_slow_consumer` tells them apart.
+                        _ = self.budget.overflowed() => DisconnectReason::TransportError,
                     };
                     self.close(reason);
                 })

@@ -206,8 +206,9 @@ impl<A: Adapter> SocketIoBuilder<A> {
 
     /// The maximum number of bytes that may wait in one socket's outbound queue. Past
     /// it, or when all [`max_buffer_size`](Self::max_buffer_size) packet slots are taken,
-    /// the socket is closed with [`DisconnectReason::SlowConsumer`](crate::socket::DisconnectReason::SlowConsumer)
-    /// instead of losing messages silently. Defaults to unbounded. Roomcast patch.
+    /// the socket is closed with [`DisconnectReason::TransportError`](crate::socket::DisconnectReason::TransportError)
+    /// (and [`Socket::is_slow_consumer`](crate::socket::Socket::is_slow_consumer) answers
+    /// true) instead of losing messages silently. Defaults to unbounded. Roomcast patch.
     #[inline]
     pub fn max_queued_bytes(mut self, max_queued_bytes: usize) -> Self {
         self.engine_config_builder = self

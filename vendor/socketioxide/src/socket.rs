@@ -74,12 +74,6 @@ pub enum DisconnectReason {
 
     /// The server is being closed
     ClosingServer,
-
-    /// The client did not read what was sent to it: its outbound queue went over its
-    /// budget ([`SocketIoBuilder::max_queued_bytes`](crate::SocketIoBuilder::max_queued_bytes)
-    /// or [`SocketIoBuilder::max_buffer_size`](crate::SocketIoBuilder::max_buffer_size)).
-    /// Roomcast patch.
-    SlowConsumer,
 }
 
 impl std::fmt::Display for DisconnectReason {
@@ -94,7 +88,6 @@ impl std::fmt::Display for DisconnectReason {
             ClientNSDisconnect => "client has manually disconnected the socket from the namespace",
             ServerNSDisconnect => "socket was forcefully disconnected from the namespace",
             ClosingServer => "server is being closed",
-            SlowConsumer => "client did not read what was sent to it in time",
         };
         f.write_str(str)
     }
@@ -110,7 +103,6 @@ impl From<EIoDisconnectReason> for DisconnectReason {
             EIoDisconnectReason::MultipleHttpPollingError => MultipleHttpPollingError,
             EIoDisconnectReason::PacketParsingError => PacketParsingError,
             EIoDisconnectReason::ClosingServer => ClosingServer,
-            EIoDisconnectReason::SlowConsumer => SlowConsumer,
         }
     }
 }
@@ -637,6 +629,17 @@ impl<A: Adapter> Socket<A> {
     /// and that all [connect middlewares](crate::handler::connect#middlewares) have been executed.
     pub fn connected(&self) -> bool {
         self.connected.load(Ordering::SeqCst)
+    }
+
+    /// # Return true if the socket was closed for not reading what was sent to it.
+    ///
+    /// Its outbound queue went over its budget
+    /// ([`SocketIoBuilder::max_queued_bytes`](crate::SocketIoBuilder::max_queued_bytes)
+    /// or [`SocketIoBuilder::max_buffer_size`](crate::SocketIoBuilder::max_buffer_size)):
+    /// such a socket disconnects with [`DisconnectReason::TransportError`], and a
+    /// disconnect handler asks this to tell a slow consumer from other transport errors.
+    pub fn is_slow_consumer(&self) -> bool {
+        self.esocket.is_slow_consumer()
     }
 
     // Socket operators

@@ -335,7 +335,9 @@ impl Cluster {
                     cluster.announce(&s, &room, presence::LEAVE_EVENT, "disconnected");
                 }
                 cluster.stats.connections.fetch_sub(1, Ordering::Relaxed);
-                if reason == DisconnectReason::SlowConsumer {
+                // Closed as a transport error; the engine remembers it was a slow one.
+                let slow = s.is_slow_consumer();
+                if slow {
                     cluster.stats.slow_consumers.fetch_add(1, Ordering::Relaxed);
                 }
                 if let Some((pid, record)) = cluster.recovery.untrack(s.id) {
@@ -346,7 +348,11 @@ impl Cluster {
                     );
                     cluster.save_session(pid, keep.then_some(record), Some(s.id));
                 }
-                tracing::info!(sid = %s.id, ns = s.ns(), reason = ?reason, detail = %reason, "client disconnected");
+                if slow {
+                    tracing::info!(sid = %s.id, ns = s.ns(), reason = "SlowConsumer", detail = "client did not read what was sent to it in time", "client disconnected");
+                } else {
+                    tracing::info!(sid = %s.id, ns = s.ns(), reason = ?reason, detail = %reason, "client disconnected");
+                }
             }
             async {}
         });

@@ -806,8 +806,8 @@ async fn run<H: EngineIoHandler>(
         tokio::select! {
             biased;
             _ = socket.budget().overflowed() => {
-                socket.close(DisconnectReason::SlowConsumer);
-                return Ok(DisconnectReason::SlowConsumer);
+                socket.close(DisconnectReason::TransportError);
+                return Ok(DisconnectReason::TransportError);
             }
             ready = stream.readable() => {
                 ready.map_err(Error::Io)?;
