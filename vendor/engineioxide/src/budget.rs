@@ -325,3 +325,90 @@ impl BufferedRx {
         self.queue.rx_waker.wake();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(s: &'static str) -> PacketBuf {
+        PacketBuf::from_iter([Packet::Message(s.into())])
+    }
+
+    #[test]
+    fn packets_are_weighed_in_and_out() {
+        let budget = Arc::new(OutboundBudget::new(Some(10)));
+        let (queue, mut rx) = Queue::new(8, budget.clone());
+        for p in [msg("hello"), msg("world!"), PacketBuf::from_iter([Packet::Ping])] {
+            budget.add(&p);
+            queue.try_send(p).unwrap();
+        }
+        assert_eq!(budget.queued(), 5 + 6 + 1, "payload bytes, one for a control packet");
+        assert!(!budget.admit(), "over 10 bytes: refused");
+        assert!(budget.is_overflowed(), "a refusal marks the slow consumer");
+        rx.try_recv().unwrap();
+        rx.try_recv().unwrap();
+        assert_eq!(budget.queued(), 1);
+        rx.try_recv().unwrap();
+        assert_eq!(budget.queued(), 0);
+        assert!(matches!(rx.try_recv(), Err(TryRecvError::Empty)));
+    }
+
+    #[test]
+    fn within_budget_is_admitted_and_the_account_never_goes_below_zero() {
+        let budget = OutboundBudget::new(Some(4));
+        assert!(budget.admit(), "an empty queue admits even a large packet");
+        budget.add_len(4);
+        assert!(budget.admit(), "at the budget, not over it");
+        budget.sub_len(10);
+        assert_eq!(budget.queued(), 0);
+        assert!(!budget.is_overflowed());
+        let unbounded = OutboundBudget::new(None);
+        unbounded.add_len(1 << 40);
+        assert!(unbounded.admit());
+    }
+
+    #[test]
+    fn the_queue_is_bounded_in_packets_and_permits_hold_places() {
+        let budget = Arc::new(OutboundBudget::new(None));
+        let (queue, mut rx) = Queue::new(2, budget);
+        let permit = queue.try_reserve().unwrap();
+        queue.try_send(msg("a")).unwrap();
+        assert!(matches!(queue.try_send(msg("b")), Err(TrySendError::Full(_))));
+        assert!(permit.send(msg("c")).is_none());
+        assert_eq!(rx.try_recv().unwrap()[0], Packet::Message("a".into()));
+        assert_eq!(rx.try_recv().unwrap()[0], Packet::Message("c".into()));
+        // Closed: new sends refused, a forced control packet too.
+        queue.try_send(msg("d")).unwrap();
+        rx.close();
+        assert!(matches!(queue.try_send(msg("e")), Err(TrySendError::Closed(_))));
+        assert!(queue.force_send(msg("f")).is_err());
+        assert_eq!(rx.try_recv().unwrap()[0], Packet::Message("d".into()), "what waited is still taken");
+        assert!(matches!(rx.try_recv(), Err(TryRecvError::Disconnected)));
+    }
+
+    #[test]
+    fn a_redirected_queue_hands_a_permits_packets_back() {
+        let budget = Arc::new(OutboundBudget::new(None));
+        let (queue, _rx) = Queue::new(4, budget);
+        let permit = queue.try_reserve().unwrap();
+        queue.redirect();
+        assert!(matches!(queue.try_send(msg("x")), Err(TrySendError::Closed(_))));
+        assert_eq!(permit.send(msg("y")).map(|p| p[0].clone()), Some(Packet::Message("y".into())));
+    }
+
+    #[tokio::test]
+    async fn overflow_wakes_the_heartbeat_task_once() {
+        let budget = Arc::new(OutboundBudget::new(Some(0)));
+        let waiter = tokio::spawn({
+            let budget = budget.clone();
+            async move { budget.overflowed().await }
+        });
+        budget.add_len(1);
+        assert!(!budget.admit());
+        assert!(!budget.admit(), "a second refusal changes nothing");
+        tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
+            .await
+            .expect("woken")
+            .unwrap();
+    }
+}
