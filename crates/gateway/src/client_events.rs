@@ -14,6 +14,7 @@ use serde_json::{Value, json};
 use socketioxide::extract::{AckSender, SocketRef};
 use tokio::sync::mpsc;
 
+use crate::ack::AckError;
 use crate::adapter::BusAdapter;
 use crate::auth::Identity;
 use crate::cluster::Cluster;
@@ -61,7 +62,7 @@ impl Queue {
         match Queue::of(s).0.try_reserve() {
             Ok(permit) => permit.send(make(ack)),
             Err(_) => {
-                ack.send(&json!({"ok": false, "error": "too many events in flight; slow down"}))
+                ack.send(&AckError::new("too many events in flight; slow down").to_json())
                     .ok();
             }
         }
@@ -82,7 +83,7 @@ pub(crate) fn publish(
         Ok(env) => env,
         Err((reason, error)) => {
             cluster.metrics().refused(reason);
-            ack.send(&json!({"ok": false, "error": error})).ok();
+            ack.send(&error.to_json()).ok();
             return;
         }
     };
@@ -106,7 +107,7 @@ pub(crate) fn publish(
                 let reply = match cluster.publish_from(&env, excluded).await {
                     Ok(()) => json!({"ok": true, "id": env.id}),
                     // Local sockets got it; other nodes did not.
-                    Err(e) => json!({"ok": false, "id": env.id, "error": e.to_string()}),
+                    Err(e) => AckError::of(e).with_id(&env.id),
                 };
                 ack.send(&reply).ok();
             },
@@ -121,8 +122,8 @@ fn client_envelope(
     s: &SocketRef<BusAdapter>,
     identity: &Identity,
     arg: Option<Value>,
-) -> Result<(Envelope, bool), (Refusal, String)> {
-    let bad = |e: &str| (Refusal::BadInput, e.to_owned());
+) -> Result<(Envelope, bool), (Refusal, AckError)> {
+    let bad = |e: &str| (Refusal::BadInput, AckError::new(e));
     let Some(Value::Object(mut p)) = arg else {
         return Err(bad(
             "expected {to, event, data}: the rooms, the event name and its data",
@@ -150,10 +151,10 @@ fn client_envelope(
         )));
     }
     for name in &to {
-        let room = Room::parse(name).map_err(|e| (Refusal::BadInput, e.to_string()))?;
+        let room = Room::parse(name).map_err(|e| (Refusal::BadInput, AckError::of(e)))?;
         identity
             .may_publish(&room)
-            .map_err(|e| (Refusal::PublishDenied, e))?;
+            .map_err(|e| (Refusal::PublishDenied, AckError::from(e)))?;
     }
     let flag = |p: &serde_json::Map<String, Value>, k: &str| p.get(k) == Some(&Value::Bool(true));
     let volatile = flag(&p, "volatile");
@@ -175,14 +176,14 @@ fn client_envelope(
 }
 
 /// Event names a client may publish or forward: not empty, not too long, not reserved.
-fn check_event_name(event: &str) -> Result<(), String> {
+fn check_event_name(event: &str) -> Result<(), AckError> {
     if event.is_empty() || event.len() > MAX_EVENT_NAME {
-        return Err(format!(
+        return Err(AckError::new(format!(
             "the event name must be 1 to {MAX_EVENT_NAME} bytes"
-        ));
+        )));
     }
     if RESERVED_EVENTS.contains(&event) {
-        return Err(format!("{event:?} is a reserved event name"));
+        return Err(AckError::new(format!("{event:?} is a reserved event name")));
     }
     Ok(())
 }
@@ -208,7 +209,7 @@ pub(crate) fn forward(
 ) {
     if let Err(e) = check_event_name(&ev.event) {
         cluster.metrics().refused(Refusal::BadInput);
-        ack.send(&json!({"ok": false, "error": e})).ok();
+        ack.send(&e.to_json()).ok();
         return;
     }
     let transport = ev.transport;

@@ -38,6 +38,7 @@
 //! | `telemetry` | [`Telemetry`]: OTLP trace export from `OTEL_*`, W3C trace context |
 //! | `upstream` | client events for services: [`Routes`], the stream and webhook transports |
 
+mod ack;
 mod adapter;
 mod auth;
 mod client_events;

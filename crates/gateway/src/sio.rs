@@ -15,6 +15,7 @@ use socketioxide::SocketIo;
 use socketioxide::extract::{AckSender, Event, SocketRef, TryData};
 use socketioxide::handler::ConnectHandler;
 
+use crate::ack::{self, AckError};
 use crate::adapter::BusAdapter;
 use crate::auth::{AuthError, Authenticator, Identity, TokenSources};
 use crate::client_events;
@@ -181,172 +182,7 @@ async fn on_connect(ctx: Arc<SocketCtx>, s: SocketRef<BusAdapter>) {
             return;
         }
     }
-    {
-        let cluster = cluster.clone();
-        s.on(
-            "join",
-            move |s: SocketRef<BusAdapter>,
-                  TryData(room): TryData<Value>,
-                  ack: AckSender<BusAdapter>| {
-                // Synchronous: the membership change happens in packet order.
-                let pending =
-                    limit(&cluster, &s, true).and_then(|()| join(&cluster, &s, room.ok()));
-                if pending.is_ok() {
-                    cluster.session_changed(&s);
-                }
-                async move {
-                    let reply = match pending {
-                        Ok((room, confirmation)) => match confirmation.await {
-                            Ok(()) => json!({"ok": true, "room": room}),
-                            Err(w) => json!({"ok": true, "room": room, "warning": w.to_string()}),
-                        },
-                        Err(error) => json!({"ok": false, "error": error}),
-                    };
-                    ack.send(&reply).ok();
-                }
-            },
-        );
-    }
-    {
-        let cluster = cluster.clone();
-        s.on(
-            "leave",
-            move |s: SocketRef<BusAdapter>,
-                  TryData(room): TryData<Value>,
-                  ack: AckSender<BusAdapter>| {
-                let reply = match limit(&cluster, &s, false)
-                    .and_then(|()| leave(&cluster, &s, room.ok()))
-                {
-                    Ok(room) => {
-                        cluster.session_changed(&s);
-                        json!({"ok": true, "room": room})
-                    }
-                    Err(error) => json!({"ok": false, "error": error}),
-                };
-                async move {
-                    ack.send(&reply).ok();
-                }
-            },
-        );
-    }
-    {
-        let ctx = ctx.clone();
-        s.on(
-            "refresh",
-            move |s: SocketRef<BusAdapter>,
-                  TryData(arg): TryData<Value>,
-                  ack: AckSender<BusAdapter>| {
-                let ctx = ctx.clone();
-                let allowed = limit(&ctx.cluster, &s, false);
-                async move {
-                    let reply = match async {
-                        allowed?;
-                        refresh(&ctx, &s, arg.ok()).await
-                    }
-                    .await
-                    {
-                        Ok(reply) => reply,
-                        Err(error) => json!({"ok": false, "error": error}),
-                    };
-                    ack.send(&reply).ok();
-                }
-            },
-        );
-    }
-
-    {
-        let cluster = cluster.clone();
-        s.on(
-            "presence",
-            move |s: SocketRef<BusAdapter>,
-                  TryData(arg): TryData<Value>,
-                  ack: AckSender<BusAdapter>| {
-                let cluster = cluster.clone();
-                let allowed = limit(&cluster, &s, false);
-                async move {
-                    let reply = match allowed.and_then(|()| presence_room(&s, arg.ok())) {
-                        Ok((room, scoped)) => {
-                            let p = cluster.presence(s.ns(), &scoped).await;
-                            json!({
-                                "ok": true,
-                                "room": room,
-                                "users": p.users_json(),
-                                "count": p.users.len(),
-                                "sockets": p.sockets,
-                            })
-                        }
-                        Err(error) => json!({"ok": false, "error": error}),
-                    };
-                    ack.send(&reply).ok();
-                }
-            },
-        );
-    }
-    {
-        let cluster = cluster.clone();
-        s.on(
-            "publish",
-            move |s: SocketRef<BusAdapter>,
-                  TryData(arg): TryData<Value>,
-                  ack: AckSender<BusAdapter>| {
-                // Checked and queued now, so a client's publishes keep their order.
-                match (limit(&cluster, &s, false), self::identity(&s)) {
-                    (Ok(()), Some(identity)) => {
-                        client_events::publish(&cluster, &s, &identity, arg.ok(), ack);
-                    }
-                    (Err(error), _) => {
-                        ack.send(&json!({"ok": false, "error": error})).ok();
-                    }
-                    (Ok(()), None) => {
-                        ack.send(&json!({"ok": false, "error": "not authenticated"}))
-                            .ok();
-                    }
-                }
-                async {}
-            },
-        );
-    }
-    {
-        let cluster = cluster.clone();
-        let upstream = ctx.upstream.clone();
-        // Other events: forwarded to services when a route names them; otherwise refused
-        // with a reason when the client asked for an ack — never silently dropped. Both
-        // count against the rate.
-        s.on_fallback(
-            move |s: SocketRef<BusAdapter>,
-                  Event(event): Event,
-                  TryData(args): TryData<client_events::AllArgs>,
-                  ack: AckSender<BusAdapter>| {
-                let route = upstream.routes().route(s.ns(), &event);
-                let error = match (limit(&cluster, &s, false), route, self::identity(&s)) {
-                    (Err(e), _, _) => Some(e),
-                    (Ok(()), Some(_), _) if args.is_err() => {
-                        cluster.metrics().refused(Refusal::BadInput);
-                        Some("the event's arguments could not be read".to_owned())
-                    }
-                    (Ok(()), Some(transport), Some(identity)) => {
-                        let ev = client_events::Forward {
-                            transport,
-                            event: event.to_string(),
-                            args: args.map(|a| a.0).unwrap_or_default(),
-                        };
-                        client_events::forward(&cluster, &upstream, &s, &identity, ev, ack);
-                        return Box::pin(async {})
-                            as std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
-                    }
-                    (Ok(()), _, _) => {
-                        cluster.metrics().refused(Refusal::UnknownEvent);
-                        Some(format!("no handler for event {event:?} on this gateway"))
-                    }
-                };
-                Box::pin(async move {
-                    if let Some(error) = error {
-                        ack.send(&json!({"ok": false, "error": error})).ok();
-                    }
-                })
-            },
-        );
-    }
+    register_events(&ctx, &s);
 
     let mut rooms = match identity.auto_rooms() {
         Ok(rooms) => rooms,
@@ -468,9 +304,193 @@ async fn on_connect(ctx: Arc<SocketCtx>, s: SocketRef<BusAdapter>) {
     }
 }
 
+/// The client events of a connected socket, each a named handler below. Membership
+/// changes happen in each handler's synchronous part (see the module's opening).
+fn register_events(ctx: &Arc<SocketCtx>, s: &SocketRef<BusAdapter>) {
+    let cluster = &ctx.cluster;
+    s.on("join", {
+        let cluster = cluster.clone();
+        move |s: SocketRef<BusAdapter>,
+              TryData(room): TryData<Value>,
+              ack: AckSender<BusAdapter>| { on_join(&cluster, &s, room.ok(), ack) }
+    });
+    s.on("leave", {
+        let cluster = cluster.clone();
+        move |s: SocketRef<BusAdapter>,
+              TryData(room): TryData<Value>,
+              ack: AckSender<BusAdapter>| { on_leave(&cluster, &s, room.ok(), ack) }
+    });
+    s.on("refresh", {
+        let ctx = ctx.clone();
+        move |s: SocketRef<BusAdapter>, TryData(arg): TryData<Value>, ack: AckSender<BusAdapter>| {
+            on_refresh(ctx.clone(), s, arg.ok(), ack)
+        }
+    });
+    s.on("presence", {
+        let cluster = cluster.clone();
+        move |s: SocketRef<BusAdapter>, TryData(arg): TryData<Value>, ack: AckSender<BusAdapter>| {
+            on_presence(cluster.clone(), s, arg.ok(), ack)
+        }
+    });
+    s.on("publish", {
+        let cluster = cluster.clone();
+        move |s: SocketRef<BusAdapter>, TryData(arg): TryData<Value>, ack: AckSender<BusAdapter>| {
+            on_publish(&cluster, &s, arg.ok(), ack);
+            async {}
+        }
+    });
+    // Other events: forwarded to services when a route names them; otherwise refused
+    // with a reason when the client asked for an ack — never silently dropped. Both
+    // count against the rate.
+    s.on_fallback({
+        let cluster = cluster.clone();
+        let upstream = ctx.upstream.clone();
+        move |s: SocketRef<BusAdapter>,
+              Event(event): Event,
+              TryData(args): TryData<client_events::AllArgs>,
+              ack: AckSender<BusAdapter>| {
+            on_other_event(&cluster, &upstream, &s, &event, args.ok(), ack)
+        }
+    });
+}
+
+/// `join`: checked and applied now (packet order); the ack waits for the bus to confirm
+/// the room's subscription.
+fn on_join(
+    cluster: &Arc<Cluster>,
+    s: &SocketRef<BusAdapter>,
+    room: Option<Value>,
+    ack: AckSender<BusAdapter>,
+) -> impl std::future::Future<Output = ()> + Send + use<> {
+    let pending = limit(cluster, s, true).and_then(|()| join(cluster, s, room));
+    if pending.is_ok() {
+        cluster.session_changed(s);
+    }
+    async move {
+        let reply = match pending {
+            Ok((room, confirmation)) => match confirmation.await {
+                Ok(()) => json!({"ok": true, "room": room}),
+                Err(w) => json!({"ok": true, "room": room, "warning": w.to_string()}),
+            },
+            Err(error) => error.to_json(),
+        };
+        ack.send(&reply).ok();
+    }
+}
+
+/// `leave`: applied now; answered at once.
+fn on_leave(
+    cluster: &Arc<Cluster>,
+    s: &SocketRef<BusAdapter>,
+    room: Option<Value>,
+    ack: AckSender<BusAdapter>,
+) -> impl std::future::Future<Output = ()> + Send + use<> {
+    let reply = limit(cluster, s, false)
+        .and_then(|()| leave(cluster, s, room))
+        .map(|room| {
+            cluster.session_changed(s);
+            json!({"ok": true, "room": room})
+        });
+    async move {
+        ack.send(&ack::reply(reply)).ok();
+    }
+}
+
+/// `refresh`: a fresh token moves the socket's expiry.
+async fn on_refresh(
+    ctx: Arc<SocketCtx>,
+    s: SocketRef<BusAdapter>,
+    arg: Option<Value>,
+    ack: AckSender<BusAdapter>,
+) {
+    let allowed = limit(&ctx.cluster, &s, false);
+    let reply = match allowed {
+        Ok(()) => refresh(&ctx, &s, arg).await,
+        Err(e) => Err(e),
+    };
+    ack.send(&ack::reply(reply)).ok();
+}
+
+/// `presence`: who is in a room this socket is in, cluster-wide.
+async fn on_presence(
+    cluster: Arc<Cluster>,
+    s: SocketRef<BusAdapter>,
+    arg: Option<Value>,
+    ack: AckSender<BusAdapter>,
+) {
+    let allowed = limit(&cluster, &s, false);
+    let reply = match allowed.and_then(|()| presence_room(&s, arg)) {
+        Ok((room, scoped)) => {
+            let p = cluster.presence(s.ns(), &scoped).await;
+            Ok(json!({
+                "ok": true,
+                "room": room,
+                "users": p.users_json(),
+                "count": p.users.len(),
+                "sockets": p.sockets,
+            }))
+        }
+        Err(e) => Err(e),
+    };
+    ack.send(&ack::reply(reply)).ok();
+}
+
+/// `publish`: checked and queued now, so a client's publishes keep their order.
+fn on_publish(
+    cluster: &Arc<Cluster>,
+    s: &SocketRef<BusAdapter>,
+    arg: Option<Value>,
+    ack: AckSender<BusAdapter>,
+) {
+    let refused = match (limit(cluster, s, false), self::identity(s)) {
+        (Ok(()), Some(identity)) => {
+            client_events::publish(cluster, s, &identity, arg, ack);
+            return;
+        }
+        (Err(error), _) => error,
+        (Ok(()), None) => AckError::new("not authenticated"),
+    };
+    ack.send(&refused.to_json()).ok();
+}
+
+/// Any other event: forwarded to a service when a route names it, refused otherwise.
+fn on_other_event(
+    cluster: &Arc<Cluster>,
+    upstream: &Arc<crate::upstream::Upstream>,
+    s: &SocketRef<BusAdapter>,
+    event: &str,
+    args: Option<client_events::AllArgs>,
+    ack: AckSender<BusAdapter>,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+    let route = upstream.routes().route(s.ns(), event);
+    let error = match (limit(cluster, s, false), route, self::identity(s)) {
+        (Err(e), _, _) => e,
+        (Ok(()), Some(_), _) if args.is_none() => {
+            cluster.metrics().refused(Refusal::BadInput);
+            AckError::new("the event's arguments could not be read")
+        }
+        (Ok(()), Some(transport), Some(identity)) => {
+            let ev = client_events::Forward {
+                transport,
+                event: event.to_owned(),
+                args: args.map(|a| a.0).unwrap_or_default(),
+            };
+            client_events::forward(cluster, upstream, s, &identity, ev, ack);
+            return Box::pin(async {});
+        }
+        (Ok(()), _, _) => {
+            cluster.metrics().refused(Refusal::UnknownEvent);
+            AckError::new(format!("no handler for event {event:?} on this gateway"))
+        }
+    };
+    Box::pin(async move {
+        ack.send(&error.to_json()).ok();
+    })
+}
+
 /// Applies the socket's rate limits to one client event (`join`: a join). Refusals are
 /// counted; sustained abuse disconnects the socket with the reason `rate_limited`.
-fn limit(cluster: &Cluster, s: &SocketRef<BusAdapter>, join: bool) -> Result<(), String> {
+fn limit(cluster: &Cluster, s: &SocketRef<BusAdapter>, join: bool) -> Result<(), AckError> {
     let Some(limiter) = s.extensions.get::<Arc<SocketLimiter>>() else {
         return Ok(());
     };
@@ -496,11 +516,11 @@ fn limit(cluster: &Cluster, s: &SocketRef<BusAdapter>, join: bool) -> Result<(),
             "too many events for too long: disconnected",
         );
     }
-    Err(message)
+    Err(AckError::new(message))
 }
 
 /// The room a `join`/`leave` names: a string, or `{ "room": "..." }`.
-fn room_arg(arg: Option<Value>) -> Result<Room, String> {
+fn room_arg(arg: Option<Value>) -> Result<Room, AckError> {
     let name = match &arg {
         Some(Value::String(name)) => name.as_str(),
         Some(Value::Object(map)) => match map.get("room") {
@@ -509,7 +529,7 @@ fn room_arg(arg: Option<Value>) -> Result<Room, String> {
         },
         _ => return Err("expected a room name string or {\"room\": \"...\"}".into()),
     };
-    Room::parse(name).map_err(|e| e.to_string())
+    Room::parse(name).map_err(AckError::of)
 }
 
 type JoinConfirmation = std::pin::Pin<
@@ -522,9 +542,9 @@ fn join(
     cluster: &Cluster,
     s: &SocketRef<BusAdapter>,
     arg: Option<Value>,
-) -> Result<(String, JoinConfirmation), String> {
+) -> Result<(String, JoinConfirmation), AckError> {
     let refused_as = |reason: Refusal| {
-        move |e: String| {
+        move |e: AckError| {
             cluster
                 .stats
                 .joins_refused
@@ -536,13 +556,15 @@ fn join(
     let refused = refused_as(Refusal::JoinDenied);
     let room = room_arg(arg).map_err(refused)?;
     let identity = identity(s).ok_or_else(|| refused("not authenticated".into()))?;
-    let scoped = identity.may_join(&room).map_err(refused)?;
+    let scoped = identity
+        .may_join(&room)
+        .map_err(|e| refused(AckError::from(e)))?;
     match cluster.join(s, &scoped) {
         Ok(confirmation) => Ok((room.into_string(), Box::pin(confirmation))),
         Err(e @ JoinRefused::TooManyRooms { .. }) => {
-            Err(refused_as(Refusal::RoomLimit)(e.to_string()))
+            Err(refused_as(Refusal::RoomLimit)(AckError::of(e)))
         }
-        Err(e) => Err(e.to_string()),
+        Err(e) => Err(AckError::of(e)),
     }
 }
 
@@ -550,14 +572,14 @@ fn join(
 fn presence_room(
     s: &SocketRef<BusAdapter>,
     arg: Option<Value>,
-) -> Result<(String, rooms::ScopedRoom), String> {
+) -> Result<(String, rooms::ScopedRoom), AckError> {
     let room = room_arg(arg)?;
     let identity = identity(s).ok_or("not authenticated")?;
-    let scoped = identity.scope(&room).map_err(|e| e.to_string())?;
+    let scoped = identity.scope(&room).map_err(AckError::of)?;
     if !s.rooms().iter().any(|r| r.as_ref() == scoped.as_str()) {
-        return Err(format!(
+        return Err(AckError::new(format!(
             "not in {room}: presence is for rooms this socket is in"
-        ));
+        )));
     }
     Ok((room.into_string(), scoped))
 }
@@ -567,10 +589,10 @@ fn leave(
     cluster: &Cluster,
     s: &SocketRef<BusAdapter>,
     arg: Option<Value>,
-) -> Result<String, String> {
+) -> Result<String, AckError> {
     let room = room_arg(arg)?;
     let identity = identity(s).ok_or("not authenticated")?;
-    let scoped = identity.scope(&room).map_err(|e| e.to_string())?;
+    let scoped = identity.scope(&room).map_err(AckError::of)?;
     cluster.leave(s, &scoped);
     Ok(room.into_string())
 }
@@ -581,7 +603,7 @@ async fn refresh(
     ctx: &SocketCtx,
     s: &SocketRef<BusAdapter>,
     arg: Option<Value>,
-) -> Result<Value, String> {
+) -> Result<Value, AckError> {
     let token = match &arg {
         Some(Value::String(t)) => t.as_str(),
         Some(Value::Object(map)) => map.get("token").and_then(Value::as_str).unwrap_or(""),
@@ -590,7 +612,7 @@ async fn refresh(
     if token.is_empty() {
         return Err("expected a token string or {\"token\": \"...\"}".into());
     }
-    let fresh = ctx.auth.verify(token).await.map_err(|e| e.to_string())?;
+    let fresh = ctx.auth.verify(token).await.map_err(AckError::of)?;
     let current = identity(s).ok_or("not authenticated")?;
     if fresh.user_id != current.user_id || fresh.tenant_id != current.tenant_id {
         return Err("the new token is for another user or tenant".into());
@@ -631,11 +653,12 @@ mod tests {
         assert!(
             room_arg(Some(json!(5)))
                 .unwrap_err()
+                .to_string()
                 .contains("expected a room name")
         );
         assert!(room_arg(None).is_err());
         assert_eq!(
-            room_arg(Some(json!("lobby"))).unwrap_err(),
+            room_arg(Some(json!("lobby"))).unwrap_err().to_string(),
             Room::parse("lobby").unwrap_err().to_string()
         );
     }

@@ -282,7 +282,7 @@ impl Upstream {
 }
 
 fn failure(error: String) -> Value {
-    json!({"ok": false, "error": error})
+    crate::ack::AckError::new(error).to_json()
 }
 
 /// A reqwest error without the URL (which may hold credentials).
