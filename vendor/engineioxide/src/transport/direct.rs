@@ -652,6 +652,11 @@ pub(crate) async fn upgrade<H: EngineIoHandler>(
         }
         None => return,
     };
+    // The session is a WebSocket one from the moment the client's `5` is read, as in
+    // the queued transport: a polling request arriving now is refused (400), not
+    // answered. A send racing this still lands in the polling queue (not redirected
+    // yet), which is drained into the writer below.
+    socket.upgrade_to_websocket();
 
     // From here every send goes to the writer (held); what the polling queue took
     // before goes out first.
@@ -680,7 +685,6 @@ pub(crate) async fn upgrade<H: EngineIoHandler>(
         }
     }
     writer.release(first);
-    socket.upgrade_to_websocket();
     #[cfg(feature = "tracing")]
     tracing::debug!(%sid, "ws upgraded (direct transport)");
     serve(engine, socket, stream, writer, reader, None).await
