@@ -22,6 +22,10 @@ pub(crate) fn run() -> anyhow::Result<()> {
         crate::vendor::check,
     )?;
     timed(
+        "layering: no module cycle, no file over 900 lines before its tests",
+        crate::layering::check,
+    )?;
+    timed(
         "msrv: one rust-version, no dependency needing a newer one",
         crate::msrv::check,
     )?;
