@@ -30,9 +30,10 @@ pub(crate) fn run() -> anyhow::Result<()> {
         crate::msrv::check,
     )?;
     let steps: &[Step<'_>] = &[
-        // Not `--all`: that also formats path dependencies, the carried crates among them
-        // (vendor/ changes only through its patch series).
-        ("format", &["fmt", "--check"], &[]),
+        // `--all` also checks path dependencies, the carried crates among them: the
+        // series' code is rustfmt-clean, as upstream's CI requires (a fix goes into the
+        // series, never straight into vendor/).
+        ("format", &["fmt", "--all", "--check"], &[]),
         (
             "clippy",
             &[

@@ -62,7 +62,14 @@ fn main() {
 
 fn run() -> anyhow::Result<()> {
     // Every task works from the workspace root, wherever `cargo xtask` was typed.
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    // `cargo run` sets CARGO_MANIFEST_DIR for the process: read it at run time. The
+    // compile-time value can name another checkout when several share one target
+    // directory (cargo re-links `target/debug/xtask` only when it rebuilds).
+    let manifest_dir = std::env::var_os("CARGO_MANIFEST_DIR").map_or_else(
+        || std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")),
+        Into::into,
+    );
+    let root = manifest_dir.join("..");
     std::env::set_current_dir(&root)
         .map_err(|e| anyhow::anyhow!("entering the workspace root: {e}"))?;
     let args: Vec<String> = std::env::args().skip(1).collect();

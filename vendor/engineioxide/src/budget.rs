@@ -338,11 +338,19 @@ mod tests {
     fn packets_are_weighed_in_and_out() {
         let budget = Arc::new(OutboundBudget::new(Some(10)));
         let (queue, mut rx) = Queue::new(8, budget.clone());
-        for p in [msg("hello"), msg("world!"), PacketBuf::from_iter([Packet::Ping])] {
+        for p in [
+            msg("hello"),
+            msg("world!"),
+            PacketBuf::from_iter([Packet::Ping]),
+        ] {
             budget.add(&p);
             queue.try_send(p).unwrap();
         }
-        assert_eq!(budget.queued(), 5 + 6 + 1, "payload bytes, one for a control packet");
+        assert_eq!(
+            budget.queued(),
+            5 + 6 + 1,
+            "payload bytes, one for a control packet"
+        );
         assert!(!budget.admit(), "over 10 bytes: refused");
         assert!(budget.is_overflowed(), "a refusal marks the slow consumer");
         rx.try_recv().unwrap();
@@ -373,16 +381,26 @@ mod tests {
         let (queue, mut rx) = Queue::new(2, budget);
         let permit = queue.try_reserve().unwrap();
         queue.try_send(msg("a")).unwrap();
-        assert!(matches!(queue.try_send(msg("b")), Err(TrySendError::Full(_))));
+        assert!(matches!(
+            queue.try_send(msg("b")),
+            Err(TrySendError::Full(_))
+        ));
         assert!(permit.send(msg("c")).is_none());
         assert_eq!(rx.try_recv().unwrap()[0], Packet::Message("a".into()));
         assert_eq!(rx.try_recv().unwrap()[0], Packet::Message("c".into()));
         // Closed: new sends refused, a forced control packet too.
         queue.try_send(msg("d")).unwrap();
         rx.close();
-        assert!(matches!(queue.try_send(msg("e")), Err(TrySendError::Closed(_))));
+        assert!(matches!(
+            queue.try_send(msg("e")),
+            Err(TrySendError::Closed(_))
+        ));
         assert!(queue.force_send(msg("f")).is_err());
-        assert_eq!(rx.try_recv().unwrap()[0], Packet::Message("d".into()), "what waited is still taken");
+        assert_eq!(
+            rx.try_recv().unwrap()[0],
+            Packet::Message("d".into()),
+            "what waited is still taken"
+        );
         assert!(matches!(rx.try_recv(), Err(TryRecvError::Disconnected)));
     }
 
@@ -392,8 +410,14 @@ mod tests {
         let (queue, _rx) = Queue::new(4, budget);
         let permit = queue.try_reserve().unwrap();
         queue.redirect();
-        assert!(matches!(queue.try_send(msg("x")), Err(TrySendError::Closed(_))));
-        assert_eq!(permit.send(msg("y")).map(|p| p[0].clone()), Some(Packet::Message("y".into())));
+        assert!(matches!(
+            queue.try_send(msg("x")),
+            Err(TrySendError::Closed(_))
+        ));
+        assert_eq!(
+            permit.send(msg("y")).map(|p| p[0].clone()),
+            Some(Packet::Message("y".into()))
+        );
     }
 
     #[tokio::test]

@@ -77,9 +77,7 @@ pub fn new_req<R: Send + 'static, B, H: EngineIoHandler>(
                     match sid {
                         None => direct::accept(engine, stream, read_buf, protocol, parts).await,
                         // Boxed: only upgrades pay for the handshake's state.
-                        Some(sid) => {
-                            Box::pin(direct::upgrade(engine, stream, read_buf, sid)).await
-                        }
+                        Some(sid) => Box::pin(direct::upgrade(engine, stream, read_buf, sid)).await,
                     }
                     return;
                 }
