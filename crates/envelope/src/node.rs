@@ -20,4 +20,9 @@ pub struct NodeInfo {
     pub ts: u64,
     /// Gateway version.
     pub version: String,
+    /// The first characters of every Engine.IO session id this node hands out: a node
+    /// receiving a request of another node's session finds its owner by this tag.
+    /// Absent in the records of nodes older than this field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sid_tag: Option<String>,
 }

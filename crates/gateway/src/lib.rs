@@ -32,6 +32,7 @@
 //! | `sio` | the namespaces: connect middleware, `join`/`leave`/`refresh`, rate limits |
 //! | `membership`, `cluster`, `registry` | who is where; delivery; the node registry |
 //! | `adapter` | [`BusAdapter`], socketioxide's adapter over the bus |
+//! | `forward` | [`Forwarder`]: requests of another node's Engine.IO session handed to it (no sticky sessions) |
 //! | `http`, `demo` | the HTTP API; the development demo page |
 //! | `limits` | per-socket token buckets ([`RateLimits`]) |
 //! | `metrics` | [`Metrics`]: the node's Prometheus series (`/metrics`) |
@@ -45,6 +46,7 @@ mod client_events;
 mod cluster;
 mod config;
 mod demo;
+mod forward;
 mod http;
 mod limits;
 mod membership;
@@ -70,6 +72,9 @@ pub use cluster::{
     AckReply, Cluster, ClusterSettings, DISCONNECT_REASON_EVENT, JoinWarning, Stats,
 };
 pub use config::{Args, Config, ConfigError, DevCredentials, MIN_SECRET_BYTES, Mode};
+pub use forward::{
+    CredentialError, FORWARDED_HEADER, ForwardSettings, Forwarder, MAX_SKEW, NodeKey, SidTag,
+};
 pub use limits::RateLimits;
 pub use membership::{AttachRefused, ConnectionLimits, JoinRefused, Membership, UserKey};
 pub use metrics::{Metrics, OTHER_EVENT, Refusal, Snapshot};

@@ -149,6 +149,12 @@ impl Metrics {
                     Matcher::Full("roomcast_http_request_duration_seconds".into()),
                     HTTP_SECONDS_BUCKETS,
                 )
+            })
+            .and_then(|b| {
+                b.set_buckets_for_metric(
+                    Matcher::Full("roomcast_forward_duration_seconds".into()),
+                    HTTP_SECONDS_BUCKETS,
+                )
             });
         // The bucket lists are constants and not empty, the only way this fails.
         let recorder = builder
@@ -178,6 +184,13 @@ impl Metrics {
         }
         m.counter("roomcast_presence_events_dropped_total", Vec::new())
             .increment(0);
+        for result in ["accepted", "refused"] {
+            m.counter(
+                "roomcast_forwarded_received_total",
+                vec![Label::new("result", result)],
+            )
+            .increment(0);
+        }
         m
     }
 
@@ -219,6 +232,21 @@ impl Metrics {
             Some(Unit::Milliseconds),
             SharedString::const_str(
                 "From a message's publication (its envelope timestamp) to its receipt from the bus on this node.",
+            ),
+        );
+        c(
+            "roomcast_forwarded_requests_total",
+            "Engine.IO requests of sessions held by another node, handed to that node, by kind (polling, websocket) and result: ok, owner_gone (answered as an unknown session), busy (over FORWARD_MAX_*), timeout, error.",
+        );
+        c(
+            "roomcast_forwarded_received_total",
+            "Engine.IO requests handed to this node by another node, by result: accepted, or refused (missing, stale or wrong node credentials).",
+        );
+        r.describe_histogram(
+            "roomcast_forward_duration_seconds".into(),
+            Some(Unit::Seconds),
+            SharedString::const_str(
+                "Time from receiving a request for another node's session to that node's answer (its response head; a long-poll GET waits for messages), by kind.",
             ),
         );
         r.describe_histogram(
@@ -324,6 +352,37 @@ impl Metrics {
                 &META,
             )
             .record(seconds);
+    }
+
+    /// A request for another node's session of `kind` (`polling`, `websocket`), handed
+    /// on with `result`; `seconds` until that node's answer, when there was one.
+    pub fn forwarded(&self, kind: &'static str, result: &'static str, seconds: Option<f64>) {
+        self.counter(
+            "roomcast_forwarded_requests_total",
+            vec![Label::new("kind", kind), Label::new("result", result)],
+        )
+        .increment(1);
+        if let Some(seconds) = seconds {
+            self.recorder
+                .register_histogram(
+                    &Key::from_parts(
+                        "roomcast_forward_duration_seconds",
+                        vec![Label::new("kind", kind)],
+                    ),
+                    &META,
+                )
+                .record(seconds);
+        }
+    }
+
+    /// A request handed to this node by another, accepted or refused.
+    pub fn forwarded_in(&self, accepted: bool) {
+        let result = if accepted { "accepted" } else { "refused" };
+        self.counter(
+            "roomcast_forwarded_received_total",
+            vec![Label::new("result", result)],
+        )
+        .increment(1);
     }
 
     /// The exposition: `snapshot`'s values and the process's, then every series kept here.

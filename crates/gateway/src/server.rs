@@ -17,6 +17,7 @@ use crate::adapter::{BusAdapter, InitRes};
 use crate::auth::Authenticator;
 use crate::cluster::{Cluster, ClusterSettings};
 use crate::config::{Config, Mode};
+use crate::forward::Forwarder;
 use crate::registry::RegistryError;
 use crate::{demo, http, sio};
 
@@ -53,6 +54,8 @@ pub struct Node {
     pub cluster: Arc<Cluster>,
     /// The Socket.IO handle, e.g. to emit from embedding code.
     pub io: SocketIo<BusAdapter>,
+    /// Hands requests of other nodes' sessions to them.
+    pub forwarder: Arc<Forwarder>,
     node_ttl: std::time::Duration,
     advertised_url: Option<String>,
     header_timeout: Duration,
@@ -147,6 +150,7 @@ impl Node {
             },
         ));
         cluster.registry().check_unique(config.node_ttl).await?;
+        let sid_tag = crate::forward::unused_tag(cluster.registry()).await;
         // A bus that is down at start is not fatal: the subscription is remembered and
         // made when the bus connects; meanwhile the node serves local sockets.
         if let Err(e) = cluster.bus().subscribe(cluster.base_channels()).await {
@@ -171,6 +175,8 @@ impl Node {
             // A session must authenticate this soon, or it is closed: an unauthenticated
             // connection holds as little as possible for as short as possible.
             .connect_timeout(config.connect_timeout)
+            // Session ids carry this node's tag: any node can hand it its requests.
+            .engine_sid_generator(move || sid_tag.new_sid())
             .with_adapter::<BusAdapter>(cluster.clone() as Arc<dyn crate::adapter::AdapterHost>)
             .build_layer();
         cluster.set_io(io.clone());
@@ -213,17 +219,36 @@ impl Node {
                     .and(config.publish_api_key.clone()),
             })));
         }
+        if config.forward.key.is_none()
+            && (!config.redis_cluster_nodes.is_empty() || config.redis_url.is_some())
+        {
+            tracing::warn!(
+                "no CLUSTER_SECRET or PUBLISH_API_KEY: requests of sessions held by other nodes are answered as unknown sessions, so long-polling clients need sticky sessions"
+            );
+        }
+        let forwarder = Arc::new(Forwarder::new(
+            sid_tag,
+            config.forward.clone(),
+            &config.socketio_path,
+            cluster.clone(),
+        ));
         let router = router
             .layer(layer)
             .layer(axum::middleware::map_request_with_state(
                 Arc::<str>::from(config.socketio_path.as_str()),
                 detach_request,
             ))
+            // Inside CORS, so that answers from other nodes get this node's CORS headers.
+            .layer(axum::middleware::from_fn_with_state(
+                forwarder.clone(),
+                crate::forward::route,
+            ))
             .layer(cors(&config.cors_allowed_origins));
         Ok(Self {
             router,
             cluster,
             io,
+            forwarder,
             node_ttl: config.node_ttl,
             advertised_url: config.advertised_url.clone(),
             header_timeout: config.header_timeout,
@@ -278,6 +303,9 @@ impl Node {
             Some(url) => url.clone(),
             None => {
                 let addr = listener.local_addr()?;
+                if addr.ip().is_unspecified() {
+                    tracing::warn!(%addr, "listening on all addresses with no ADVERTISED_URL: other nodes cannot reach this one to hand it requests of its sessions (set ADVERTISED_URL to this node's address on the cluster network)");
+                }
                 let scheme = if self.tls.is_some() { "https" } else { "http" };
                 format!("{scheme}://{addr}")
             }
@@ -326,7 +354,7 @@ impl Node {
         // (a crash, from the cluster's point of view) the record simply expires.
         let result = tokio::select! {
             r = server => r,
-            () = self.cluster.heartbeat(address, self.node_ttl) => Ok(()),
+            () = self.cluster.heartbeat(address, Some(self.forwarder.tag().to_string()), self.node_ttl) => Ok(()),
         };
         self.cluster.registry().deregister().await;
         drop(self.tasks);

@@ -30,9 +30,37 @@
 //! let svc = EngineIoService::with_config(Arc::new(MyHandler), config);
 //! ```
 
-use std::{borrow::Cow, time::Duration};
+use std::{borrow::Cow, fmt, sync::Arc, time::Duration};
 
-use engineioxide_core::TransportType;
+use engineioxide_core::{Sid, TransportType};
+
+/// Makes the id of each new session, in place of the 96 random bits of [`Sid::new`]
+/// (Roomcast patch).
+///
+/// A server that runs as one of several nodes can put its own mark in the ids it hands
+/// out, so that any node can tell which one holds a session. The generator must keep
+/// ids unique and unguessable: the session id is all a polling request shows to prove
+/// it belongs to the session.
+#[derive(Clone)]
+pub struct SidGenerator(Arc<dyn Fn() -> Sid + Send + Sync>);
+
+impl SidGenerator {
+    /// A generator calling `generate` for each new session.
+    pub fn new(generate: impl Fn() -> Sid + Send + Sync + 'static) -> Self {
+        Self(Arc::new(generate))
+    }
+
+    /// A new session id.
+    pub fn generate(&self) -> Sid {
+        (self.0)()
+    }
+}
+
+impl fmt::Debug for SidGenerator {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SidGenerator")
+    }
+}
 
 /// Configuration for the engine.io engine & transports
 #[derive(Debug, Clone)]
@@ -101,6 +129,11 @@ pub struct EngineIoConfig {
     /// Defaults to `true`.
     pub ws_direct_writes: bool,
 
+    /// Makes the id of each new session (see [`SidGenerator`]). Roomcast patch.
+    ///
+    /// Defaults to `None`: 96 random bits ([`Sid::new`]).
+    pub sid_generator: Option<SidGenerator>,
+
     /// Allowed transports on this server
     /// It is represented as a bitfield to allow to combine any number of transports easily
     pub transports: u8,
@@ -120,6 +153,7 @@ impl Default for EngineIoConfig {
             ws_max_message_size: 64 << 20,
             ws_max_frame_size: 16 << 20,
             ws_direct_writes: true,
+            sid_generator: None,
             transports: TransportType::Polling as u8 | TransportType::Websocket as u8,
         }
     }
@@ -225,6 +259,12 @@ impl EngineIoConfigBuilder {
     /// See [`EngineIoConfig::ws_direct_writes`] (Roomcast patch). Defaults to `true`.
     pub fn ws_direct_writes(mut self, enabled: bool) -> Self {
         self.config.ws_direct_writes = enabled;
+        self
+    }
+
+    /// See [`EngineIoConfig::sid_generator`] (Roomcast patch).
+    pub fn sid_generator(mut self, generate: impl Fn() -> Sid + Send + Sync + 'static) -> Self {
+        self.config.sid_generator = Some(SidGenerator::new(generate));
         self
     }
 

@@ -189,6 +189,22 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn sessions_take_their_id_from_the_configured_generator() {
+        let config = EngineIoConfig::builder()
+            .sid_generator(|| "node-a-000000001".parse().unwrap())
+            .build();
+        let engine = Arc::new(EngineIo::new(Arc::new(MockHandler), config));
+        let socket = engine.create_session(
+            ProtocolVersion::V4,
+            TransportType::Polling,
+            Request::<()>::default().into_parts().0,
+            true,
+        );
+        assert_eq!(socket.id.as_str(), "node-a-000000001");
+        assert!(engine.get_socket(socket.id).is_some());
+    }
+
+    #[tokio::test]
     async fn close_session() {
         let engine = create_engine();
         let socket = engine.create_session(

@@ -303,7 +303,10 @@ where
         let (volatile_tx, volatile_rx) = watch::channel(None);
 
         Self {
-            id: Sid::new(),
+            id: config
+                .sid_generator
+                .as_ref()
+                .map_or_else(Sid::new, |generator| generator.generate()),
             protocol,
             transport: AtomicU8::new(transport as u8),
             upgrading: AtomicBool::new(false),

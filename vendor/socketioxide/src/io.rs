@@ -226,6 +226,18 @@ impl<A: Adapter> SocketIoBuilder<A> {
         self
     }
 
+    /// How the id of each Engine.IO session is made, in place of 96 random bits: see
+    /// `engineioxide::config::EngineIoConfig::sid_generator`. The generator must keep ids
+    /// unique and unguessable. Roomcast patch.
+    #[inline]
+    pub fn engine_sid_generator(
+        mut self,
+        generate: impl Fn() -> Sid + Send + Sync + 'static,
+    ) -> Self {
+        self.engine_config_builder = self.engine_config_builder.sid_generator(generate);
+        self
+    }
+
     /// The maximum size of a payload in bytes.
     /// If a payload is bigger than this value the `emit()` method will return an error.
     ///

@@ -784,7 +784,12 @@ impl Cluster {
     }
 
     /// This node's registry record now.
-    pub fn node_info(&self, address: &str, started_ms: u64) -> envelope::NodeInfo {
+    pub fn node_info(
+        &self,
+        address: &str,
+        started_ms: u64,
+        sid_tag: Option<&str>,
+    ) -> envelope::NodeInfo {
         envelope::NodeInfo {
             node_id: self.node_id.clone(),
             address: address.to_owned(),
@@ -793,14 +798,18 @@ impl Cluster {
             started_ms,
             ts: envelope::now_ms(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
+            sid_tag: sid_tag.map(str::to_owned),
         }
     }
 
     /// Announces this node every third of `ttl`, forever.
-    pub async fn heartbeat(&self, address: String, ttl: Duration) {
+    /// `sid_tag` is the mark of this node's session ids (see `forward::SidTag`).
+    pub async fn heartbeat(&self, address: String, sid_tag: Option<String>, ttl: Duration) {
         let started_ms = envelope::now_ms();
         self.registry
-            .heartbeat(ttl, || self.node_info(&address, started_ms))
+            .heartbeat(ttl, || {
+                self.node_info(&address, started_ms, sid_tag.as_deref())
+            })
             .await;
     }
 

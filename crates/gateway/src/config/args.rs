@@ -180,9 +180,18 @@ pub struct Args {
     /// PEM private key of TLS_CERT_FILE
     #[arg(long, env = "TLS_KEY_FILE", requires = "tls_cert_file")]
     pub tls_key_file: Option<std::path::PathBuf>,
-    /// Address other nodes and operators see for this node in GET /v1/cluster [default: http://HOST:PORT]
+    /// Address other nodes reach this node at (to hand it requests of its sessions) and operators see in GET /v1/cluster; an http:// URL on the cluster's network [default: http://HOST:PORT]
     #[arg(long, env = "ADVERTISED_URL")]
     pub advertised_url: Option<String>,
+    /// Secret the nodes share to prove to each other that a request of a session was handed on by a node; at least 32 bytes in production [default: derived from PUBLISH_API_KEY; with neither, nodes hand nothing on and polling needs sticky sessions]
+    #[arg(long, env = "CLUSTER_SECRET", hide_env_values = true)]
+    pub cluster_secret: Option<String>,
+    /// Polling requests this node hands to other nodes at once; more are answered 503 [default: 10000]
+    #[arg(long, env = "FORWARD_MAX_REQUESTS", default_value_t = 10_000)]
+    pub forward_max_requests: usize,
+    /// WebSocket tunnels to other nodes this node keeps open at once (a client upgrading a session held by another node); more are answered 503 [default: 20000]
+    #[arg(long, env = "FORWARD_MAX_TUNNELS", default_value_t = 20_000)]
+    pub forward_max_tunnels: usize,
     /// WebSocket read buffer per connection, in bytes; larger frames are read in several chunks [default: 1024]
     #[arg(long, env = "WS_READ_BUFFER_BYTES", default_value_t = 1024)]
     pub ws_read_buffer_bytes: usize,

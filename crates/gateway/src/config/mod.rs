@@ -101,6 +101,8 @@ pub struct Config {
     pub shutdown_drain: Duration,
     /// Advertised address; `None`: derived from the bound address.
     pub advertised_url: Option<String>,
+    /// Handing requests of other nodes' sessions to them (no sticky sessions).
+    pub forward: crate::ForwardSettings,
     /// Native TLS; `None`: plain HTTP (TLS terminated by a proxy, or none).
     pub tls: Option<crate::TlsFiles>,
     /// Connection state recovery.
@@ -152,6 +154,7 @@ impl fmt::Debug for Config {
             .field("redis_url", &self.redis_url.as_deref().map(bus::mask_url))
             .field("channel_prefix", &self.channel_prefix)
             .field("legacy_channel", &self.legacy_channel)
+            .field("forward", &self.forward)
             .finish_non_exhaustive()
     }
 }
@@ -367,6 +370,32 @@ impl Config {
             }
             None => None,
         };
+        let forward_key = match &args.cluster_secret {
+            Some(secret) if secret.is_empty() => {
+                return Err(invalid("CLUSTER_SECRET", "must not be empty"));
+            }
+            Some(secret) => {
+                strong("CLUSTER_SECRET", secret)?;
+                Some(crate::NodeKey::new(secret.as_bytes()))
+            }
+            // A generated publish key differs on every node: nothing to derive from.
+            None if dev.as_ref().is_some_and(|d| d.generated_publish_key) => None,
+            None => publish_api_key.as_deref().map(crate::NodeKey::derived),
+        };
+        if args.forward_max_requests == 0 || args.forward_max_tunnels == 0 {
+            return Err(invalid(
+                "FORWARD_MAX_REQUESTS/FORWARD_MAX_TUNNELS",
+                "must be at least 1",
+            ));
+        }
+        if let Some(url) = &args.advertised_url
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            return Err(invalid(
+                "ADVERTISED_URL",
+                "must be an http:// or https:// URL",
+            ));
+        }
         if !args.socketio_path.starts_with('/') {
             return Err(invalid("SOCKETIO_PATH", "must start with '/'"));
         }
@@ -672,6 +701,17 @@ impl Config {
                 },
             )),
             advertised_url: args.advertised_url,
+            forward: crate::ForwardSettings {
+                key: forward_key,
+                max_requests: args.forward_max_requests,
+                max_tunnels: args.forward_max_tunnels,
+                // A long-poll GET is answered within the ping interval (with a ping at
+                // the latest); the owner may take its ping timeout more to notice a
+                // dead session.
+                timeout: Duration::from_millis(args.ping_interval_ms + args.ping_timeout_ms)
+                    + Duration::from_secs(5),
+                max_body: args.max_payload_bytes,
+            },
             recovery,
             presence_events,
             tls: args
