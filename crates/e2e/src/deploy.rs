@@ -95,7 +95,7 @@ async fn nginx(env: &Env, dir: &Path) -> anyhow::Result<(ContainerAsync<GenericI
         .with_mount(mount("nginx.conf"))
         .with_mount(mount("snippets"))
         .with_mount(Mount::bind_mount(
-            dir.join("sites/websocket.conf")
+            dir.join("sites/roomcast.conf")
                 .to_string_lossy()
                 .into_owned(),
             "/etc/nginx/conf.d/default.conf",

@@ -170,6 +170,16 @@ async fn a_websocket_upgrade_on_another_node_joins_the_polling_session() {
     );
     poll_until(&nodes[0], &sid, "431").await;
 
+    // The client's long-poll is pending (through the other node) when it upgrades.
+    let pending = tokio::spawn({
+        let url = polling_url(&nodes[1], Some(&sid));
+        async move {
+            let t = std::time::Instant::now();
+            let body = reqwest::get(url).await.unwrap().text().await.unwrap();
+            (body, t.elapsed())
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
     // The upgrade, as the official client makes it, through the other node.
     let url = format!(
         "{}/socket.io/?EIO=4&transport=websocket&sid={sid}",
@@ -185,6 +195,9 @@ async fn a_websocket_upgrade_on_another_node_joins_the_polling_session() {
         .unwrap()
         .unwrap();
     assert_eq!(probe.to_text().unwrap(), "3probe");
+    // Engine.IO ends the pending long-poll with a noop once the upgrade begins.
+    let (body, took) = pending.await.unwrap();
+    assert_eq!(body, "6", "pending poll answered after {took:?}");
     ws.send(Message::text("5")).await.unwrap();
 
     // Events now arrive over the tunnelled WebSocket, and acks work both ways.

@@ -409,3 +409,50 @@ async fn registry_lists_live_nodes_and_forgets_stopped_and_crashed_ones() {
         crashed_at.elapsed()
     );
 }
+
+/// Publishes with acks made at the same time on several nodes each end when their
+/// sockets answered, not at the ack timeout.
+#[tokio::test]
+async fn concurrent_publishes_with_ack_end_when_the_sockets_answer() {
+    let redis = RedisServer::start().unwrap();
+    let nodes = spawn_redis_cluster(3, &redis.url(), |_, _| {})
+        .await
+        .unwrap();
+    let mut answering = Vec::new();
+    for (i, node) in nodes.iter().enumerate() {
+        let mut client = connect(node, &format!("u{i}")).await;
+        answering.push(tokio::spawn(async move {
+            loop {
+                if let Ok((event, _)) = client.expect("confirm").await
+                    && let Some(id) = event.ack
+                {
+                    client.ack(id, &[json!("yes")]).await.unwrap();
+                }
+            }
+        }));
+    }
+    let urls: Vec<String> = nodes.iter().map(TestNode::url).collect();
+    let loops = (0..3).map(|i| {
+        let url = urls[(i + 1) % 3].clone();
+        tokio::spawn(async move {
+            let mut slowest = Duration::ZERO;
+            for n in 0..15 {
+                let body = json!({"tenant": "acme", "event": "confirm", "to": [format!("user:u{i}")], "data": n, "ack_timeout_ms": 5000});
+                let started = std::time::Instant::now();
+                let (status, res) = publish(&url, TEST_KEY, &body.to_string()).await.unwrap();
+                assert_eq!(status, 200, "{res}");
+                assert_eq!(res["acks"][0]["data"], "yes", "{res}");
+                slowest = slowest.max(started.elapsed());
+            }
+            slowest
+        })
+    });
+    for slowest in futures_util::future::join_all(loops).await {
+        let slowest = slowest.unwrap();
+        assert!(
+            slowest < Duration::from_secs(3),
+            "a publish with acks waited {slowest:?} although its socket answered at once"
+        );
+    }
+    answering.iter().for_each(tokio::task::JoinHandle::abort);
+}

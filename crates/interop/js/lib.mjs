@@ -1,6 +1,7 @@
 // Shared by the interop scripts: the harness's configuration, case reporting, and the
 // HTTP calls (publish, node restart) every case makes.
 
+import { readFileSync } from "node:fs";
 import { io } from "socket.io-client";
 
 /** The harness passes everything in one JSON environment variable. */
@@ -110,4 +111,34 @@ export async function openAt(url, token, options, opened) {
     `"connected" from ${url}`,
   );
   return { socket, rec, connected };
+}
+
+/** Resolves after `ms`. */
+export const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+/**
+ * The gateways nginx sent the requests of Engine.IO session `sid` to, from the access
+ * log the harness adds (`$arg_sid|$upstream_addr|…` per request; nginx lists every
+ * upstream it tried, comma-separated).
+ */
+export function upstreamsOf(sid) {
+  const seen = new Set();
+  for (const line of readFileSync(cfg.upstream_log, "utf8").split("\n")) {
+    const [logged, upstreams] = line.split("|");
+    if (logged !== sid || !upstreams) continue;
+    for (const addr of upstreams.split(",")) seen.add(addr.trim());
+  }
+  return [...seen].filter((a) => cfg.gateways.includes(a)).sort();
+}
+
+/** POSTs a publish with `ack_timeout_ms` through `base`; returns the acks. */
+export async function publishWithAck(base, room, event, data) {
+  const res = await fetch(`${base}/v1/publish`, {
+    method: "POST",
+    headers: { "Content-Type": "application/json", Authorization: `Bearer ${cfg.key}` },
+    body: JSON.stringify({ tenant: cfg.tenant, event, to: [room], data, ack_timeout_ms: 5000 }),
+  });
+  const body = await res.json();
+  check(res.status === 200, `publish with ack through ${base}: ${res.status} ${JSON.stringify(body)}`);
+  return body.acks;
 }

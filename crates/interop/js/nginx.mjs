@@ -3,7 +3,7 @@
 // The harness passes the site URLs, the native TLS node, and the CA files; the test CA is
 // trusted through NODE_EXTRA_CA_CERTS, as a company CA installed on the machine would be.
 import { readFileSync } from "node:fs";
-import { cfg, check, openAt, runCase, withTimeout } from "./lib.mjs";
+import { cfg, check, openAt, runCase } from "./lib.mjs";
 
 const token = cfg.tokens[cfg.users.alice];
 const sites = cfg.sites;
@@ -32,7 +32,7 @@ async function roomThrough(url, room, count, events, options) {
     const ack = await c.socket.timeout(5000).emitWithAck("join", room);
     check(ack.ok === true, `join: ${JSON.stringify(ack)}`);
   }
-  for (let n = 0; n < events; n++) await publish(sites.websocket, room, "through-nginx", n);
+  for (let n = 0; n < events; n++) await publish(sites.roomcast, room, "through-nginx", n);
   for (const c of clients) {
     for (let n = 0; n < events; n++) {
       const { args } = await c.rec.expect("through-nginx");
@@ -45,8 +45,8 @@ async function roomThrough(url, room, count, events, options) {
   return { nodes, transports: [...transports] };
 }
 
-await runCase("websocket.conf: WebSocket clients, no stickiness", async () => {
-  const { nodes } = await roomThrough(sites.websocket, "room:ngx-ws", 6, 3, {
+await runCase("roomcast.conf: WebSocket clients, no stickiness", async () => {
+  const { nodes } = await roomThrough(sites.roomcast, "room:ngx-ws", 6, 3, {
     transports: ["websocket"],
   });
   check(nodes.length >= 2, `all 6 clients landed on ${nodes}: the balancer did not spread them`);
@@ -75,26 +75,18 @@ await runCase("sticky-cookie.conf: long-polling clients, then upgrade", async ()
   return `6 polling clients over ${polling.nodes.join(", ")}; 3 default clients (${upgrading.transports}) over ${upgrading.nodes.join(", ")}`;
 });
 
-await runCase("websocket.conf: long-polling fails without stickiness (documented)", async () => {
-  const errors = [];
-  for (let i = 0; i < 5; i++) {
-    try {
-      const c = await open(sites.websocket, { transports: ["polling"], upgrade: false });
-      // Connected by luck of the balancer: it cannot last past the next requests.
-      await withTimeout(
-        new Promise((resolve) => c.socket.once("disconnect", (why) => resolve(why))),
-        "the disconnect of a session split across nodes",
-      ).then((why) => errors.push(`disconnect: ${why}`));
-    } catch (err) {
-      errors.push(err.message);
-    }
-  }
-  check(errors.length === 5, `only ${errors.length} of 5 polling sessions failed`);
-  return `5 of 5 failed: ${[...new Set(errors)].join(" / ")}`;
+await runCase("roomcast.conf: long-polling clients, no stickiness", async () => {
+  const polling = await roomThrough(sites.roomcast, "room:ngx-rr-poll", 6, 5, {
+    transports: ["polling"],
+    upgrade: false,
+  });
+  check(polling.transports.join() === "polling", `transports ${polling.transports}`);
+  const upgrading = await roomThrough(sites.roomcast, "room:ngx-rr-up", 3, 2, {});
+  return `6 polling clients held by ${polling.nodes.join(", ")}; 3 default clients (${upgrading.transports}) held by ${upgrading.nodes.join(", ")}`;
 });
 
-await runCase("websocket-tls.conf: wss:// through nginx", async () => {
-  const { nodes } = await roomThrough(sites["websocket-tls"], "room:ngx-wss", 3, 2, {
+await runCase("roomcast-tls.conf: wss:// through nginx", async () => {
+  const { nodes } = await roomThrough(sites["roomcast-tls"], "room:ngx-wss", 3, 2, {
     transports: ["websocket"],
   });
   return `3 wss:// clients on ${nodes.join(", ")}, certificate from the test CA`;
@@ -105,7 +97,7 @@ await runCase("native TLS: wss:// straight to a node", async () => {
   const ack = await c.socket.timeout(5000).emitWithAck("join", "room:ngx-native");
   check(ack.ok === true, `join: ${JSON.stringify(ack)}`);
   // Published on a plain-HTTP node: the event crosses the cluster to the TLS node.
-  await publish(sites.websocket, "room:ngx-native", "through-nginx", "native");
+  await publish(sites.roomcast, "room:ngx-native", "through-nginx", "native");
   const { args } = await c.rec.expect("through-nginx");
   check(args[0] === "native", JSON.stringify(args));
   c.socket.disconnect();

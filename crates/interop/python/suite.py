@@ -347,6 +347,63 @@ def reconnect():
     return "rooms back after reconnect"
 
 
+def upstreams_of(sid):
+    """The gateways nginx sent session `sid`'s requests to (the harness's access log)."""
+    seen = set()
+    with open(CFG["upstream_log"], encoding="utf-8") as log:
+        for line in log:
+            parts = line.split("|")
+            if len(parts) < 2 or parts[0] != sid:
+                continue
+            seen.update(a.strip() for a in parts[1].split(","))
+    return sorted(a for a in seen if a in CFG["gateways"])
+
+
+def no_sticky_polling():
+    """Polling only through nginx's default site (no affinity), held for hold_ms."""
+    c = Conn()
+    dropped = threading.Event()
+    c.sio.on("disconnect", lambda *reason: dropped.set())
+    c.sio.on("nosticky", lambda data: {"seen": data["n"], "by": "python"})
+    c.sio.connect(
+        CFG["site"],
+        auth={"token": token(ALICE)},
+        socketio_path=CFG["path"],
+        wait_timeout=WAIT,
+        transports=["polling"],
+    )
+    c.expect("connected")
+    sid = c.sio.eio.sid
+    room = f"room:nosticky-py-{ALICE}"
+    joined = c.call("join", room)
+    check(joined["ok"] is True, f"join: {joined}")
+    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {CFG['key']}"}
+    rounds = 0
+    until = time.monotonic() + CFG["hold_ms"] / 1000
+    while time.monotonic() < until:
+        body = {"tenant": CFG["tenant"], "event": "nosticky", "to": [room], "data": {"n": rounds},
+                "ack_timeout_ms": 5000}
+        status, answer = http_json(f"{CFG['site']}/v1/publish", body, headers)
+        check(status == 200, f"round {rounds}: publish answered {status}: {answer}")
+        acks = answer["acks"]
+        check(len(acks) == 1 and acks[0].get("data", {}).get("seen") == rounds, f"acks {acks}")
+        again = c.call("join", room)
+        check(again["ok"] is True, f"round {rounds}: join ack {again}")
+        check(not dropped.is_set(), f"disconnected after {rounds} rounds")
+        rounds += 1
+        time.sleep(5)
+    check(not dropped.is_set() and c.sio.eio.sid == sid, "the session did not last")
+    check(c.sio.transport() == "polling", f"transport {c.sio.transport()}")
+    nodes = upstreams_of(sid)
+    check(len(nodes) == 3, f"its requests reached {len(nodes)} gateway(s): {nodes}")
+    c.close()
+    return f"{rounds} publish+ack rounds in {CFG['hold_ms'] // 1000} s over polling; requests served by 3 gateways"
+
+
+NO_STICKY_CASES = [
+    ("no sticky: polling only, through nginx without affinity", no_sticky_polling),
+]
+
 CASES = [
     ("websocket only", websocket_only),
     ("polling only", polling_only),
@@ -366,7 +423,7 @@ CASES = [
 
 if __name__ == "__main__":
     only = os.environ.get("INTEROP_CASE")
-    for name, body in CASES:
+    for name, body in NO_STICKY_CASES if CFG.get("site") else CASES:
         if not only or only in name:
             run_case(name, body)
     for conn in OPENED:

@@ -139,6 +139,18 @@ impl Cluster {
         self.spawn(i).await
     }
 
+    /// Kills node `i` (SIGKILL: no goodbye to anyone, its registry record left to
+    /// expire) and starts it again on the same port.
+    pub(crate) async fn kill_and_start(&mut self, i: usize) -> anyhow::Result<()> {
+        let Some(node) = self.nodes.get_mut(i) else {
+            bail!("no node {i}");
+        };
+        if let Some(mut child) = node.child.take() {
+            child.kill().await?;
+        }
+        self.spawn(i).await
+    }
+
     async fn spawn(&mut self, i: usize) -> anyhow::Result<()> {
         let node = &self.nodes[i];
         let log = OpenOptions::new()
@@ -165,7 +177,11 @@ impl Cluster {
             // Only the presence case's rooms, so that no other case sees these events.
             .env("PRESENCE_EVENTS", "doc:Presence:*")
             .env("NODE_TTL_SECS", "6")
-            .env("RUST_LOG", "info")
+            // INTEROP_RUST_LOG: the nodes' log filter, for debugging a case.
+            .env(
+                "RUST_LOG",
+                std::env::var("INTEROP_RUST_LOG").unwrap_or_else(|_| "info".to_owned()),
+            )
             .envs(self.secrets.upstream.iter().flat_map(|(url, secret)| {
                 [
                     ("UPSTREAM_ROUTES", crate::service::ROUTES),

@@ -128,7 +128,10 @@ async fn run() -> anyhow::Result<bool> {
     };
 
     let js = paths.krate.join("js");
-    let npm = if wanted("js") || wanted("browser") {
+    let npm = if ["js", "browser", "nginx", "nosticky"]
+        .into_iter()
+        .any(&wanted)
+    {
         npm_ci(&js).await
     } else {
         Ok(())
@@ -159,28 +162,46 @@ async fn run() -> anyhow::Result<bool> {
         outcomes.iter().for_each(Outcome::progress);
         record("rust_socketio 0.6", outcomes);
     }
-    if wanted("nginx") {
+    if wanted("nginx") || wanted("nosticky") {
         eprintln!("==> nginx (deploy/nginx) and native TLS, socket.io-client");
-        let outcomes = match (&npm, behind_nginx(&paths, &cluster, &urls).await) {
+        match (&npm, behind_nginx(&paths, &cluster, &urls).await) {
             (Ok(()), Ok((nginx, native, ca, other))) => {
                 let mut suite = config("ngx")?;
-                if let (Some(suite), Value::Object(extra)) = (
-                    suite.as_object_mut(),
+                extend(
+                    &mut suite,
                     nginx.config(&native, &ca.ca_file(), &other.ca_file()),
-                ) {
-                    suite.extend(extra);
+                );
+                if wanted("nginx") {
+                    let mut cmd = node_cmd(&js, "nginx.mjs");
+                    // Trusted like a company CA installed on the client machine.
+                    cmd.env("NODE_EXTRA_CA_CERTS", ca.ca_file());
+                    let outcomes = run_script("nginx", cmd, &suite, &paths).await;
+                    record("nginx + socket.io-client", outcomes);
                 }
-                let mut cmd = node_cmd(&js, "nginx.mjs");
-                // Trusted like a company CA installed on the client machine.
-                cmd.env("NODE_EXTRA_CA_CERTS", ca.ca_file());
-                let outcomes = run_script("nginx", cmd, &suite, &paths).await;
-                drop(nginx);
-                outcomes
+                if wanted("nosticky") {
+                    no_sticky(&paths, &js, &nginx, &config)
+                        .await?
+                        .into_iter()
+                        .for_each(|(client, outcomes)| record(client, outcomes));
+                }
+                let stopped = match nginx.stop().await {
+                    Ok(()) => Outcome::passed("nginx stopped: nothing left listening", ""),
+                    Err(e) => {
+                        Outcome::failed("nginx stopped: nothing left listening", format!("{e:#}"))
+                    }
+                };
+                stopped.progress();
+                record("nginx + socket.io-client", vec![stopped]);
             }
-            (Err(e), _) => vec![Outcome::failed("(npm ci)", format!("{e:#}"))],
-            (_, Err(e)) => vec![Outcome::failed("(nginx set-up)", format!("{e:#}"))],
-        };
-        record("nginx + socket.io-client", outcomes);
+            (Err(e), _) => record(
+                "nginx + socket.io-client",
+                vec![Outcome::failed("(npm ci)", format!("{e:#}"))],
+            ),
+            (_, Err(e)) => record(
+                "nginx + socket.io-client",
+                vec![Outcome::failed("(nginx set-up)", format!("{e:#}"))],
+            ),
+        }
     }
     if !wanted("browser") {
         return finish(&paths, &rows);
@@ -197,6 +218,84 @@ async fn run() -> anyhow::Result<bool> {
     };
     record("Chromium + demo page", outcomes);
     finish(&paths, &rows)
+}
+
+/// How long each no-sticky client holds its session.
+const HOLD_MS: u64 = 60_000;
+
+/// Adds `extra`'s fields to the suite configuration `suite`.
+fn extend(suite: &mut Value, extra: Value) {
+    if let (Some(suite), Value::Object(extra)) = (suite.as_object_mut(), extra) {
+        suite.extend(extra);
+    }
+}
+
+/// No sticky sessions, through nginx's default site: the JS client (polling only and
+/// default options), python-socketio (polling only) and the demo page in Chromium hold
+/// their sessions for [`HOLD_MS`] at the same time; then a node is killed under polling
+/// clients. The outcomes, by client.
+async fn no_sticky(
+    paths: &Paths,
+    js: &Path,
+    nginx: &nginx::Nginx,
+    config: &impl Fn(&str) -> anyhow::Result<Value>,
+) -> anyhow::Result<Vec<(&'static str, Vec<Outcome>)>> {
+    eprintln!(
+        "==> no sticky sessions: three clients through nginx without affinity, {} s",
+        HOLD_MS / 1000
+    );
+    let site = nginx
+        .sites
+        .iter()
+        .find(|(name, _)| name == "roomcast.conf")
+        .map(|(_, url)| url.clone())
+        .context("no roomcast.conf site")?;
+    let suite = |prefix: &str| -> anyhow::Result<Value> {
+        let mut suite = config(prefix)?;
+        extend(&mut suite, nginx.config("", Path::new(""), Path::new("")));
+        extend(&mut suite, json!({"site": site, "hold_ms": HOLD_MS}));
+        Ok(suite)
+    };
+    let js_suite = suite("ns-js")?;
+    let py_suite = suite("ns-py")?;
+    let web_suite = suite("ns-web")?;
+    let python = python_env(paths).await;
+    let js_run = run_script(
+        "nosticky-js",
+        node_cmd(js, "nosticky.mjs"),
+        &js_suite,
+        paths,
+    );
+    let py_run = async {
+        match &python {
+            Ok(python) => {
+                let mut cmd = Command::new(python);
+                cmd.arg("suite.py").current_dir(paths.krate.join("python"));
+                run_script("nosticky-python", cmd, &py_suite, paths).await
+            }
+            Err(e) => vec![Outcome::failed("(virtualenv)", format!("{e:#}"))],
+        }
+    };
+    let web_run = async {
+        match chromium() {
+            Ok(path) => {
+                let mut cmd = node_cmd(js, "browser-nosticky.mjs");
+                cmd.env("CHROMIUM", path);
+                run_script("nosticky-browser", cmd, &web_suite, paths).await
+            }
+            Err(e) => vec![Outcome::failed("(chromium)", format!("{e:#}"))],
+        }
+    };
+    let (js_out, py_out, web_out) = tokio::join!(js_run, py_run, web_run);
+    let mut kill = node_cmd(js, "nosticky.mjs");
+    kill.env("INTEROP_MODE", "kill");
+    let kill_out = run_script("nosticky-kill", kill, &suite("ns-kill")?, paths).await;
+    Ok(vec![
+        ("no sticky: socket.io-client", js_out),
+        ("no sticky: python-socketio", py_out),
+        ("no sticky: Chromium + demo page", web_out),
+        ("no sticky: socket.io-client", kill_out),
+    ])
 }
 
 /// nginx in front of the three nodes, a fourth node with native TLS, and the CA that
@@ -322,8 +421,8 @@ fn client_config(
     }))
 }
 
-/// Serves `POST /restart/{i}` so that a client suite can have a node stopped and started
-/// again; returns the base URL.
+/// Serves `POST /restart/{i}` (SIGTERM) and `POST /kill/{i}` (SIGKILL) so that a client
+/// suite can have a node stopped and started again; returns the base URL.
 async fn serve_control(cluster: Arc<Mutex<Cluster>>) -> anyhow::Result<String> {
     async fn restart(
         State(cluster): State<Arc<Mutex<Cluster>>>,
@@ -334,8 +433,18 @@ async fn serve_control(cluster: Arc<Mutex<Cluster>>) -> anyhow::Result<String> {
             Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")),
         }
     }
+    async fn kill(
+        State(cluster): State<Arc<Mutex<Cluster>>>,
+        UrlPath(i): UrlPath<usize>,
+    ) -> (StatusCode, String) {
+        match cluster.lock().await.kill_and_start(i).await {
+            Ok(()) => (StatusCode::OK, format!("node {i} killed and started again")),
+            Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")),
+        }
+    }
     let app = axum::Router::new()
         .route("/restart/{i}", post(restart))
+        .route("/kill/{i}", post(kill))
         .with_state(cluster);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}", listener.local_addr()?);

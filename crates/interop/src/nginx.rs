@@ -4,7 +4,13 @@
 //!
 //! The files are used as shipped; the harness only writes what a user edits — the
 //! gateway list (`snippets/roomcast-servers.conf`), the certificate (`tls/`), the sites
-//! enabled (`conf.d/`) — and moves each site's `listen` to a free loopback port.
+//! enabled (`conf.d/`) — moves each site's `listen` to a free loopback port, and adds
+//! one access log (`logs/upstreams.log`: session id, the gateways nginx sent the request
+//! to) so that the suites can see which nodes served each session.
+//!
+//! nginx runs in the foreground as one process (`master_process off`), stopped with
+//! SIGQUIT (its graceful stop) when [`Nginx::stop`] is called or it is dropped; `stop`
+//! then checks that nothing listens on its ports any more.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -15,9 +21,15 @@ use tokio::process::{Child, Command};
 
 /// A running nginx; stopped when dropped.
 pub(crate) struct Nginx {
-    _child: Child,
+    child: Option<Child>,
     /// Base URL of each site, by its file name.
     pub(crate) sites: Vec<(String, String)>,
+    /// The access log of session ids and upstreams.
+    pub(crate) upstream_log: PathBuf,
+    /// The gateways, as nginx names them in that log (`host:port`).
+    gateways: Vec<String>,
+    /// The loopback ports the sites listen on.
+    ports: Vec<u16>,
 }
 
 fn nginx_binary() -> PathBuf {
@@ -52,15 +64,22 @@ pub(crate) async fn start(
         .map(|g| format!("server {g} max_fails=1 fail_timeout=5s;\n"))
         .collect();
     std::fs::write(dir.join("snippets/roomcast-servers.conf"), servers)?;
+    std::fs::write(
+        dir.join("conf.d/00-interop-upstreams.conf"),
+        "log_format roomcast_upstreams '$arg_sid|$upstream_addr|$request_method|$status|$request_time|$uri|$arg_transport';\n\
+         access_log logs/upstreams.log roomcast_upstreams;\n",
+    )?;
     let mut sites = Vec::new();
+    let mut ports = Vec::new();
     for site in [
-        "websocket.conf",
-        "websocket-tls.conf",
+        "roomcast.conf",
+        "roomcast-tls.conf",
         "sticky-ip-hash.conf",
         "sticky-cookie.conf",
     ] {
         let text = std::fs::read_to_string(dir.join("sites").join(site))?;
         let port = testkit::free_port()?;
+        ports.push(port);
         let (from, to, url) = if text.contains("listen 443 ssl;") {
             (
                 "listen 443 ssl;",
@@ -79,7 +98,11 @@ pub(crate) async fn start(
         sites.push((site.to_owned(), url));
     }
     let conf = dir.join("nginx.conf");
-    let globals = format!("user root; pid {};", dir.join("nginx.pid").display());
+    // One process, so that nothing can outlive it.
+    let globals = format!(
+        "user root; pid {}; master_process off;",
+        dir.join("nginx.pid").display()
+    );
     let test = Command::new(nginx_binary())
         .arg("-t")
         .arg("-p")
@@ -120,12 +143,50 @@ pub(crate) async fn start(
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     Ok(Nginx {
-        _child: child,
+        child: Some(child),
         sites,
+        upstream_log: dir.join("logs/upstreams.log"),
+        gateways: gateways.to_vec(),
+        ports,
     })
 }
 
+/// Sends `signal` to process `pid`.
+fn signal(pid: u32, signal: &str) {
+    let _ = std::process::Command::new("kill")
+        .args([format!("-{signal}"), pid.to_string()])
+        .status();
+}
+
 impl Nginx {
+    /// Stops nginx gracefully (SIGQUIT; SIGKILL after 10 s) and checks that nothing it
+    /// started still listens on its ports.
+    pub(crate) async fn stop(mut self) -> anyhow::Result<()> {
+        if let Some(mut child) = self.child.take() {
+            if let Some(pid) = child.id() {
+                signal(pid, "QUIT");
+            }
+            if tokio::time::timeout(std::time::Duration::from_secs(10), child.wait())
+                .await
+                .is_err()
+            {
+                child.kill().await.ok();
+                bail!("nginx did not stop within 10 s of SIGQUIT");
+            }
+        }
+        let listening: Vec<u16> = self
+            .ports
+            .iter()
+            .copied()
+            .filter(|p| std::net::TcpStream::connect(("127.0.0.1", *p)).is_ok())
+            .collect();
+        ensure!(
+            listening.is_empty(),
+            "after nginx stopped, something still listens on its ports {listening:?}"
+        );
+        Ok(())
+    }
+
     /// What `js/nginx.mjs` is told besides the suite configuration.
     pub(crate) fn config(&self, native_tls: &str, ca: &Path, other_ca: &Path) -> Value {
         let sites: serde_json::Map<String, Value> = self
@@ -135,9 +196,20 @@ impl Nginx {
             .collect();
         json!({
             "sites": sites,
+            "upstream_log": self.upstream_log,
+            "gateways": self.gateways,
             "native_tls": native_tls,
             "ca_file": ca,
             "other_ca_file": other_ca,
         })
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        // Not stopped through `stop` (a failed run): the same graceful signal.
+        if let Some(pid) = self.child.as_ref().and_then(Child::id) {
+            signal(pid, "QUIT");
+        }
     }
 }

@@ -148,8 +148,11 @@ async fn relay(
             return (Outcome::OwnerGone, unknown_session());
         }
         Ok(Err(e)) => {
-            tracing::debug!(node = %peer.node_id, error = %e, "handing a request to its session's node failed");
-            return (Outcome::Error, bad_gateway());
+            // The owner dropped the request (it crashed or is stopping): to the client
+            // the session is gone, and a 5xx would make balancers count this node as
+            // failing.
+            tracing::debug!(node = %peer.node_id, error = %e, "handing a request to its session's node failed; answered as an unknown session");
+            return (Outcome::Error, unknown_session());
         }
         Err(_) => {
             return (
@@ -199,8 +202,8 @@ async fn relay(
     let body = match Limited::new(res.into_body(), limit).collect().await {
         Ok(collected) => collected.to_bytes(),
         Err(e) => {
-            tracing::debug!(node = %peer.node_id, error = %e, "reading another node's answer failed");
-            return (Outcome::Error, bad_gateway());
+            tracing::debug!(node = %peer.node_id, error = %e, "reading another node's answer failed; answered as an unknown session");
+            return (Outcome::Error, unknown_session());
         }
     };
     drop(permit);
