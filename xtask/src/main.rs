@@ -30,10 +30,11 @@ tasks:
                   a few hundred)
   bench [--quick] Roomcast against the reference stacks, side by side (--quick: a smoke
                   run on debug builds, part of ci; no speed verdict)
-  bench --recovery | --sharding | --tracing | --write-path
+  bench --recovery | --sharding | --tracing | --write-path | --polling
                   one study, release build, in one run: fan-out with connection state
                   recovery off/on; targeted load on one Redis vs a 3-shard Redis Cluster;
-                  traces off/exported at 1 %; WebSocket write path queued vs direct
+                  traces off/exported at 1 %; WebSocket write path queued vs direct;
+                  long-polling clients through sticky vs round-robin nginx
                   (docs/performance.md)
   image           the runtime image (deploy/image/Dockerfile) from a release build, as
                   roomcast/gateway:latest and :<version>
@@ -89,7 +90,7 @@ fn run() -> anyhow::Result<()> {
         ["bench", "--quick"] => bench::run(true, None),
         [
             "bench",
-            study @ ("--recovery" | "--sharding" | "--tracing" | "--write-path"),
+            study @ ("--recovery" | "--sharding" | "--tracing" | "--write-path" | "--polling"),
         ] => bench::run(false, Some(study)),
         ["cluster"] => e2e::cluster(),
         ["image"] => deploy::image(),

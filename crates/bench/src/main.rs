@@ -11,6 +11,7 @@
 //! `docs/benchmarks.md`.
 
 mod conn;
+mod poll;
 mod recorder;
 mod report;
 mod scenarios;
@@ -416,6 +417,9 @@ async fn main() -> anyhow::Result<()> {
     if std::env::args().any(|a| a == "--write-path") {
         return write_path().await;
     }
+    if std::env::args().any(|a| a == "--polling") {
+        return polling().await;
+    }
     let quick = std::env::args().any(|a| a == "--quick");
     let plan = if quick { Plan::quick() } else { Plan::full() };
     let started = std::time::Instant::now();
@@ -476,6 +480,130 @@ async fn write_path() -> anyhow::Result<()> {
         ],
     )
     .await
+}
+
+/// `bench --polling`: long-polling subscribers (no WebSocket) in one room on 3 Roomcast
+/// nodes, through nginx as shipped — sticky by cookie (`sticky-cookie.conf`) and round
+/// robin without affinity (`roomcast.conf`, where a node relays the requests of other
+/// nodes' sessions) — alternating, each point twice: delivery latency, node CPU per
+/// delivery, nginx's CPU per delivery and the share of requests a node relayed.
+async fn polling() -> anyhow::Result<()> {
+    const SUBSCRIBERS: usize = 300;
+    let rates = [5u64, 10, 20];
+    let secs = Plan::full().point_secs;
+    let redis = testkit::RedisServer::start()?;
+    let stack = Stack::start(Kind::Roomcast, 3, &redis.url())?;
+    let gateways: Vec<String> = stack
+        .ports
+        .iter()
+        .map(|p| format!("127.0.0.1:{p}"))
+        .collect();
+    let deploy = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../deploy/nginx");
+    let dir = std::env::temp_dir().join(format!("roomcast-bench-nginx-{}", std::process::id()));
+    let nginx = testkit::nginx::start(&deploy, &dir, &gateways, &testkit::TestCa::new()?).await?;
+    let nginx_pid = nginx
+        .pid()
+        .ok_or_else(|| anyhow::anyhow!("nginx has no pid"))?;
+    let sockets = scenarios::socket_publishers(&stack.ports).await?;
+    let recorder = Arc::new(Recorder::default());
+    let mut next_point = 0;
+    let mut rows = Vec::new();
+    for round in 1..=2 {
+        for (label, site) in [
+            ("sticky", "sticky-cookie.conf"),
+            ("round robin", "roomcast.conf"),
+        ] {
+            let subs =
+                poll::subscribe_many(nginx.site(site)?, SUBSCRIBERS, "room:bench", &recorder)
+                    .await?;
+            for &rate in &rates {
+                next_point += 1;
+                let relayed_before = relayed(&stack.ports).await?;
+                let requests_before = poll::requests();
+                let nginx_before = stacks::cpu_ms(nginx_pid)?;
+                let p = scenarios::point(
+                    &stack,
+                    redis.pid(),
+                    &sockets,
+                    &recorder,
+                    next_point,
+                    rate,
+                    round,
+                    secs,
+                    SUBSCRIBERS as u64,
+                    &|_| "room:bench".to_owned(),
+                )
+                .await?;
+                let nginx_us = (stacks::cpu_ms(nginx_pid)? - nginx_before) * 1000.0
+                    / p.delivered.max(1) as f64;
+                let share = (relayed(&stack.ports).await? - relayed_before)
+                    / (poll::requests() - requests_before).max(1) as f64;
+                eprintln!(
+                    "    {label:<11} {rate:>3} msg/s run {round}: p50 {:>6.1} ms  p99 {:>6.1} ms  loss {:>5}  node {:>5.1} µs/delivery  nginx {:>5.1} µs/delivery  relayed {:>3.0} %",
+                    p.latency.p50_ms,
+                    p.latency.p99_ms,
+                    p.loss,
+                    p.node_cpu_us_per_delivery,
+                    nginx_us,
+                    share * 100.0
+                );
+                rows.push((round, label, p, nginx_us, share));
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+            subs.close().await;
+        }
+    }
+    nginx.stop().await?;
+    let _ = std::fs::remove_dir_all(&dir);
+    println!(
+        "\nRoomcast fan-out to {SUBSCRIBERS} long-polling subscribers in one room over 3 nodes, through nginx: sticky by cookie vs round robin (relayed by the nodes)"
+    );
+    println!(
+        "{:<6} {:<12} {:>6} {:>9} {:>9} {:>6} {:>14} {:>15} {:>8} {:>8}",
+        "round",
+        "balancer",
+        "msg/s",
+        "p50 ms",
+        "p99 ms",
+        "loss",
+        "node µs/deliv",
+        "nginx µs/deliv",
+        "relayed",
+        "gen cpu"
+    );
+    for (round, label, p, nginx_us, share) in &rows {
+        println!(
+            "{:<6} {:<12} {:>6} {:>9.2} {:>9.2} {:>6} {:>14.2} {:>15.2} {:>7.0}% {:>7.0}%",
+            round,
+            label,
+            p.rate,
+            p.latency.p50_ms,
+            p.latency.p99_ms,
+            p.loss,
+            p.node_cpu_us_per_delivery,
+            nginx_us,
+            share * 100.0,
+            p.generator_cpu_pct
+        );
+    }
+    Ok(())
+}
+
+/// Engine.IO requests the nodes relayed to the node holding the session, over all nodes.
+async fn relayed(ports: &[u16]) -> anyhow::Result<f64> {
+    let mut relayed = 0.0;
+    for port in ports {
+        let text = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+            .await?
+            .text()
+            .await?;
+        relayed += text
+            .lines()
+            .filter(|l| l.starts_with("roomcast_forwarded_requests_total{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>();
+    }
+    Ok(relayed)
 }
 
 /// `bench --recovery`: Roomcast's fan-out into one room of a namespace without and with

@@ -16,7 +16,6 @@
 //! nodes, on ports 3001–3003 when free, prints demo-page links and runs until Ctrl-C.
 
 mod cluster;
-mod nginx;
 mod report;
 mod rust_client;
 mod service;
@@ -169,7 +168,7 @@ async fn run() -> anyhow::Result<bool> {
                 let mut suite = config("ngx")?;
                 extend(
                     &mut suite,
-                    nginx.config(&native, &ca.ca_file(), &other.ca_file()),
+                    nginx_config(&nginx, &native, &ca.ca_file(), &other.ca_file()),
                 );
                 if wanted("nginx") {
                     let mut cmd = node_cmd(&js, "nginx.mjs");
@@ -237,22 +236,20 @@ fn extend(suite: &mut Value, extra: Value) {
 async fn no_sticky(
     paths: &Paths,
     js: &Path,
-    nginx: &nginx::Nginx,
+    nginx: &testkit::Nginx,
     config: &impl Fn(&str) -> anyhow::Result<Value>,
 ) -> anyhow::Result<Vec<(&'static str, Vec<Outcome>)>> {
     eprintln!(
         "==> no sticky sessions: three clients through nginx without affinity, {} s",
         HOLD_MS / 1000
     );
-    let site = nginx
-        .sites
-        .iter()
-        .find(|(name, _)| name == "roomcast.conf")
-        .map(|(_, url)| url.clone())
-        .context("no roomcast.conf site")?;
+    let site = nginx.site("roomcast.conf")?.to_owned();
     let suite = |prefix: &str| -> anyhow::Result<Value> {
         let mut suite = config(prefix)?;
-        extend(&mut suite, nginx.config("", Path::new(""), Path::new("")));
+        extend(
+            &mut suite,
+            nginx_config(nginx, "", Path::new(""), Path::new("")),
+        );
         extend(&mut suite, json!({"site": site, "hold_ms": HOLD_MS}));
         Ok(suite)
     };
@@ -298,13 +295,30 @@ async fn no_sticky(
     ])
 }
 
+/// What `js/nginx.mjs` is told about nginx besides the suite configuration.
+fn nginx_config(nginx: &testkit::Nginx, native_tls: &str, ca: &Path, other_ca: &Path) -> Value {
+    let sites: serde_json::Map<String, Value> = nginx
+        .sites
+        .iter()
+        .map(|(name, url)| (name.trim_end_matches(".conf").to_owned(), json!(url)))
+        .collect();
+    json!({
+        "sites": sites,
+        "upstream_log": nginx.upstream_log,
+        "gateways": nginx.gateways,
+        "native_tls": native_tls,
+        "ca_file": ca,
+        "other_ca_file": other_ca,
+    })
+}
+
 /// nginx in front of the three nodes, a fourth node with native TLS, and the CA that
 /// issued both certificates (plus another CA, which must be refused).
 async fn behind_nginx(
     paths: &Paths,
     cluster: &Mutex<Cluster>,
     urls: &[String],
-) -> anyhow::Result<(nginx::Nginx, String, testkit::TestCa, testkit::TestCa)> {
+) -> anyhow::Result<(testkit::Nginx, String, testkit::TestCa, testkit::TestCa)> {
     let (ca, other) = (testkit::TestCa::new()?, testkit::TestCa::new()?);
     let native = cluster
         .lock()
@@ -316,7 +330,7 @@ async fn behind_nginx(
         .map(|u| u.trim_start_matches("http://").to_owned())
         .collect();
     let deploy = paths.krate.join("../../deploy/nginx");
-    let nginx = nginx::start(&deploy, &paths.out.join("nginx"), &gateways, &ca).await?;
+    let nginx = testkit::nginx::start(&deploy, &paths.out.join("nginx"), &gateways, &ca).await?;
     Ok((nginx, native, ca, other))
 }
 

@@ -8,6 +8,7 @@
 mod ca;
 mod client;
 mod keys;
+pub mod nginx;
 mod node;
 mod otlp;
 mod redis;
@@ -17,6 +18,7 @@ mod sentinel;
 pub use ca::TestCa;
 pub use client::{ConnectError, DEFAULT_WAIT, Event, SioClient};
 pub use keys::{KeyKind, KeyPair, keypair};
+pub use nginx::Nginx;
 pub use node::{
     TEST_KEY, TEST_SECRET, TestNode, publish, spawn_memory_cluster, spawn_node,
     spawn_redis_cluster, token,

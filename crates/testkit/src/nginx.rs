@@ -1,6 +1,6 @@
-//! The shipped nginx configurations (`deploy/nginx`) in front of the three nodes, with
-//! Debian's nginx on loopback, and a fourth node with native TLS: the official JS client
-//! through each site (`js/nginx.mjs`).
+//! The shipped nginx configurations (`deploy/nginx`) run by Debian's nginx on loopback in
+//! front of gateways: the interop suite's clients and the benchmark's polling clients go
+//! through the sites as users deploy them.
 //!
 //! The files are used as shipped; the harness only writes what a user edits — the
 //! gateway list (`snippets/roomcast-servers.conf`), the certificate (`tls/`), the sites
@@ -16,18 +16,18 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
 use anyhow::{Context, bail, ensure};
-use serde_json::{Value, json};
 use tokio::process::{Child, Command};
 
 /// A running nginx; stopped when dropped.
-pub(crate) struct Nginx {
+#[derive(Debug)]
+pub struct Nginx {
     child: Option<Child>,
     /// Base URL of each site, by its file name.
-    pub(crate) sites: Vec<(String, String)>,
+    pub sites: Vec<(String, String)>,
     /// The access log of session ids and upstreams.
-    pub(crate) upstream_log: PathBuf,
+    pub upstream_log: PathBuf,
     /// The gateways, as nginx names them in that log (`host:port`).
-    gateways: Vec<String>,
+    pub gateways: Vec<String>,
     /// The loopback ports the sites listen on.
     ports: Vec<u16>,
 }
@@ -40,18 +40,19 @@ fn nginx_binary() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("nginx"))
 }
 
-/// Prepares `dir` from `deploy/nginx` for `gateways` (host:port each), checks it with
-/// `nginx -t`, and starts nginx.
-pub(crate) async fn start(
+/// Prepares `dir` from `deploy/nginx` for `gateways` (host:port each) with every shipped
+/// site enabled (the TLS site serves `ca`'s certificate), checks it with `nginx -t`, and
+/// starts nginx.
+pub async fn start(
     deploy: &Path,
     dir: &Path,
     gateways: &[String],
-    ca: &testkit::TestCa,
+    ca: &crate::TestCa,
 ) -> anyhow::Result<Nginx> {
     if dir.exists() {
         std::fs::remove_dir_all(dir)?;
     }
-    testkit::copy_dir(deploy, dir)?;
+    crate::copy_dir(deploy, dir)?;
     for extra in ["conf.d", "tls", "logs"] {
         std::fs::create_dir_all(dir.join(extra))?;
     }
@@ -78,7 +79,7 @@ pub(crate) async fn start(
         "sticky-cookie.conf",
     ] {
         let text = std::fs::read_to_string(dir.join("sites").join(site))?;
-        let port = testkit::free_port()?;
+        let port = crate::free_port()?;
         ports.push(port);
         let (from, to, url) = if text.contains("listen 443 ssl;") {
             (
@@ -159,9 +160,23 @@ fn signal(pid: u32, signal: &str) {
 }
 
 impl Nginx {
+    /// nginx's process id (one process: `master_process off`).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(Child::id)
+    }
+
+    /// The base URL of the site enabled from `deploy/nginx/sites/{file}`.
+    pub fn site(&self, file: &str) -> anyhow::Result<&str> {
+        self.sites
+            .iter()
+            .find(|(name, _)| name == file)
+            .map(|(_, url)| url.as_str())
+            .with_context(|| format!("no site {file}"))
+    }
+
     /// Stops nginx gracefully (SIGQUIT; SIGKILL after 10 s) and checks that nothing it
     /// started still listens on its ports.
-    pub(crate) async fn stop(mut self) -> anyhow::Result<()> {
+    pub async fn stop(mut self) -> anyhow::Result<()> {
         if let Some(mut child) = self.child.take() {
             if let Some(pid) = child.id() {
                 signal(pid, "QUIT");
@@ -185,23 +200,6 @@ impl Nginx {
             "after nginx stopped, something still listens on its ports {listening:?}"
         );
         Ok(())
-    }
-
-    /// What `js/nginx.mjs` is told besides the suite configuration.
-    pub(crate) fn config(&self, native_tls: &str, ca: &Path, other_ca: &Path) -> Value {
-        let sites: serde_json::Map<String, Value> = self
-            .sites
-            .iter()
-            .map(|(name, url)| (name.trim_end_matches(".conf").to_owned(), json!(url)))
-            .collect();
-        json!({
-            "sites": sites,
-            "upstream_log": self.upstream_log,
-            "gateways": self.gateways,
-            "native_tls": native_tls,
-            "ca_file": ca,
-            "other_ca_file": other_ca,
-        })
     }
 }
 
