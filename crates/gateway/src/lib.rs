@@ -32,6 +32,7 @@
 //! | `sio` | the namespaces: connect middleware, `join`/`leave`/`refresh`, rate limits |
 //! | `membership`, `cluster`, `registry` | who is where; delivery; the node registry |
 //! | `adapter` | [`BusAdapter`], socketioxide's adapter over the bus |
+//! | `compat` | [`Compat`]: python-socketio's and Node's Redis formats read (and Node's written) |
 //! | `forward` | [`Forwarder`]: requests of another node's Engine.IO session handed to it (no sticky sessions) |
 //! | `http`, `demo` | the HTTP API; the development demo page |
 //! | `limits` | per-socket token buckets ([`RateLimits`]) |
@@ -44,6 +45,7 @@ mod adapter;
 mod auth;
 mod client_events;
 mod cluster;
+mod compat;
 mod config;
 mod demo;
 mod forward;
@@ -71,7 +73,8 @@ pub use cluster::{
 pub use cluster::{
     AckReply, Cluster, ClusterSettings, DISCONNECT_REASON_EVENT, JoinWarning, Stats,
 };
-pub use config::{Args, Config, ConfigError, DevCredentials, MIN_SECRET_BYTES, Mode};
+pub use compat::{Compat, CompatConfig, Source as CompatSource};
+pub use config::{Args, CompatArgs, Config, ConfigError, DevCredentials, MIN_SECRET_BYTES, Mode};
 pub use forward::{
     CredentialError, FORWARDED_HEADER, ForwardSettings, Forwarder, MAX_SKEW, NodeKey, SidTag,
 };

@@ -117,13 +117,27 @@ struct State {
     users: HashMap<UserKey, usize>,
 }
 
+/// More channels to follow with a room's own (another server's name for it), given the
+/// namespace and the room.
+pub(crate) type ExtraChannels = Arc<dyn Fn(&str, &ScopedRoom) -> Vec<String> + Send + Sync>;
+
 /// The node's room membership and the bus interest it implies.
-#[derive(Debug)]
 pub struct Membership {
     bus: Arc<dyn Bus>,
     channels: Channels,
     limits: ConnectionLimits,
     state: Mutex<State>,
+    extra: Option<ExtraChannels>,
+}
+
+impl std::fmt::Debug for Membership {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Membership")
+            .field("channels", &self.channels)
+            .field("limits", &self.limits)
+            .field("extra", &self.extra.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Membership {
@@ -134,7 +148,24 @@ impl Membership {
             channels,
             limits,
             state: Mutex::default(),
+            extra: None,
         }
+    }
+
+    /// Also subscribes, with each room's channel, the channels `extra` names for it (and
+    /// unsubscribes them with it).
+    pub(crate) fn with_extra_channels(mut self, extra: ExtraChannels) -> Self {
+        self.extra = Some(extra);
+        self
+    }
+
+    /// The room's channel and the extra channels that go with it.
+    fn with_extras(&self, ns: &str, room: &ScopedRoom, channel: String) -> Vec<String> {
+        let mut all = vec![channel];
+        if let Some(extra) = &self.extra {
+            all.extend(extra(ns, room));
+        }
+        all
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -267,7 +298,10 @@ impl Membership {
             // A failed subscription is retried by the next joiner.
             Some(c) if !first && !matches!(c.peek(), Some(Err(_))) => c.clone(),
             _ => {
-                let c = self.bus.subscribe(vec![channel.clone()]).shared();
+                let c = self
+                    .bus
+                    .subscribe(self.with_extras(&socket.0, room, channel.clone()))
+                    .shared();
                 st.confirmations.insert(channel, c.clone());
                 c
             }
@@ -294,7 +328,11 @@ impl Membership {
             let unsubscribe = was_member.then(|| release(&mut st, channel)).flatten();
             (was_member, unsubscribe)
         };
-        self.unsubscribe(unsubscribe.into_iter().collect());
+        self.unsubscribe(
+            unsubscribe
+                .map(|c| self.with_extras(&socket.0, room, c))
+                .unwrap_or_default(),
+        );
         was_member
     }
 
@@ -318,7 +356,11 @@ impl Membership {
             let unsubscribe = member
                 .rooms
                 .iter()
-                .filter_map(|room| release(&mut st, self.channels.room(&socket.0, room)))
+                .filter_map(|room| {
+                    release(&mut st, self.channels.room(&socket.0, room))
+                        .map(|c| self.with_extras(&socket.0, room, c))
+                })
+                .flatten()
                 .collect();
             (unsubscribe, member.rooms)
         };

@@ -239,6 +239,10 @@ impl Metrics {
             "Engine.IO requests of sessions held by another node, handed to that node, by kind (polling, websocket) and result: ok, owner_gone (answered as an unknown session), busy (over FORWARD_MAX_*), timeout, error.",
         );
         c(
+            "roomcast_compat_messages_total",
+            "Messages read from another Socket.IO implementation's Redis format (COMPAT_SOURCES), by source (python, node) and result: delivered, ignored (a method or flag with no meaning here, see docs/migration.md), own (Roomcast's own outbound copy), refused_room (a room name that maps to no Roomcast room), malformed, unsafe (a pickle naming a class or function), unsupported, too_large; and Roomcast deliveries published in the Node adapter's format (source node_out, result published or failed).",
+        );
+        c(
             "roomcast_forwarded_received_total",
             "Engine.IO requests handed to this node by another node, by result: accepted, or refused (missing, stale or wrong node credentials).",
         );
@@ -373,6 +377,15 @@ impl Metrics {
                 )
                 .record(seconds);
         }
+    }
+
+    /// A message of another Socket.IO implementation from `source`, handled with `result`.
+    pub fn compat(&self, source: &'static str, result: &'static str) {
+        self.counter(
+            "roomcast_compat_messages_total",
+            vec![Label::new("source", source), Label::new("result", result)],
+        )
+        .increment(1);
     }
 
     /// A request handed to this node by another, accepted or refused.

@@ -147,6 +147,7 @@ impl Node {
                 max_event_types: config.max_event_types,
                 recovery: config.recovery.clone(),
                 presence_events: config.presence_events.clone(),
+                compat: config.compat.clone(),
             },
         ));
         cluster.registry().check_unique(config.node_ttl).await?;
@@ -525,6 +526,13 @@ pub fn connect_bus(config: &Config) -> Result<(Arc<dyn Bus>, Inbox), StartError>
     if !config.redis_cluster_nodes.is_empty() {
         let mut cluster = bus::RedisClusterConfig::new(config.redis_cluster_nodes.clone());
         cluster.classic_channels = config.legacy_channel.iter().cloned().collect();
+        // python-socketio publishes on one classic channel.
+        cluster.classic_channels.extend(
+            config
+                .compat
+                .iter()
+                .flat_map(|c| c.python_channels.iter().cloned()),
+        );
         cluster.tls = config.redis_tls.clone();
         let (bus, inbox) =
             bus::RedisClusterBus::connect(cluster).map_err(|e| StartError::Redis(e.to_string()))?;

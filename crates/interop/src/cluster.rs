@@ -46,6 +46,9 @@ pub(crate) const EXTRA_NAMESPACE: &str = "/notifications";
 pub(crate) const RECOVERY_NAMESPACE: &str = "/recovery";
 /// Its recovery window: short, so that a case can outwait it.
 pub(crate) const RECOVERY_WINDOW_MS: u64 = 8000;
+/// The user prefix of the compat suite, whose tenant (`{prefix}-acme`) the nodes deliver
+/// python-socketio's and Node's messages in (`COMPAT_TENANT`).
+pub(crate) const COMPAT_PREFIX: &str = "compat";
 
 impl Cluster {
     /// Starts `n` nodes and waits until each is ready: on ports `first_port..` when given
@@ -177,6 +180,10 @@ impl Cluster {
             // Only the presence case's rooms, so that no other case sees these events.
             .env("PRESENCE_EVENTS", "doc:Presence:*")
             .env("NODE_TTL_SECS", "6")
+            // The compat cases: python-socketio and Node formats, in that suite's tenant.
+            .env("COMPAT_SOURCES", "python,node")
+            .env("COMPAT_NODE_OUTBOUND", "true")
+            .env("COMPAT_TENANT", format!("{COMPAT_PREFIX}-acme"))
             // INTEROP_RUST_LOG: the nodes' log filter, for debugging a case.
             .env(
                 "RUST_LOG",

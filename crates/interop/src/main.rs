@@ -127,7 +127,7 @@ async fn run() -> anyhow::Result<bool> {
     };
 
     let js = paths.krate.join("js");
-    let npm = if ["js", "browser", "nginx", "nosticky"]
+    let npm = if ["js", "browser", "nginx", "nosticky", "compat"]
         .into_iter()
         .any(&wanted)
     {
@@ -154,6 +154,34 @@ async fn run() -> anyhow::Result<bool> {
             Err(e) => vec![Outcome::failed("(virtualenv)", format!("{e:#}"))],
         };
         record("python-socketio 5", outcomes);
+    }
+    if wanted("compat") {
+        eprintln!(
+            "==> compat: python-socketio, Flask-SocketIO and Node's emitter and adapter, unchanged"
+        );
+        let venvs = tokio::try_join!(
+            python_env(&paths),
+            python_venv(&paths, "requirements-5.13.txt", "venv-5.13")
+        );
+        let outcomes = match (&npm, venvs) {
+            (Ok(()), Ok((python, python_513))) => {
+                let mut suite = config(cluster::COMPAT_PREFIX)?;
+                extend(
+                    &mut suite,
+                    json!({
+                        "other": config("compat-other")?,
+                        "redis": redis.url(),
+                        "python": python,
+                        "python_513": python_513,
+                        "python_dir": paths.krate.join("python"),
+                    }),
+                );
+                run_script("compat", node_cmd(&js, "compat.mjs"), &suite, &paths).await
+            }
+            (Err(e), _) => vec![Outcome::failed("(npm ci)", format!("{e:#}"))],
+            (_, Err(e)) => vec![Outcome::failed("(virtualenv)", format!("{e:#}"))],
+        };
+        record("compat: existing publishers", outcomes);
     }
     if wanted("rust") {
         eprintln!("==> rust_socketio");
@@ -555,17 +583,25 @@ async fn npm_ci(dir: &Path) -> anyhow::Result<()> {
 
 /// A virtualenv with the pinned Python packages; returns its interpreter.
 async fn python_env(paths: &Paths) -> anyhow::Result<PathBuf> {
-    let requirements = paths.krate.join("python/requirements.txt");
-    let wanted = std::fs::read(&requirements).context("requirements.txt")?;
-    let venv = paths.out.join("venv");
+    python_venv(paths, "requirements.txt", "venv").await
+}
+
+/// A virtualenv `target/interop/{dir}` with `python/{requirements}` installed (skipped
+/// when it is current); its interpreter.
+async fn python_venv(paths: &Paths, requirements: &str, dir: &str) -> anyhow::Result<PathBuf> {
+    let requirements = paths.krate.join("python").join(requirements);
+    let wanted = std::fs::read(&requirements)
+        .with_context(|| format!("reading {}", requirements.display()))?;
+    let venv = paths.out.join(dir);
     let python = venv.join("bin/python");
     let stamp = venv.join(".roomcast-requirements");
     if python.exists() && std::fs::read(&stamp).is_ok_and(|s| s == wanted) {
         return Ok(python);
     }
     eprintln!(
-        "==> creating {} and installing python-socketio",
-        venv.display()
+        "==> creating {} and installing {}",
+        venv.display(),
+        requirements.display()
     );
     let status = Command::new("python3")
         .args(["-m", "venv", "--clear"])

@@ -14,6 +14,11 @@ impl Cluster {
         if self.legacy_channel.as_deref() == Some(&*msg.channel) {
             return self.on_legacy(&msg).await;
         }
+        if let Some(compat) = &self.compat
+            && let Some(source) = compat.source_of(&msg.channel)
+        {
+            return self.on_compat(compat, source, &msg).await;
+        }
         match self.channels().classify(&msg.channel) {
             ChannelKind::Request(ns) => {
                 if let Some(adapter) = self.adapter(ns) {
@@ -114,6 +119,33 @@ impl Cluster {
         }
         self.stats.delivered.fetch_add(1, Ordering::Relaxed);
         self.deliver_local(&env).await;
+    }
+
+    /// A message of another Socket.IO server: every node receives it and delivers to its
+    /// own sockets (as those servers do), whole or not at all.
+    async fn on_compat(
+        &self,
+        compat: &crate::compat::Compat,
+        source: crate::compat::Source,
+        msg: &Message,
+    ) {
+        let label = source.label();
+        match compat.decode(source, &msg.payload, self.limits.max_size) {
+            Ok(Ok(env)) => {
+                self.metrics.compat(label, "delivered");
+                self.deliver_local(&env).await;
+            }
+            Ok(Err("own")) => self.metrics.compat(label, "own"),
+            Ok(Err(why)) => {
+                tracing::debug!(source = label, channel = %msg.channel, what = why, "ignored a message of another Socket.IO server");
+                self.metrics.compat(label, "ignored");
+            }
+            Err(error) => {
+                self.metrics
+                    .compat(label, crate::compat::Compat::label(&error));
+                compat.log_refusal(source, &msg.channel, &error);
+            }
+        }
     }
 
     /// Runs the dispatcher until the bus closes its inbox.

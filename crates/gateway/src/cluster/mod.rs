@@ -74,6 +74,8 @@ pub struct Cluster {
     server_handlers: presence::ServerHandlers,
     /// Join and leave events waiting to be published.
     announcements: presence::Announcements,
+    /// Other Socket.IO servers' Redis formats, when enabled.
+    compat: Option<Arc<crate::compat::Compat>>,
 }
 
 /// Node counters.
@@ -136,6 +138,8 @@ pub struct ClusterSettings {
     pub recovery: crate::RecoveryConfig,
     /// Rooms whose joins and leaves are announced to their members.
     pub presence_events: Vec<rooms::Pattern>,
+    /// Other Socket.IO servers' Redis formats read (and written), when enabled.
+    pub compat: Option<crate::compat::CompatConfig>,
 }
 
 /// The event a socket receives just before the node disconnects it, saying why.
@@ -144,11 +148,19 @@ pub const DISCONNECT_REASON_EVENT: &str = "disconnect_reason";
 impl Cluster {
     /// A cluster view for `node_id` over `outbox`.
     pub fn new(node_id: String, outbox: Outbox, settings: ClusterSettings) -> Self {
-        let membership = Membership::new(
+        let compat = settings
+            .compat
+            .filter(crate::compat::CompatConfig::enabled)
+            .map(|c| Arc::new(crate::compat::Compat::new(c, &node_id)));
+        let mut membership = Membership::new(
             outbox.bus().clone(),
             outbox.channels().clone(),
             settings.connection_limits,
         );
+        if let Some(compat) = compat.clone().filter(|c| c.config().node_key.is_some()) {
+            membership = membership
+                .with_extra_channels(Arc::new(move |ns, room| compat.room_channels(ns, room)));
+        }
         let registry = Registry::new(outbox.bus().clone(), outbox.channels(), &node_id);
         let metrics = Metrics::new(&node_id, settings.max_event_types);
         Self {
@@ -170,6 +182,7 @@ impl Cluster {
             presence: presence::Pending::default(),
             server_handlers: presence::ServerHandlers::default(),
             announcements: presence::Announcements::new(settings.presence_events),
+            compat,
         }
     }
 
@@ -303,6 +316,9 @@ impl Cluster {
             })
             .collect();
         all.extend(self.legacy_channel.iter().cloned());
+        if let Some(compat) = &self.compat {
+            all.extend(compat.base_channels(&self.namespaces));
+        }
         all
     }
 
@@ -532,6 +548,7 @@ impl Cluster {
             server_id = %self.node_id,
             "realtime_publish"
         );
+        self.mirror(env).await;
         if self.outbox.records(&env.ns) && !env.flags.local {
             // Recorded: every node, this one too, delivers it from the bus in the
             // history's order, with its offset.
@@ -548,6 +565,31 @@ impl Cluster {
             return Ok(());
         }
         self.send_to_bus(env, &to).await
+    }
+
+    /// With Node outbound on: publishes `env` in the Node adapter's format too, for the
+    /// clients still on Node servers. Failures are counted and logged, never returned:
+    /// Roomcast's own delivery does not depend on them.
+    pub(crate) async fn mirror(&self, env: &Envelope) {
+        let Some(compat) = &self.compat else { return };
+        let Some(encoded) = compat.outbound(env) else {
+            return;
+        };
+        let result = match encoded {
+            Ok((channel, payload)) => self
+                .bus()
+                .publish(&channel, Bytes::from(payload))
+                .await
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        match result {
+            Ok(_) => self.metrics.compat("node_out", "published"),
+            Err(error) => {
+                self.metrics.compat("node_out", "failed");
+                tracing::warn!(id = %env.id, %error, "could not publish in the Node adapter's format");
+            }
+        }
     }
 
     /// Publishes an envelope whose targets are already resolved (`to`: its audience),
@@ -695,6 +737,7 @@ impl Cluster {
         timeout: Duration,
     ) -> Result<Vec<AckReply>, SendError> {
         let (to, except) = bus::targets(env)?;
+        self.mirror(env).await;
         let Some(op) = self.operator(env, &to, &except, None) else {
             return Ok(Vec::new());
         };

@@ -153,6 +153,9 @@ pub struct Args {
     /// Redis channel carrying the legacy JSON form ({"event","message","room","user","doctype","docname"}); empty disables [default: realtime]
     #[arg(long, env = "LEGACY_CHANNEL", default_value = "realtime")]
     pub legacy_channel: String,
+    /// Other Socket.IO servers' Redis formats (`COMPAT_*`).
+    #[command(flatten)]
+    pub compat: CompatArgs,
     /// Seconds a node stays in the cluster registry without a heartbeat [default: 15]
     #[arg(long, env = "NODE_TTL_SECS", default_value_t = 15)]
     pub node_ttl_secs: u64,
@@ -290,4 +293,41 @@ impl Args {
         let command = Self::command().mut_args(|arg| arg.env(clap::builder::Resettable::Reset));
         Self::from_arg_matches(&command.try_get_matches_from(argv)?)
     }
+}
+
+/// `COMPAT_*`: reading (and writing) the Redis formats of python-socketio and Node's
+/// Socket.IO adapter ([`crate::CompatConfig`]).
+#[derive(Debug, Clone, clap::Args)]
+pub struct CompatArgs {
+    /// Other Socket.IO servers' Redis formats to read, comma-separated: `python` (python-socketio / Flask-SocketIO message queues), `node` (@socket.io/redis-adapter and redis-emitter) [default: none]
+    #[arg(long = "compat-sources", env = "COMPAT_SOURCES", value_delimiter = ',')]
+    pub sources: Vec<String>,
+    /// The python-socketio channels (their `channel=` argument), comma-separated: python-socketio's default and Flask-SocketIO's [default: socketio,flask-socketio]
+    #[arg(
+        long = "compat-python-channels",
+        env = "COMPAT_PYTHON_CHANNELS",
+        value_delimiter = ',',
+        default_value = "socketio,flask-socketio"
+    )]
+    pub python_channels: Vec<String>,
+    /// The Node adapter's and emitter's key (their `key` option) [default: socket.io]
+    #[arg(
+        long = "compat-node-key",
+        env = "COMPAT_NODE_KEY",
+        default_value = "socket.io"
+    )]
+    pub node_key: String,
+    /// Also publish every Roomcast delivery in the Node adapter's format, for clients still on Node servers (needs `node` in COMPAT_SOURCES) [default: false]
+    #[arg(long = "compat-node-outbound", env = "COMPAT_NODE_OUTBOUND", default_value_t = false, action = clap::ArgAction::Set)]
+    pub node_outbound: bool,
+    /// The tenant messages of other servers are delivered in (they name none) [default: the shared scope]
+    #[arg(long = "compat-tenant", env = "COMPAT_TENANT")]
+    pub tenant: Option<String>,
+    /// The kind given to other servers' room names that are not `kind:id` (`lobby` becomes `room:lobby`); empty refuses such names [default: room]
+    #[arg(
+        long = "compat-room-kind",
+        env = "COMPAT_ROOM_KIND",
+        default_value = "room"
+    )]
+    pub room_kind: String,
 }

@@ -10,7 +10,7 @@ use crate::auth::{ClaimNames, JwtKey, TokenRules};
 
 mod args;
 
-pub use args::{Args, Mode};
+pub use args::{Args, CompatArgs, Mode};
 
 /// The shortest HS secret and publish key production accepts, in bytes.
 pub const MIN_SECRET_BYTES: usize = 32;
@@ -93,6 +93,8 @@ pub struct Config {
     pub redis_max_reconnect_attempts: Option<u32>,
     /// Legacy JSON channel; `None` disables it.
     pub legacy_channel: Option<String>,
+    /// Other Socket.IO servers' Redis formats (`COMPAT_*`); `None`: off.
+    pub compat: Option<crate::CompatConfig>,
     /// Registry TTL; heartbeats every third of it.
     pub node_ttl: Duration,
     /// How long a stopping node waits for in-flight requests before it exits.
@@ -154,6 +156,7 @@ impl fmt::Debug for Config {
             .field("redis_url", &self.redis_url.as_deref().map(bus::mask_url))
             .field("channel_prefix", &self.channel_prefix)
             .field("legacy_channel", &self.legacy_channel)
+            .field("compat", &self.compat)
             .field("forward", &self.forward)
             .finish_non_exhaustive()
     }
@@ -244,6 +247,107 @@ fn upstream_config(
         stream_max_len: args.upstream_stream_maxlen.max(1),
         webhook,
     })
+}
+
+/// `COMPAT_*`: which foreign formats are read, and how their messages are mapped.
+fn compat_config(
+    args: &CompatArgs,
+    require_tenant: bool,
+    redis: bool,
+    cluster: bool,
+    legacy_channel: Option<&str>,
+) -> Result<Option<crate::CompatConfig>, ConfigError> {
+    let (mut python, mut node) = (false, false);
+    for source in args.sources.iter().map(|s| s.trim()) {
+        match source {
+            "python" => python = true,
+            "node" => node = true,
+            "" => {}
+            other => {
+                return Err(invalid(
+                    "COMPAT_SOURCES",
+                    format!("unknown source {other:?} (python, node)"),
+                ));
+            }
+        }
+    }
+    if args.node_outbound && !node {
+        return Err(invalid(
+            "COMPAT_NODE_OUTBOUND",
+            "needs `node` in COMPAT_SOURCES",
+        ));
+    }
+    if !python && !node {
+        return Ok(None);
+    }
+    if !redis && !cluster {
+        return Err(invalid(
+            "COMPAT_SOURCES",
+            "the other servers publish on Redis: set REDIS_URL",
+        ));
+    }
+    if node && cluster {
+        return Err(invalid(
+            "COMPAT_SOURCES",
+            "`node` is not supported with REDIS_CLUSTER_NODES yet (the Node adapter's classic channels): use REDIS_URL, or only `python`",
+        ));
+    }
+    let name = |var: &'static str, value: &str| -> Result<String, ConfigError> {
+        let value = value.trim();
+        if value.is_empty() || value.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(invalid(var, "must be non-empty without spaces"));
+        }
+        Ok(value.to_owned())
+    };
+    let mut python_channels = Vec::new();
+    if python {
+        for channel in &args.python_channels {
+            let channel = name("COMPAT_PYTHON_CHANNELS", channel)?;
+            if Some(channel.as_str()) == legacy_channel {
+                return Err(invalid(
+                    "COMPAT_PYTHON_CHANNELS",
+                    format!("{channel} is LEGACY_CHANNEL too"),
+                ));
+            }
+            if !python_channels.contains(&channel) {
+                python_channels.push(channel);
+            }
+        }
+        if python_channels.is_empty() {
+            return Err(invalid(
+                "COMPAT_PYTHON_CHANNELS",
+                "name at least one channel",
+            ));
+        }
+    }
+    let tenant = match args.tenant.as_deref().map(str::trim) {
+        None | Some("") => None,
+        Some(t) => {
+            Some(rooms::TenantId::parse(t).map_err(|e| invalid("COMPAT_TENANT", e.to_string()))?)
+        }
+    };
+    if require_tenant && tenant.is_none() {
+        return Err(invalid(
+            "COMPAT_TENANT",
+            "REQUIRE_TENANT is on: name the tenant other servers' messages are delivered in",
+        ));
+    }
+    let kind = args.room_kind.trim();
+    let room_kind = if kind.is_empty() {
+        None
+    } else {
+        rooms::Room::new(kind, "x").map_err(|e| invalid("COMPAT_ROOM_KIND", e.to_string()))?;
+        Some(kind.to_owned())
+    };
+    Ok(Some(crate::CompatConfig {
+        python_channels,
+        node_key: node
+            .then(|| name("COMPAT_NODE_KEY", &args.node_key))
+            .transpose()?,
+        node_outbound: args.node_outbound,
+        tenant,
+        room_kind,
+    }))
 }
 
 fn invalid(name: &'static str, reason: impl Into<String>) -> ConfigError {
@@ -616,6 +720,13 @@ impl Config {
             ));
         }
         let legacy_channel = Some(args.legacy_channel.trim().to_owned()).filter(|c| !c.is_empty());
+        let compat = compat_config(
+            &args.compat,
+            args.require_tenant,
+            redis_url.is_some(),
+            !redis_cluster_nodes.is_empty(),
+            legacy_channel.as_deref(),
+        )?;
         let redis_tls = match (
             &args.redis_tls_ca_file,
             args.redis_tls_cert_file
@@ -692,6 +803,7 @@ impl Config {
             channel_prefix: args.redis_channel_prefix,
             redis_max_reconnect_attempts: args.redis_max_reconnect_attempts,
             legacy_channel,
+            compat,
             node_ttl: Duration::from_secs(args.node_ttl_secs),
             shutdown_grace: Duration::from_millis(args.shutdown_grace_ms),
             shutdown_drain: Duration::from_millis(args.shutdown_drain_ms.unwrap_or(
@@ -957,6 +1069,67 @@ mod tests {
             parse(&[]).unwrap().legacy_channel.as_deref(),
             Some("realtime")
         );
+    }
+
+    #[test]
+    fn compat_sources_are_off_by_default_and_checked_when_on() {
+        assert_eq!(parse(&[]).unwrap().compat, None);
+        let redis = ["--redis-url", "redis://127.0.0.1:6379"];
+        let with = |extra: &[&str]| {
+            let mut all = redis.to_vec();
+            all.extend_from_slice(extra);
+            parse(&all)
+        };
+        let c = with(&["--compat-sources", "python,node", "--compat-tenant", "acme"])
+            .unwrap()
+            .compat
+            .unwrap();
+        assert_eq!(c.python_channels, ["socketio", "flask-socketio"]);
+        assert_eq!(c.node_key.as_deref(), Some("socket.io"));
+        assert!(!c.node_outbound);
+        assert_eq!(c.tenant.as_ref().map(rooms::TenantId::as_str), Some("acme"));
+        assert_eq!(c.room_kind.as_deref(), Some("room"));
+        let refused = |args: &[&str], var: &str| {
+            let err = with(args).unwrap_err().to_string();
+            assert!(err.contains(var), "{args:?}: {err}");
+        };
+        refused(&["--compat-sources", "ruby"], "COMPAT_SOURCES");
+        refused(&["--compat-node-outbound", "true"], "COMPAT_NODE_OUTBOUND");
+        refused(
+            &[
+                "--compat-sources",
+                "python",
+                "--compat-python-channels",
+                "realtime",
+            ],
+            "COMPAT_PYTHON_CHANNELS",
+        );
+        refused(
+            &[
+                "--compat-sources",
+                "node",
+                "--compat-room-kind",
+                "Not A Kind",
+            ],
+            "COMPAT_ROOM_KIND",
+        );
+        refused(
+            &["--compat-sources", "node", "--require-tenant", "true"],
+            "COMPAT_TENANT",
+        );
+        let err = parse(&["--compat-sources", "python"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("REDIS_URL"), "{err}");
+        let err = parse(&[
+            "--compat-sources",
+            "node",
+            "--redis-cluster-nodes",
+            "redis://127.0.0.1:7000",
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("REDIS_CLUSTER_NODES"), "{err}");
     }
 
     #[test]
