@@ -1,5 +1,5 @@
 //! `cargo xtask bench [--quick | --recovery | --sharding | --tracing | --write-path |
-//! --polling]`: build the stacks
+//! --polling | --compat]`: build the stacks
 //! and run the benchmark, or one of its studies.
 //!
 //! The full run uses release builds (what people deploy); `--quick` is a smoke run on the

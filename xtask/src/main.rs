@@ -30,11 +30,12 @@ tasks:
                   a few hundred)
   bench [--quick] Roomcast against the reference stacks, side by side (--quick: a smoke
                   run on debug builds, part of ci; no speed verdict)
-  bench --recovery | --sharding | --tracing | --write-path | --polling
+  bench --recovery | --sharding | --tracing | --write-path | --polling | --compat
                   one study, release build, in one run: fan-out with connection state
                   recovery off/on; targeted load on one Redis vs a 3-shard Redis Cluster;
                   traces off/exported at 1 %; WebSocket write path queued vs direct;
-                  long-polling clients through sticky vs round-robin nginx
+                  long-polling clients through sticky vs round-robin nginx; the
+                  fan-out published natively vs by python-socketio and Node's adapter
                   (docs/performance.md)
   image           the runtime image (deploy/image/Dockerfile) from a release build, as
                   roomcast/gateway:latest and :<version>
@@ -90,7 +91,8 @@ fn run() -> anyhow::Result<()> {
         ["bench", "--quick"] => bench::run(true, None),
         [
             "bench",
-            study @ ("--recovery" | "--sharding" | "--tracing" | "--write-path" | "--polling"),
+            study @ ("--recovery" | "--sharding" | "--tracing" | "--write-path" | "--polling"
+            | "--compat"),
         ] => bench::run(false, Some(study)),
         ["cluster"] => e2e::cluster(),
         ["image"] => deploy::image(),

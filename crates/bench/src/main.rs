@@ -175,10 +175,9 @@ async fn measure(kind: Kind, plan: &Plan, next_point: &mut u64) -> anyhow::Resul
         "  fan-out, {} subscribers in one room over {} nodes",
         plan.subscribers, plan.nodes
     );
-    let subs = scenarios::subscribe_many(
+    let subs = scenarios::fanout_subscribers(
         &stack.ports,
         plan.subscribers,
-        |_| "room:bench".into(),
         &recorder,
         "fan-out subscribers",
     )
@@ -420,6 +419,9 @@ async fn main() -> anyhow::Result<()> {
     if std::env::args().any(|a| a == "--polling") {
         return polling().await;
     }
+    if std::env::args().any(|a| a == "--compat") {
+        return compat_cost().await;
+    }
     let quick = std::env::args().any(|a| a == "--quick");
     let plan = if quick { Plan::quick() } else { Plan::full() };
     let started = std::time::Instant::now();
@@ -606,6 +608,158 @@ async fn relayed(ports: &[u16]) -> anyhow::Result<f64> {
     Ok(relayed)
 }
 
+/// `bench --compat`: the same fan-out (the full plan's subscribers in one room on 3
+/// Roomcast nodes reading `COMPAT_SOURCES=python,node`) published natively (the SDK into
+/// Redis) and through each compat path by the real packages — python-socketio's current
+/// `RedisManager` (JSON), python-socketio 5.13's (pickle), and a Socket.IO 4 Node server's
+/// `io.to(room).emit` through `@socket.io/redis-adapter` — alternating, two rounds: node
+/// CPU per delivery and latency.
+async fn compat_cost() -> anyhow::Result<()> {
+    let plan = Plan::full();
+    let rates = [10u64, 20];
+    let redis = testkit::RedisServer::start()?;
+    let url = redis.url();
+    let env = [("COMPAT_SOURCES", "python,node".to_owned())];
+    let stack = Stack::start_with_env(Kind::Roomcast, plan.nodes, &url, &env)?;
+    stacks::prepare_node_peer()?;
+    let node_server = Stack::start(Kind::Node, 1, &url)?;
+    let recorder = Arc::new(Recorder::default());
+    let subs =
+        scenarios::fanout_subscribers(&stack.ports, plan.subscribers, &recorder, "subscribers")
+            .await?;
+    let python = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../interop/python");
+    let venvs = stacks::bin_dir().join("bench-venvs");
+    let mut children = Vec::new();
+    let mut senders = vec![(
+        "native (SDK)",
+        Sender::Sdk(
+            publisher::Publisher::connect(&url, Duration::from_secs(5))?
+                .with_channel_prefix("bench"),
+        ),
+    )];
+    for (label, requirements, dir) in [
+        ("python-socketio 5.18 (JSON)", "requirements.txt", "current"),
+        (
+            "python-socketio 5.13 (pickle)",
+            "requirements-5.13.txt",
+            "5.13",
+        ),
+    ] {
+        let interpreter =
+            testkit::python_venv(&python.join(requirements), &venvs.join(dir)).await?;
+        let (sender, child) = python_publisher(&interpreter, &url).await?;
+        children.push(child);
+        senders.push((label, sender));
+    }
+    senders.push((
+        "Node redis-adapter",
+        scenarios::socket_publishers(&node_server.ports).await?,
+    ));
+    let mut next_point = 0;
+    let mut rows = Vec::new();
+    for round in 1..=2 {
+        for (label, sender) in &senders {
+            for &rate in &rates {
+                next_point += 1;
+                let p = scenarios::point(
+                    &stack,
+                    redis.pid(),
+                    sender,
+                    &recorder,
+                    next_point,
+                    rate,
+                    round,
+                    plan.point_secs,
+                    plan.subscribers as u64,
+                    &|_| "room:bench".to_owned(),
+                )
+                .await?;
+                eprintln!(
+                    "    {label:<30} {rate:>3} msg/s run {round}: p50 {:>6.1} ms  p99 {:>6.1} ms  loss {:>5}  node {:>5.2} µs/delivery",
+                    p.latency.p50_ms, p.latency.p99_ms, p.loss, p.node_cpu_us_per_delivery
+                );
+                rows.push((round, *label, p));
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+        }
+    }
+    for t in subs {
+        t.abort();
+    }
+    println!(
+        "\nRoomcast fan-out, {} subscribers in one room over {} nodes: published natively and through each compat path",
+        plan.subscribers, plan.nodes
+    );
+    println!(
+        "{:<6} {:<30} {:>6} {:>14} {:>9} {:>9} {:>6}",
+        "round", "published by", "msg/s", "node µs/deliv", "p50 ms", "p99 ms", "loss"
+    );
+    for (round, label, p) in &rows {
+        println!(
+            "{:<6} {:<30} {:>6} {:>14.2} {:>9.2} {:>9.2} {:>6}",
+            round,
+            label,
+            p.rate,
+            p.node_cpu_us_per_delivery,
+            p.latency.p50_ms,
+            p.latency.p99_ms,
+            p.loss
+        );
+    }
+    let mean = |label: &str, rate: u64| {
+        let v: Vec<f64> = rows
+            .iter()
+            .filter(|(_, l, p)| *l == label && p.rate == rate)
+            .map(|(_, _, p)| p.node_cpu_us_per_delivery)
+            .collect();
+        v.iter().sum::<f64>() / v.len().max(1) as f64
+    };
+    for rate in rates {
+        let native = mean(senders[0].0, rate);
+        for (label, _) in &senders[1..] {
+            let m = mean(label, rate);
+            println!(
+                "{rate} msg/s: {label}: {m:.2} µs/delivery, native {native:.2} ({:+.1} %)",
+                (m / native - 1.0) * 100.0
+            );
+        }
+    }
+    drop(children);
+    Ok(())
+}
+
+/// `bench/peers/python/emit.py` under `interpreter`, ready to publish one message per line.
+async fn python_publisher(
+    interpreter: &std::path::Path,
+    redis_url: &str,
+) -> anyhow::Result<(Sender, tokio::process::Child)> {
+    use tokio::io::AsyncBufReadExt as _;
+    let script = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../bench/peers/python/emit.py");
+    let mut child = tokio::process::Command::new(interpreter)
+        .arg(script)
+        .arg(redis_url)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let stdin = child
+        .stdin
+        .take()
+        .ok_or_else(|| anyhow::anyhow!("no stdin"))?;
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| anyhow::anyhow!("no stdout"))?;
+    let mut lines = tokio::io::BufReader::new(stdout).lines();
+    let ready = tokio::time::timeout(Duration::from_secs(30), lines.next_line()).await;
+    anyhow::ensure!(
+        matches!(ready, Ok(Ok(Some(ref l))) if l == "ready"),
+        "the python publisher did not start: {ready:?}"
+    );
+    Ok((Sender::Lines(tokio::sync::Mutex::new(stdin)), child))
+}
+
 /// `bench --recovery`: Roomcast's fan-out into one room of a namespace without and with
 /// connection state recovery (every message then also appended to the namespace's
 /// history stream in Redis), alternating, each point twice: node and Redis CPU per
@@ -749,10 +903,9 @@ async fn compare(
         for (label, env) in variants {
             let redis = testkit::RedisServer::start()?;
             let stack = Stack::start_with_env(Kind::Roomcast, plan.nodes, &redis.url(), env)?;
-            let subs = scenarios::subscribe_many(
+            let subs = scenarios::fanout_subscribers(
                 &stack.ports,
                 plan.subscribers,
-                |_| "room:bench".into(),
                 &recorder,
                 "subscribers",
             )
@@ -874,14 +1027,7 @@ async fn probe(kind: &str) -> anyhow::Result<()> {
     let redis = testkit::RedisServer::start()?;
     let stack = Stack::start(kind, 3, &redis.url())?;
     let recorder = Arc::new(Recorder::default());
-    let subs = scenarios::subscribe_many(
-        &stack.ports,
-        3000,
-        |_| "room:bench".into(),
-        &recorder,
-        "probe",
-    )
-    .await?;
+    let subs = scenarios::fanout_subscribers(&stack.ports, 3000, &recorder, "probe").await?;
     let sender = scenarios::socket_publishers(&stack.ports).await?;
     recorder.start(1);
     let mut seq = 0;

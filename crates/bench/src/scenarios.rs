@@ -43,6 +43,9 @@ pub(crate) enum Sender {
     Sockets(Vec<Publisher>),
     /// Roomcast's publisher SDK straight into Redis.
     Sdk(publisher::Publisher),
+    /// A process that publishes one message per line `ROOM POINT SEQ` on its stdin (a
+    /// real python-socketio publisher, `bench/peers/python/emit.py`).
+    Lines(tokio::sync::Mutex<tokio::process::ChildStdin>),
 }
 
 impl Sender {
@@ -57,6 +60,15 @@ impl Sender {
                 pubs[(seq as usize) % pubs.len()]
                     .publish(room, point, seq)
                     .await
+            }
+            Self::Lines(stdin) => {
+                use tokio::io::AsyncWriteExt as _;
+                stdin
+                    .lock()
+                    .await
+                    .write_all(format!("{room} {point} {seq}\n").as_bytes())
+                    .await
+                    .context("writing to the publisher process")
             }
             Self::Sdk(p) => {
                 let data = json!({"t": now_us(), "p": point, "s": seq, "pad": "roomcast-benchmark-payload-padding-0123456789abcdef"});
@@ -99,6 +111,16 @@ pub(crate) async fn subscribe_many(
     }
     bar.finish_and_clear();
     Ok(tasks)
+}
+
+/// `count` subscribers, all in `room:bench` (the fan-out), round robin over `ports`.
+pub(crate) async fn fanout_subscribers(
+    ports: &[u16],
+    count: usize,
+    recorder: &Arc<Recorder>,
+    label: &str,
+) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
+    subscribe_many(ports, count, |_| "room:bench".into(), recorder, label).await
 }
 
 /// Spreads connections over 127.0.0.1..: each source address has its own ports.

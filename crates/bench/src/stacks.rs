@@ -43,7 +43,8 @@ pub(crate) struct Stack {
     children: Vec<Child>,
 }
 
-fn bin_dir() -> PathBuf {
+/// Where the benchmark's binaries are (and its Python virtualenvs go).
+pub(crate) fn bin_dir() -> PathBuf {
     std::env::current_exe()
         .ok()
         .and_then(|p| p.parent().map(PathBuf::from))

@@ -589,46 +589,11 @@ async fn python_env(paths: &Paths) -> anyhow::Result<PathBuf> {
 /// A virtualenv `target/interop/{dir}` with `python/{requirements}` installed (skipped
 /// when it is current); its interpreter.
 async fn python_venv(paths: &Paths, requirements: &str, dir: &str) -> anyhow::Result<PathBuf> {
-    let requirements = paths.krate.join("python").join(requirements);
-    let wanted = std::fs::read(&requirements)
-        .with_context(|| format!("reading {}", requirements.display()))?;
-    let venv = paths.out.join(dir);
-    let python = venv.join("bin/python");
-    let stamp = venv.join(".roomcast-requirements");
-    if python.exists() && std::fs::read(&stamp).is_ok_and(|s| s == wanted) {
-        return Ok(python);
-    }
-    eprintln!(
-        "==> creating {} and installing {}",
-        venv.display(),
-        requirements.display()
-    );
-    let status = Command::new("python3")
-        .args(["-m", "venv", "--clear"])
-        .arg(&venv)
-        .status()
-        .await
-        .context("running python3 (install python3 and python3-venv; .ci/run does)")?;
-    if !status.success() {
-        bail!("python3 -m venv failed ({status})");
-    }
-    let status = Command::new(&python)
-        .args([
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-            "-r",
-        ])
-        .arg(&requirements)
-        .status()
-        .await?;
-    if !status.success() {
-        bail!("pip install failed ({status})");
-    }
-    std::fs::write(stamp, wanted)?;
-    Ok(python)
+    testkit::python_venv(
+        &paths.krate.join("python").join(requirements),
+        &paths.out.join(dir),
+    )
+    .await
 }
 
 /// The Chromium binary: `$CHROMIUM` or Debian's `/usr/bin/chromium`.

@@ -11,6 +11,7 @@ mod keys;
 pub mod nginx;
 mod node;
 mod otlp;
+mod python;
 mod redis;
 mod redis_cluster;
 mod sentinel;
@@ -24,6 +25,7 @@ pub use node::{
     spawn_redis_cluster, token,
 };
 pub use otlp::{OtlpReceiver, ReceivedSpan, check_publish_trace};
+pub use python::python_venv;
 pub use redis::{RedisServer, free_port};
 pub use redis_cluster::{RedisClusterSet, master_owning};
 pub use sentinel::{SENTINEL_MASTER, SentinelSet};

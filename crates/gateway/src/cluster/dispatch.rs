@@ -121,33 +121,6 @@ impl Cluster {
         self.deliver_local(&env).await;
     }
 
-    /// A message of another Socket.IO server: every node receives it and delivers to its
-    /// own sockets (as those servers do), whole or not at all.
-    async fn on_compat(
-        &self,
-        compat: &crate::compat::Compat,
-        source: crate::compat::Source,
-        msg: &Message,
-    ) {
-        let label = source.label();
-        match compat.decode(source, &msg.payload, self.limits.max_size) {
-            Ok(Ok(env)) => {
-                self.metrics.compat(label, "delivered");
-                self.deliver_local(&env).await;
-            }
-            Ok(Err("own")) => self.metrics.compat(label, "own"),
-            Ok(Err(why)) => {
-                tracing::debug!(source = label, channel = %msg.channel, what = why, "ignored a message of another Socket.IO server");
-                self.metrics.compat(label, "ignored");
-            }
-            Err(error) => {
-                self.metrics
-                    .compat(label, crate::compat::Compat::label(&error));
-                compat.log_refusal(source, &msg.channel, &error);
-            }
-        }
-    }
-
     /// Runs the dispatcher until the bus closes its inbox.
     pub async fn dispatch(self: Arc<Self>, mut inbox: Inbox) {
         while let Some(msg) = inbox.recv().await {

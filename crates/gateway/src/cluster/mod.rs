@@ -23,6 +23,7 @@ use socketioxide::extract::SocketRef;
 use socketioxide::operators::BroadcastOperators;
 use socketioxide::socket::DisconnectReason;
 
+mod compat;
 mod dispatch;
 mod host;
 mod payload;
@@ -565,31 +566,6 @@ impl Cluster {
             return Ok(());
         }
         self.send_to_bus(env, &to).await
-    }
-
-    /// With Node outbound on: publishes `env` in the Node adapter's format too, for the
-    /// clients still on Node servers. Failures are counted and logged, never returned:
-    /// Roomcast's own delivery does not depend on them.
-    pub(crate) async fn mirror(&self, env: &Envelope) {
-        let Some(compat) = &self.compat else { return };
-        let Some(encoded) = compat.outbound(env) else {
-            return;
-        };
-        let result = match encoded {
-            Ok((channel, payload)) => self
-                .bus()
-                .publish(&channel, Bytes::from(payload))
-                .await
-                .map_err(|e| e.to_string()),
-            Err(e) => Err(e.to_string()),
-        };
-        match result {
-            Ok(_) => self.metrics.compat("node_out", "published"),
-            Err(error) => {
-                self.metrics.compat("node_out", "failed");
-                tracing::warn!(id = %env.id, %error, "could not publish in the Node adapter's format");
-            }
-        }
     }
 
     /// Publishes an envelope whose targets are already resolved (`to`: its audience),
