@@ -160,6 +160,9 @@ impl Tree {
     }
 }
 
+/// How deep a foreign message's values may nest (deeper ones are malformed).
+pub(crate) const MAX_DEPTH: usize = 64;
+
 /// The uid prefix of what Roomcast publishes in the Node adapter's format.
 const OWN_UID_PREFIX: &str = "roomcast:";
 

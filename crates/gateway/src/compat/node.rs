@@ -8,14 +8,11 @@ use bytes::Bytes;
 use rmpv::Value as Mp;
 use serde_json::Value;
 
-use super::{CompatError, Decoded, Foreign, Tree};
+use super::{CompatError, Decoded, Foreign, MAX_DEPTH, Tree};
 
 /// Socket.IO packet types that carry an event.
 const EVENT: u64 = 2;
 const BINARY_EVENT: u64 = 5;
-
-/// How deep a decoded value may nest.
-const MAX_DEPTH: usize = 64;
 
 /// Decodes one broadcast. `own_prefix`: the uid prefix of what Roomcast itself
 /// publishes in this format, which is [`Decoded::Own`].
@@ -54,7 +51,15 @@ pub(crate) fn decode(payload: &[u8], own_prefix: &str) -> Result<Decoded, Compat
             .ok_or_else(|| CompatError::Malformed("nsp is not a namespace".into()))?
             .to_owned(),
     };
-    let Some(Mp::Array(data)) = field(&packet, "data").cloned() else {
+    // Taken, not copied: the arguments are the bulk of the message.
+    let data = match packet {
+        Mp::Map(entries) => entries
+            .into_iter()
+            .find(|(k, _)| k.as_str() == Some("data"))
+            .map(|(_, v)| v),
+        _ => None,
+    };
+    let Some(Mp::Array(data)) = data else {
         return Err(CompatError::Malformed("packet data is not a list".into()));
     };
     let mut data = data.into_iter();

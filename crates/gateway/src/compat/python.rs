@@ -9,7 +9,7 @@ use bytes::Bytes;
 use serde_json::{Map, Value};
 use serde_pickle::{HashableValue, Value as Py};
 
-use super::{CompatError, Decoded, Foreign, Tree};
+use super::{CompatError, Decoded, Foreign, MAX_DEPTH, Tree};
 
 /// Decodes one message of the python-socketio channel.
 pub(crate) fn decode(payload: &[u8]) -> Result<Decoded, CompatError> {
@@ -22,6 +22,32 @@ pub(crate) fn decode(payload: &[u8]) -> Result<Decoded, CompatError> {
         };
         return from_json(map);
     }
+    decode_pickle(payload)
+}
+
+/// Stack a pickle may need per byte: a pickle nests at most one level per byte (TUPLE1),
+/// and decoding it, converting it and dropping it recurse once per level (over 1 KiB
+/// per level in a debug build). Reserved, not touched, beyond what the nesting uses.
+const STACK_PER_BYTE: usize = 4096;
+
+/// Decodes a pickled message on a thread whose stack is sized for the payload, so that
+/// no nesting that fits in the size limit can exhaust a runtime worker's stack; deeper
+/// than [`MAX_DEPTH`] is refused after decoding.
+fn decode_pickle(payload: &[u8]) -> Result<Decoded, CompatError> {
+    let stack = (1 << 20) + payload.len().saturating_mul(STACK_PER_BYTE);
+    std::thread::scope(|scope| {
+        std::thread::Builder::new()
+            .name("pickle".into())
+            .stack_size(stack)
+            .spawn_scoped(scope, || pickle_message(payload))
+            .map_err(|e| CompatError::Unsupported(format!("no thread to decode a pickle: {e}")))?
+            .join()
+            .unwrap_or_else(|_| Err(CompatError::Malformed("the pickle decoder failed".into())))
+    })
+}
+
+/// A pickled message: a dict of plain data.
+fn pickle_message(payload: &[u8]) -> Result<Decoded, CompatError> {
     let value = serde_pickle::value_from_slice(payload, serde_pickle::DeOptions::new()).map_err(
         |e| match e {
             serde_pickle::Error::Syntax(serde_pickle::ErrorCode::UnresolvedGlobal) => {
@@ -114,7 +140,7 @@ fn from_pickle(
     let mut tree = |key: &str| {
         fields
             .remove(key)
-            .map(tree_of)
+            .map(|v| tree_of(v, 0))
             .transpose()
             .map(|t| t.unwrap_or(Tree::Null))
     };
@@ -144,11 +170,14 @@ fn from_pickle(
 }
 
 /// A pickled value as plain data.
-fn tree_of(value: Py) -> Result<Tree, CompatError> {
+fn tree_of(value: Py, depth: usize) -> Result<Tree, CompatError> {
+    if depth > MAX_DEPTH {
+        return Err(CompatError::Malformed("nested too deep".into()));
+    }
     let all = |items: Vec<Py>| {
         items
             .into_iter()
-            .map(tree_of)
+            .map(|i| tree_of(i, depth + 1))
             .collect::<Result<Vec<_>, _>>()
     };
     let set = |items: std::collections::BTreeSet<HashableValue>| {
@@ -173,7 +202,7 @@ fn tree_of(value: Py) -> Result<Tree, CompatError> {
         Py::Set(items) | Py::FrozenSet(items) => Tree::List(set(items)?),
         Py::Dict(map) => Tree::Map(
             map.into_iter()
-                .map(|(k, v)| Ok((key_of(k)?, tree_of(v)?)))
+                .map(|(k, v)| Ok((key_of(k)?, tree_of(v, depth + 1)?)))
                 .collect::<Result<_, CompatError>>()?,
         ),
     })

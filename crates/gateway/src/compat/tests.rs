@@ -267,3 +267,30 @@ fn outbound_is_the_node_format_and_reads_back_as_roomcast_own() {
     assert_eq!(c.outbound(&user).unwrap().unwrap().0, "socket.io#/#user:7#");
     assert!(c.outbound(&user.clone().in_tenant("acme")).is_none());
 }
+
+#[test]
+fn a_deeply_nested_pickle_is_refused_without_exhausting_the_stack() {
+    // Protocol 2: EMPTY_LIST opened 30 000 times, each appended to the one before —
+    // 30 000 levels in 60 KB, under the size limit; decoded on a 2 MiB stack like a
+    // runtime worker's. (A 5.13 publisher never nests this deep: Python's own pickle
+    // recurses and stops near 1000.)
+    let depth = 30_000;
+    let mut payload = b"\x80\x02}(X\x06\x00\x00\x00methodX\x04\x00\x00\x00emitX\x05\x00\x00\x00eventX\x01\x00\x00\x00xX\x04\x00\x00\x00data".to_vec();
+    payload.extend(std::iter::repeat_n(b']', depth));
+    payload.extend(std::iter::repeat_n(b'a', depth - 1));
+    payload.extend(b"u.");
+    // TUPLE1 nests one level per byte: 60 000 levels.
+    let mut tuples = b"\x80\x02}(X\x06\x00\x00\x00methodX\x04\x00\x00\x00emitX\x05\x00\x00\x00eventX\x01\x00\x00\x00xX\x04\x00\x00\x00dataK\x01".to_vec();
+    tuples.extend(std::iter::repeat_n(0x85, 60_000));
+    tuples.extend(b"u.");
+    for payload in [payload, tuples] {
+        let c = compat(None, Some("room"));
+        let outcome = std::thread::Builder::new()
+            .stack_size(2 << 20)
+            .spawn(move || c.decode(Source::Python, &payload, MAX).map(|r| r.is_ok()))
+            .unwrap()
+            .join()
+            .expect("the decoder ran out of stack");
+        assert_eq!(outcome.unwrap_err().label(), "malformed");
+    }
+}
