@@ -51,14 +51,60 @@ pub(crate) fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
 }
 
-/// XADD + PEXPIRE + PUBLISH of the framed entry, atomically: the stream's order is the
-/// channel's order. Returns {id, receivers}.
-pub(crate) const RECORDED_PUBLISH: &str = r"
+/// XADD + PEXPIRE + PUBLISH (or SPUBLISH, ARGV[5]) of the framed entry, atomically: the
+/// stream's order is the channel's order. Returns {id, receivers}.
+const RECORDED_PUBLISH: &str = r"
 local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'e', ARGV[2])
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
-local n = redis.call('PUBLISH', ARGV[3], 'o' .. id .. ' ' .. ARGV[2])
+local n = redis.call(ARGV[5], ARGV[3], 'o' .. id .. ' ' .. ARGV[2])
 return {id, n}
 ";
+
+/// The script call of a recorded publish of `payload` on `channel` with `publish`
+/// (`PUBLISH`, or `SPUBLISH` on Redis Cluster, where the channel and the stream must share
+/// a slot). Answered as [`publish_answer`] reads it.
+pub(crate) fn recorded_publish(
+    publish: &str,
+    channel: &str,
+    payload: &[u8],
+    history: &crate::History,
+) -> redis::Cmd {
+    let mut cmd = redis::cmd("EVAL");
+    cmd.arg(RECORDED_PUBLISH)
+        .arg(1)
+        .arg(&history.stream)
+        .arg(history.max_len)
+        .arg(payload)
+        .arg(channel)
+        .arg(millis(history.ttl))
+        .arg(publish);
+    cmd
+}
+/// One `XRANGE` entry: its id and its fields.
+pub(crate) type StreamEntry = (String, Vec<(String, Vec<u8>)>);
+
+/// One pipeline answer: a PUBLISH count, or a recorded publish's {id, count}.
+pub(crate) fn publish_answer(value: redis::Value) -> Result<(usize, Option<String>), String> {
+    use redis::Value;
+    let count = |v: &Value| match v {
+        Value::Int(n) => usize::try_from(*n).ok(),
+        _ => None,
+    };
+    match &value {
+        Value::Int(_) => Ok((count(&value).unwrap_or(0), None)),
+        Value::Array(items) => match items.as_slice() {
+            [Value::BulkString(id), n] => Ok((
+                count(n).unwrap_or(0),
+                Some(String::from_utf8_lossy(id).into_owned()),
+            )),
+            _ => Err(format!(
+                "unexpected answer to a recorded publish: {value:?}"
+            )),
+        },
+        Value::ServerError(e) => Err(format!("publish failed: {e:?}")),
+        other => Err(format!("unexpected answer to a publish: {other:?}")),
+    }
+}
 
 /// Escapes Redis glob characters so a prefix matches literally.
 pub(crate) fn escape_glob(s: &str) -> String {

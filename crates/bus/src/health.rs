@@ -53,6 +53,9 @@ pub struct Health {
     pub channels: usize,
     /// Times the subscribing link reconnected after it had been up.
     pub reconnects: u64,
+    /// Subscriptions made again because the node found them missing: after a lost
+    /// connection, a failover, or a check against what Redis reports (drift).
+    pub repaired: u64,
 }
 
 impl Health {
@@ -62,6 +65,7 @@ impl Health {
         subscriber: LinkState::Connecting,
         channels: 0,
         reconnects: 0,
+        repaired: 0,
     };
 
     /// Both links up.
@@ -70,6 +74,7 @@ impl Health {
         subscriber: LinkState::Up,
         channels: 0,
         reconnects: 0,
+        repaired: 0,
     };
 
     /// True when both links are up.

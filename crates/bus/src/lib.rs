@@ -267,6 +267,13 @@ pub trait Bus: Send + Sync + fmt::Debug + 'static {
         prefix.to_owned()
     }
 
+    /// Whether keys and channels are spread over shards by hash slot (Redis Cluster):
+    /// then what one script touches must share a hash tag (see
+    /// [`rooms::Channels::colocating`], which [`Outbox::with_recording`] applies).
+    fn is_sharded(&self) -> bool {
+        false
+    }
+
     /// Current health of the publishing and subscribing links.
     fn health(&self) -> Health;
 

@@ -57,8 +57,14 @@ impl Outbox {
         }
     }
 
-    /// Records the messages of `recording.namespaces` (none when empty).
+    /// Records the messages of `recording.namespaces` (none when empty). On a sharded bus
+    /// (Redis Cluster) their channels and history share a hash tag
+    /// ([`Channels::colocating`]): a recorded publish appends and publishes on one shard in
+    /// one step, so the history's order is the order of delivery.
     pub fn with_recording(mut self, recording: Recording) -> Self {
+        if self.bus.is_sharded() {
+            self.channels = self.channels.clone().colocating(&recording.namespaces);
+        }
         self.recording = (!recording.namespaces.is_empty()).then(|| Arc::new(recording));
         self
     }

@@ -13,7 +13,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, sleep, timeout};
 
 use crate::commands::{
-    Expiring, RECORDED_PUBLISH, REGISTER_OWNED, TAKE, TOMBSTONE, drop_expired, escape_glob, millis,
+    Expiring, REGISTER_OWNED, StreamEntry, TAKE, TOMBSTONE, drop_expired, escape_glob, millis,
+    publish_answer, recorded_publish,
 };
 use crate::endpoint::{RedisConfig, RedisSetupError, mask_url};
 use crate::{Bus, BusFuture, Health, Inbox, LinkState, Message, PublishError, SubscribeError};
@@ -69,6 +70,8 @@ impl Command {
 const MAX_PIPELINE: usize = 512;
 /// Channels per SUBSCRIBE when resubscribing after a reconnect.
 const RESUBSCRIBE_CHUNK: usize = 2_000;
+/// How often the subscriptions are checked against what Redis reports.
+const VERIFY_EVERY: Duration = Duration::from_secs(3);
 
 /// `fut`, failing as unavailable after `limit`.
 fn with_timeout<T: Send + 'static>(
@@ -284,17 +287,12 @@ async fn publish_batch(
                 pipe.cmd("PUBLISH").arg(&req.channel).arg(&req.payload[..]);
             }
             Some(history) => {
-                let ttl_ms = u64::try_from(history.ttl.as_millis())
-                    .unwrap_or(u64::MAX)
-                    .max(1);
-                pipe.cmd("EVAL")
-                    .arg(RECORDED_PUBLISH)
-                    .arg(1)
-                    .arg(&history.stream)
-                    .arg(history.max_len)
-                    .arg(&req.payload[..])
-                    .arg(&req.channel)
-                    .arg(ttl_ms);
+                pipe.add_command(recorded_publish(
+                    "PUBLISH",
+                    &req.channel,
+                    &req.payload,
+                    history,
+                ));
             }
         }
     }
@@ -303,32 +301,6 @@ async fn publish_batch(
         .map_err(|_| "timed out publishing to Redis".to_owned())?
         .map_err(|e| format!("publish failed: {e}"))?;
     answers.into_iter().map(publish_answer).collect()
-}
-
-/// One `XRANGE` entry: its id and its fields.
-type StreamEntry = (String, Vec<(String, Vec<u8>)>);
-
-/// One pipeline answer: a PUBLISH count, or a recorded publish's {id, count}.
-fn publish_answer(value: redis::Value) -> Result<(usize, Option<String>), String> {
-    use redis::Value;
-    let count = |v: &Value| match v {
-        Value::Int(n) => usize::try_from(*n).ok(),
-        _ => None,
-    };
-    match &value {
-        Value::Int(_) => Ok((count(&value).unwrap_or(0), None)),
-        Value::Array(items) => match items.as_slice() {
-            [Value::BulkString(id), n] => Ok((
-                count(n).unwrap_or(0),
-                Some(String::from_utf8_lossy(id).into_owned()),
-            )),
-            _ => Err(format!(
-                "unexpected answer to a recorded publish: {value:?}"
-            )),
-        },
-        Value::ServerError(e) => Err(format!("publish failed: {e:?}")),
-        other => Err(format!("unexpected answer to a publish: {other:?}")),
-    }
 }
 
 struct Subscriber {
@@ -369,7 +341,12 @@ impl Subscriber {
                 Ok((sink, stream)) => {
                     attempt = 0;
                     if was_up {
-                        set_health(&self.health, |h| h.reconnects += 1);
+                        // Every wanted channel was lost with the connection and is back.
+                        let n = self.desired.len() as u64;
+                        set_health(&self.health, |h| {
+                            h.reconnects += 1;
+                            h.repaired += n;
+                        });
                     }
                     was_up = true;
                     match self.serve(sink, stream).await {
@@ -432,6 +409,33 @@ impl Subscriber {
         Ok((sink, stream))
     }
 
+    /// Wanted channels that Redis reports no subscriber for (`PUBSUB NUMSUB`): this node
+    /// should hold them, so they are missing. (A channel another node also holds is not
+    /// proven to be ours this way; on one Redis only a lost connection removes a classic
+    /// subscription, and that the connection itself reports.)
+    async fn missing(&self) -> Result<Vec<String>, PublishError> {
+        if self.desired.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut conn = pooled(&self.endpoint).await?;
+        let all: Vec<&String> = self.desired.iter().collect();
+        let mut missing = Vec::new();
+        for chunk in all.chunks(RESUBSCRIBE_CHUNK) {
+            let counts: Vec<(String, usize)> = timeout(
+                self.config.command_timeout,
+                redis::cmd("PUBSUB")
+                    .arg("NUMSUB")
+                    .arg(chunk)
+                    .query_async(&mut conn),
+            )
+            .await
+            .map_err(|_| unavailable("PUBSUB NUMSUB timed out"))?
+            .map_err(unavailable)?;
+            missing.extend(counts.into_iter().filter(|(_, n)| *n == 0).map(|(c, _)| c));
+        }
+        Ok(missing)
+    }
+
     /// While disconnected: keep the wanted set up to date and answer at once, so callers
     /// never hang on an outage.
     async fn wait_offline(&mut self, wait: Duration, error: &str) -> Result<(), ()> {
@@ -478,6 +482,9 @@ impl Subscriber {
     ) -> Exit {
         let mut ping = tokio::time::interval(self.config.ping_interval);
         ping.tick().await;
+        let mut verify = tokio::time::interval(VERIFY_EVERY);
+        verify.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        verify.tick().await;
         loop {
             let cmd = match self.held.take() {
                 Some(cmd) => Some(cmd),
@@ -496,6 +503,26 @@ impl Subscriber {
                         // Waits while the node's inbox is full: back-pressure onto Redis.
                         if self.inbox.send(Message { channel, payload }).await.is_err() {
                             return Exit::Closed;
+                        }
+                        None
+                    }
+                    _ = verify.tick() => {
+                        match self.missing().await {
+                            Ok(missing) if !missing.is_empty() => {
+                                tracing::warn!(
+                                    missing = missing.len(),
+                                    "Redis holds no subscription for channels this node wants; subscribing them again"
+                                );
+                                let n = missing.len() as u64;
+                                let done = timeout(self.config.command_timeout, sink.subscribe(&missing)).await;
+                                match done {
+                                    Ok(Ok(())) => set_health(&self.health, |h| h.repaired += n),
+                                    Ok(Err(e)) => return Exit::Lost(format!("resubscribe failed: {e}")),
+                                    Err(_) => return Exit::Lost("timed out resubscribing".into()),
+                                }
+                            }
+                            Ok(_) => {}
+                            Err(e) => tracing::debug!(error = %e, "cannot check the subscriptions"),
                         }
                         None
                     }

@@ -182,6 +182,11 @@ async fn metrics(State(ctx): State<Arc<HttpCtx>>) -> impl IntoResponse {
                 bus.reconnects,
             ),
             (
+                "roomcast_bus_subscriptions_repaired_total",
+                "Subscriptions made again after the node found them missing (a lost link, a failover, drift from what Redis reports).",
+                bus.repaired,
+            ),
+            (
                 "roomcast_bus_messages_total",
                 "Messages from other nodes received from the bus.",
                 n(&s.delivered),

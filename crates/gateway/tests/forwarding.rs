@@ -75,16 +75,6 @@ async fn poll_until(node: &TestNode, sid: &str, prefix: &str) -> Vec<String> {
     seen
 }
 
-/// The sum of the samples of `name` whose labels include every one of `labels`.
-fn counter(metrics: &str, name: &str, labels: &[&str]) -> f64 {
-    metrics
-        .lines()
-        .filter(|l| l.starts_with(&format!("{name}{{")))
-        .filter(|l| labels.iter().all(|label| l.contains(label)))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 fn auth(user: &str) -> String {
     json!({"token": token(json!({"sub": user, "rooms": ["room:*"]}))}).to_string()
 }
@@ -127,7 +117,7 @@ async fn a_polling_session_is_served_whichever_node_each_request_reaches() {
     // The owner counted the handed-on requests as accepted, the others as handed on.
     let owner = nodes[0].metrics().await.unwrap();
     assert!(
-        counter(
+        testkit::metric_sum(
             &owner,
             "roomcast_forwarded_received_total",
             &["result=\"accepted\""]
@@ -137,7 +127,7 @@ async fn a_polling_session_is_served_whichever_node_each_request_reaches() {
     for node in &nodes[1..] {
         let m = node.metrics().await.unwrap();
         assert!(
-            counter(
+            testkit::metric_sum(
                 &m,
                 "roomcast_forwarded_requests_total",
                 &["kind=\"polling\"", "result=\"ok\""]
@@ -222,7 +212,7 @@ async fn a_websocket_upgrade_on_another_node_joins_the_polling_session() {
     .expect("event and ack over the tunnel");
     let m = nodes[1].metrics().await.unwrap();
     assert_eq!(
-        counter(
+        testkit::metric_sum(
             &m,
             "roomcast_forwarded_requests_total",
             &["kind=\"websocket\"", "result=\"ok\""]
@@ -285,7 +275,7 @@ async fn forged_sessions_and_credentials_are_refused_and_a_gone_owner_means_reco
     assert_eq!(res.status(), 403);
     let m = nodes[0].metrics().await.unwrap();
     assert_eq!(
-        counter(
+        testkit::metric_sum(
             &m,
             "roomcast_forwarded_received_total",
             &["result=\"refused\""]
@@ -297,7 +287,7 @@ async fn forged_sessions_and_credentials_are_refused_and_a_gone_owner_means_reco
     // The owner crashes (its registry record outlives it): the session is unknown on
     // the other node, so the client starts a new one at once.
     let gone = |m: &str| {
-        counter(
+        testkit::metric_sum(
             m,
             "roomcast_forwarded_requests_total",
             &["kind=\"polling\"", "result=\"owner_gone\""],

@@ -456,3 +456,60 @@ async fn concurrent_publishes_with_ack_end_when_the_sockets_answer() {
     }
     answering.iter().for_each(tokio::task::JoinHandle::abort);
 }
+
+/// Waits (up to 10 s) until a publish from `from` reaches `client` in `room`.
+async fn delivered_again(from: &TestNode, client: &mut SioClient, room: &str) -> Duration {
+    let start = Instant::now();
+    loop {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "delivery did not come back"
+        );
+        let body = json!({"tenant": "acme", "event": "again", "to": [room], "data": 1});
+        if from.publish_accepted(body).await.is_ok()
+            && let Ok(Ok(_)) =
+                tokio::time::timeout(Duration::from_millis(300), client.expect("again")).await
+        {
+            return start.elapsed();
+        }
+    }
+}
+
+#[tokio::test]
+async fn subscriptions_lost_behind_the_nodes_back_are_made_again_and_counted() {
+    let mut redis = RedisServer::start().unwrap();
+    let nodes = spawn_redis_cluster(2, &redis.url(), |_, _| {})
+        .await
+        .unwrap();
+    let mut ann = connect(&nodes[1], "ann").await;
+    assert_eq!(ann.join("doc:Task:1").await.unwrap()["ok"], true);
+    let repaired = async |node: &TestNode| {
+        node.metric("roomcast_bus_subscriptions_repaired_total", &[])
+            .await
+            .unwrap()
+    };
+    let start = repaired(&nodes[1]).await;
+
+    // Its subscriber connection killed: every subscription is made again.
+    redis.cli(&["CLIENT", "KILL", "TYPE", "pubsub"]).unwrap();
+    let took = delivered_again(&nodes[0], &mut ann, "doc:Task:1").await;
+    let after_kill = repaired(&nodes[1]).await;
+    assert!(after_kill > start, "counted: {start} → {after_kill}");
+    eprintln!(
+        "subscriber connection killed: delivery back after {:.2} s",
+        took.as_secs_f64()
+    );
+
+    // Redis restarted (nothing of the old subscriptions survives): the same.
+    redis.restart().unwrap();
+    let took = delivered_again(&nodes[0], &mut ann, "doc:Task:1").await;
+    let after_restart = repaired(&nodes[1]).await;
+    assert!(
+        after_restart > after_kill,
+        "counted: {after_kill} → {after_restart}"
+    );
+    eprintln!(
+        "Redis restarted: delivery back after {:.2} s",
+        took.as_secs_f64()
+    );
+}

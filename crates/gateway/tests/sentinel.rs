@@ -78,6 +78,24 @@ async fn a_master_failover_is_followed_and_delivery_resumes_on_the_new_master() 
         }
     }
 
+    // Every subscription moved with the master, and the move is counted.
+    let room_channel = nodes[1].cluster.channels().room(
+        "/",
+        &rooms::ScopedRoom::new(None, &rooms::Room::parse("doc:Task:1").unwrap()).unwrap(),
+    );
+    let numsub = set
+        .replica
+        .cli(&["PUBSUB", "NUMSUB", &room_channel])
+        .unwrap();
+    assert!(numsub.lines().nth(1) == Some("1"), "{numsub:?}");
+    for node in &nodes {
+        let repaired = node
+            .metric("roomcast_bus_subscriptions_repaired_total", &[])
+            .await
+            .unwrap();
+        assert!(repaired > 0.0, "the move is counted");
+    }
+
     // The SDK finds the new master the same way.
     let sdk = publisher::Publisher::connect_with(
         RedisConfig::new("redis://sentinel-master")

@@ -20,9 +20,14 @@ pub enum ChannelKind<'a> {
 
 /// Names the bus channels for one deployment. Every node and publisher sharing a Redis
 /// must use the same prefix; different apps sharing one Redis use different prefixes.
+///
+/// On Redis Cluster, the namespaces that keep a history ([`Channels::colocating`]) have
+/// their room and namespace channels and their history stream under one hash tag, `{ns}`,
+/// so one shard holds them all and a recorded publish is one atomic script there.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Channels {
     prefix: String,
+    colocated: Vec<String>,
 }
 
 impl Default for Channels {
@@ -37,6 +42,40 @@ impl Channels {
     pub fn new(prefix: impl Into<String>) -> Self {
         Self {
             prefix: prefix.into(),
+            colocated: Vec::new(),
+        }
+    }
+
+    /// The same naming with the channels and history of each of `namespaces` under the
+    /// hash tag `{ns}` (Redis Cluster then keeps them on one shard). Every node and
+    /// publisher must colocate the same namespaces.
+    ///
+    /// ```
+    /// use rooms::{Room, ScopedRoom};
+    /// let ch = rooms::Channels::new("app").colocating(&["/"]);
+    /// let room = ScopedRoom::new(None, &Room::user("42")?)?;
+    /// assert_eq!(ch.room("/", &room), "app:room:{/}#user:42");
+    /// assert_eq!(ch.namespace("/"), "app:ns:{/}");
+    /// assert_eq!(ch.history("/"), "app:history:{/}");
+    /// assert_eq!(ch.room("/chat", &room), "app:room:/chat#user:42");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn colocating<S: AsRef<str>>(mut self, namespaces: &[S]) -> Self {
+        self.colocated = namespaces.iter().map(|n| n.as_ref().to_owned()).collect();
+        self
+    }
+
+    /// Whether `ns`'s channels and history share one hash tag.
+    pub fn is_colocated(&self, ns: &str) -> bool {
+        self.colocated.iter().any(|n| n == ns)
+    }
+
+    /// `ns` as it appears in channel and stream names: `{ns}` when colocated.
+    fn ns_part<'a>(&self, ns: &'a str) -> std::borrow::Cow<'a, str> {
+        if self.is_colocated(ns) {
+            std::borrow::Cow::Owned(format!("{{{ns}}}"))
+        } else {
+            std::borrow::Cow::Borrowed(ns)
         }
     }
 
@@ -58,13 +97,13 @@ impl Channels {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn room(&self, ns: &str, room: &ScopedRoom) -> String {
-        format!("{}:room:{ns}#{room}", self.prefix)
+        format!("{}:room:{}#{room}", self.prefix, self.ns_part(ns))
     }
 
     /// The channel for whole-namespace broadcasts (and multi-room messages), which every
     /// node subscribes to.
     pub fn namespace(&self, ns: &str) -> String {
-        format!("{}:ns:{ns}", self.prefix)
+        format!("{}:ns:{}", self.prefix, self.ns_part(ns))
     }
 
     /// The channel of cluster-wide adapter requests in namespace `ns` (fetch sockets,
@@ -101,7 +140,7 @@ impl Channels {
     /// assert_eq!(rooms::Channels::new("p").history("/"), "p:history:/");
     /// ```
     pub fn history(&self, ns: &str) -> String {
-        format!("{}:history:{ns}", self.prefix)
+        format!("{}:history:{}", self.prefix, self.ns_part(ns))
     }
 
     /// The key of a recoverable session, by its private id.

@@ -72,6 +72,12 @@ impl TestNode {
             .await?)
     }
 
+    /// The sum of the samples of the metric `name` (from `GET /metrics`) whose labels
+    /// include every one of `labels` (`key="value"`).
+    pub async fn metric(&self, name: &str, labels: &[&str]) -> anyhow::Result<f64> {
+        Ok(metric_sum(&self.metrics().await?, name, labels))
+    }
+
     /// `GET /health`, as JSON.
     pub async fn health(&self) -> anyhow::Result<Value> {
         Ok(reqwest::get(format!("{}/health", self.url()))
@@ -239,4 +245,16 @@ fn rand_suffix() -> u16 {
     use std::sync::atomic::{AtomicU16, Ordering};
     static NEXT: AtomicU16 = AtomicU16::new(0);
     NEXT.fetch_add(1, Ordering::Relaxed) ^ (std::process::id() as u16)
+}
+
+/// The sum of the samples of `name` in the exposition text `metrics` whose labels include
+/// every one of `labels`.
+pub fn metric_sum(metrics: &str, name: &str, labels: &[&str]) -> f64 {
+    let open = format!("{name}{{");
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(&open) || l.starts_with(&format!("{name} ")))
+        .filter(|l| labels.iter().all(|label| l.contains(label)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }

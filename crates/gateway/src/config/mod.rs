@@ -565,12 +565,6 @@ impl Config {
                     list.push(ns.to_owned());
                 }
             }
-            if !list.is_empty() && !redis_cluster_nodes.is_empty() {
-                return Err(invalid(
-                    "RECOVERY_NAMESPACES",
-                    "connection state recovery is not available on Redis Cluster yet (its history and channels live on different shards); use one Redis or Sentinel",
-                ));
-            }
             if !list.is_empty() && redis_url.is_none() {
                 return Err(invalid(
                     "RECOVERY_NAMESPACES",

@@ -4,27 +4,40 @@
 //! the legacy channel on classic pub/sub (what existing publishers send with `PUBLISH`,
 //! which a cluster relays to every shard).
 //!
-//! One RESP3 connection manager (redis-rs's `ClusterConnection`) carries commands and
-//! subscriptions: it follows `MOVED` and failovers by itself and re-makes the
-//! subscriptions on the node that now owns their slots. Publishes go out in call order
-//! (one queue, pipelined by submission order), subscribe and unsubscribe in call order
-//! (one queue), like the single-server bus.
+//! Three parts, so that one shard's failover is felt by that shard only:
+//! - commands and keys go through one redis-rs `ClusterConnection`, which follows `MOVED`
+//!   by itself and is remade when the topology changes;
+//! - publishes are queued per master (the owner of the channel's slot), so a master that
+//!   does not answer holds back its own channels' publishes and nobody else's; each queue
+//!   keeps call order;
+//! - subscriptions live on one connection per master ([`subscriber`]), moved channel by
+//!   channel when a slot changes owner, checked against what Redis reports, repaired.
+//!
+//! The topology (`CLUSTER SLOTS`) is read every second; each change is handed to the
+//! publisher and the subscriber.
 //!
 //! Keys: every key Roomcast uses is a single-key command (streams, sessions) except the
 //! node registry, which lives under one hash tag (see [`crate::Bus::colocated`]) so one
-//! `SCAN` on one shard lists it.
+//! `SCAN` on one shard lists it; a recorded publish touches a history stream and a channel
+//! that share a hash tag ([`rooms::Channels::colocating`]).
 
-use std::collections::{HashMap, HashSet};
+mod publisher;
+pub(crate) mod slots;
+mod subscriber;
+
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{Instant, timeout};
 
-use crate::{Bus, BusFuture, Health, Inbox, LinkState, Message, PublishError, SubscribeError};
+use crate::commands::{REGISTER_OWNED, StreamEntry, TAKE, TOMBSTONE, millis};
+use crate::{Bus, BusFuture, Health, Inbox, LinkState, PublishError, SubscribeError};
+use slots::SlotMap;
+use subscriber::Command;
 
 /// Settings of a [`RedisClusterBus`].
 #[derive(Clone)]
@@ -131,28 +144,31 @@ impl RedisClusterConfig {
 #[derive(Debug)]
 pub struct RedisClusterBus {
     conn: Arc<Connector>,
-    publish_tx: mpsc::Sender<Publish>,
+    publish_tx: mpsc::Sender<publisher::Publish>,
     command_tx: mpsc::UnboundedSender<Command>,
     health: Arc<Mutex<Health>>,
     command_timeout: Duration,
     publish_deadline: Duration,
 }
 
-/// The cluster connection, remade when the cluster's topology changes (a failover):
-/// a new connection learns the new slot owners, and the subscriber re-makes every
-/// subscription on it.
+/// The cluster connection for commands and publishes, remade when the cluster's topology
+/// changes (a failover): a new connection learns the new slot owners at once.
 struct Connector {
     client: redis::cluster::ClusterClient,
     current: tokio::sync::Mutex<Option<Current>>,
     /// The generation of the current connection; bumps with each new one.
-    generation: tokio::sync::watch::Sender<u64>,
+    generation: std::sync::atomic::AtomicU64,
+    /// The latest slot map, for the publisher and the subscriber.
+    maps: watch::Sender<Arc<SlotMap>>,
+    /// Where a master announced without a host lives.
+    seed_host: String,
 }
 
 struct Current {
     generation: u64,
     conn: ClusterConnection,
-    /// Who owned which slots when it was made (`CLUSTER SLOTS`, masters only).
-    topology: String,
+    /// Who owned which slots when it was made.
+    topology: Arc<SlotMap>,
 }
 
 impl std::fmt::Debug for Connector {
@@ -176,7 +192,7 @@ impl Connector {
         }
         let make = async {
             let mut conn = self.client.get_async_connection().await?;
-            let topology = topology(&mut conn).await?;
+            let topology = topology(&mut conn, &self.seed_host).await?;
             Ok::<_, redis::RedisError>((conn, topology))
         };
         // Longer than one connection attempt: the seeds are tried before slots are known.
@@ -185,108 +201,78 @@ impl Connector {
             Ok(Err(e)) => return Err(format!("cannot connect to the Redis Cluster: {e}")),
             Err(_) => return Err("timed out connecting to the Redis Cluster".to_owned()),
         };
-        let generation = *self.generation.borrow() + 1;
+        let generation = self
+            .generation
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            + 1;
+        let topology = Arc::new(topology);
+        self.publish_map(&topology);
         *current = Some(Current {
             generation,
             conn: conn.clone(),
             topology,
         });
-        self.generation.send_replace(generation);
         Ok((generation, conn))
     }
 
-    /// Drops the current connection if the cluster's topology is no longer the one it
-    /// was made with; the next call makes a new one.
+    fn publish_map(&self, map: &Arc<SlotMap>) {
+        if !map.is_empty() {
+            self.maps.send_if_modified(|m| {
+                if **m == **map {
+                    false
+                } else {
+                    *m = map.clone();
+                    true
+                }
+            });
+        }
+    }
+
+    /// Reads the topology; a change is handed on and makes the next command use a new
+    /// connection.
     async fn check_topology(&self, limit: Duration) -> Result<(), String> {
         let (generation, mut conn) = self.current(limit).await?;
-        let now = timeout(limit, topology(&mut conn))
-            .await
-            .map_err(|_| "timed out reading the cluster's topology".to_owned())?
-            .map_err(|e| format!("cannot read the cluster's topology: {e}"))?;
+        // A random master answers; if it is the one that just died, ask another.
+        let mut last = String::new();
+        let mut now = None;
+        for _ in 0..3 {
+            match timeout(limit, topology(&mut conn, &self.seed_host)).await {
+                Ok(Ok(map)) if !map.is_empty() => {
+                    now = Some(map);
+                    break;
+                }
+                Ok(Ok(_)) => last = "the cluster reports no slots".to_owned(),
+                Ok(Err(e)) => last = format!("cannot read the cluster's topology: {e}"),
+                Err(_) => last = "timed out reading the cluster's topology".to_owned(),
+            }
+        }
+        let now = Arc::new(now.ok_or(last)?);
+        self.publish_map(&now);
         let mut current = self.current.lock().await;
         if let Some(c) = &*current
             && c.generation == generation
-            && c.topology != now
+            && *c.topology != *now
         {
             tracing::info!(
-                "the Redis Cluster's topology changed (failover or resharding); reconnecting"
+                "the Redis Cluster's topology changed (failover or resharding); following it"
             );
             *current = None;
         }
         Ok(())
     }
-
-    /// Drops connection `generation` after an error that may mean a stale topology.
-    async fn invalidate(&self, generation: u64) {
-        let mut current = self.current.lock().await;
-        if current.as_ref().is_some_and(|c| c.generation == generation) {
-            *current = None;
-        }
-    }
 }
 
-/// The masters and their slot ranges, as one comparable string.
-async fn topology(conn: &mut ClusterConnection) -> Result<String, redis::RedisError> {
+/// The masters and their slot ranges.
+async fn topology(
+    conn: &mut ClusterConnection,
+    seed_host: &str,
+) -> Result<SlotMap, redis::RedisError> {
     let route = RoutingInfo::SingleNode(SingleNodeRoutingInfo::RandomPrimary);
     let slots = conn
         .route_command(redis::cmd("CLUSTER").arg("SLOTS").clone(), route)
         .await?;
-    let mut ranges: Vec<String> = Vec::new();
-    if let redis::Value::Array(entries) = slots {
-        for entry in entries {
-            if let redis::Value::Array(fields) = entry
-                && let [
-                    redis::Value::Int(from),
-                    redis::Value::Int(to),
-                    redis::Value::Array(master),
-                    ..,
-                ] = fields.as_slice()
-            {
-                let addr: Vec<String> = master
-                    .iter()
-                    .take(2)
-                    .map(|v| match v {
-                        redis::Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
-                        redis::Value::Int(n) => n.to_string(),
-                        other => format!("{other:?}"),
-                    })
-                    .collect();
-                ranges.push(format!("{from}-{to}@{}", addr.join(":")));
-            }
-        }
-    }
-    ranges.sort();
-    Ok(ranges.join(","))
+    Ok(SlotMap::parse(&slots, seed_host))
 }
-
-struct Publish {
-    channel: String,
-    payload: Bytes,
-    reply: oneshot::Sender<Result<usize, PublishError>>,
-    deadline: Instant,
-}
-
-impl crate::commands::Expiring for Publish {
-    fn deadline(&self) -> Instant {
-        self.deadline
-    }
-
-    fn expire(&mut self, why: &str) {
-        let reply = std::mem::replace(&mut self.reply, oneshot::channel().0);
-        let _ = reply.send(Err(PublishError::Unavailable(why.to_owned())));
-    }
-}
-
-enum Command {
-    Subscribe(Vec<String>, oneshot::Sender<Result<(), SubscribeError>>),
-    Unsubscribe(Vec<String>, oneshot::Sender<Result<(), SubscribeError>>),
-}
-
-/// Messages between the cluster connection and the inbox.
-const PUSH_QUEUE: usize = 8192;
-
-/// Publishes sent in one go.
-const MAX_BATCH: usize = 512;
 
 impl RedisClusterBus {
     /// Creates the bus and starts its tasks; returns at once (the cluster is contacted on
@@ -307,39 +293,35 @@ impl RedisClusterBus {
         if config.nodes.iter().any(|n| n.starts_with("rediss://")) {
             let _ = rustls::crypto::ring::default_provider().install_default();
         }
-        // Bounded: the connection cannot wait for a slow node, so a node that falls this far
-        // behind loses the oldest messages (counted in the log) instead of growing.
-        // (Its ring is allocated up front: a few thousand slots, the inbox behind it holds more.)
-        let (push_tx, push_rx) = tokio::sync::broadcast::channel(PUSH_QUEUE);
         let client = config
             .client_builder()
             .use_protocol(redis::ProtocolVersion::RESP3)
-            .push_sender(push_tx)
             .build()
             .map_err(|e| invalid(e.to_string()))?;
+        let factory = Arc::new(subscriber::LinkFactory::new(&config).map_err(invalid)?);
+        let (maps, maps_rx) = watch::channel(Arc::new(SlotMap::default()));
         let conn = Arc::new(Connector {
             client,
             current: tokio::sync::Mutex::new(None),
-            generation: tokio::sync::watch::channel(0).0,
+            generation: std::sync::atomic::AtomicU64::new(0),
+            maps,
+            seed_host: factory.seed_host(),
         });
         let health = Arc::new(Mutex::new(Health::CONNECTING));
         let (publish_tx, publish_rx) = mpsc::channel(config.publish_queue.max(1));
         let (command_tx, command_rx) = mpsc::unbounded_channel();
         let (inbox_tx, inbox) = mpsc::channel(crate::INBOX_CAPACITY);
-        tokio::spawn(publisher(
+        tokio::spawn(publisher::run(
             conn.clone(),
             config.clone(),
             publish_rx,
+            maps_rx.clone(),
             health.clone(),
         ));
-        tokio::spawn(subscriber(
-            conn.clone(),
-            config.clone(),
-            command_rx,
-            health.clone(),
-        ));
-        tokio::spawn(receive(push_rx, inbox_tx));
-        tokio::spawn(watch(conn.clone(), config.clone(), health.clone()));
+        let subscriber =
+            subscriber::Subscriber::new(factory, &config, maps_rx, inbox_tx, health.clone());
+        tokio::spawn(subscriber.run(command_rx));
+        tokio::spawn(watch_topology(conn.clone(), config.clone(), health.clone()));
         let publish_deadline = config
             .publish_retry_budget
             .saturating_add(config.command_timeout.saturating_mul(2));
@@ -373,301 +355,19 @@ impl RedisClusterBus {
                 .map_err(|e| PublishError::Unavailable(format!("Redis Cluster: {e}")))
         })
     }
-}
 
-fn set_health(health: &Mutex<Health>, f: impl FnOnce(&mut Health)) {
-    f(&mut health.lock().unwrap_or_else(PoisonError::into_inner));
-}
-
-/// Sends queued publishes in call order: a batch is submitted in order (the connection
-/// keeps per-node order), then awaited together.
-async fn publisher(
-    conn: Arc<Connector>,
-    config: RedisClusterConfig,
-    mut rx: mpsc::Receiver<Publish>,
-    health: Arc<Mutex<Health>>,
-) {
-    let mut batch = Vec::with_capacity(MAX_BATCH);
-    while let Some(first) = rx.recv().await {
-        batch.push(first);
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(p) => batch.push(p),
-                Err(_) => break,
-            }
-        }
-        let retry_until = Instant::now() + config.publish_retry_budget;
-        loop {
-            crate::commands::drop_expired(&mut batch, "Redis Cluster did not answer in time");
-            if batch.is_empty() {
-                break;
-            }
-            let (generation, c) = match conn.current(config.command_timeout).await {
-                Ok(c) => c,
-                Err(e) if Instant::now() < retry_until => {
-                    set_health(&health, |h| h.publisher = LinkState::Down { error: e });
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-                Err(e) => {
-                    set_health(&health, |h| {
-                        h.publisher = LinkState::Down { error: e.clone() }
-                    });
-                    for p in batch.drain(..) {
-                        let _ = p.reply.send(Err(PublishError::Unavailable(e.clone())));
-                    }
-                    break;
-                }
-            };
-            let sends = batch.iter().map(|p| {
-                let mut c = c.clone();
-                let mut cmd = redis::cmd("SPUBLISH");
-                cmd.arg(&p.channel).arg(&p.payload[..]);
-                // Straight to the master of the channel's slot.
-                let route = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(
-                    Route::with_key(&p.channel, SlotAddr::Master),
-                ));
-                async move {
-                    let value = c.route_command(cmd, route).await?;
-                    redis::from_redis_value::<usize>(value).map_err(redis::RedisError::from)
-                }
-            });
-            let results = timeout(
-                config.command_timeout,
-                futures_util::future::join_all(sends),
-            )
-            .await;
-            let results = match results {
-                Ok(r) => r,
-                Err(_) => batch
-                    .iter()
-                    .map(|_| Err(redis::RedisError::from((redis::ErrorKind::Io, "timed out"))))
-                    .collect(),
-            };
-            let failed = results
-                .iter()
-                .find_map(|r| r.as_ref().err())
-                .map(ToString::to_string);
-            if failed.is_some() {
-                // Perhaps a failover: the next attempt uses a fresh view of the slots.
-                conn.invalidate(generation).await;
-            }
-            match failed {
-                Some(e) if Instant::now() < retry_until => {
-                    // Retry the whole batch in order, keeping what succeeded answered.
-                    let mut keep = Vec::new();
-                    for (p, r) in batch.drain(..).zip(results) {
-                        match r {
-                            Ok(n) => {
-                                let _ = p.reply.send(Ok(n));
-                            }
-                            Err(_) => keep.push(p),
-                        }
-                    }
-                    batch = keep;
-                    set_health(&health, |h| h.publisher = LinkState::Down { error: e });
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                _ => {
-                    set_health(&health, |h| {
-                        h.publisher = match &failed {
-                            Some(e) => LinkState::Down { error: e.clone() },
-                            None => LinkState::Up,
-                        }
-                    });
-                    for (p, r) in batch.drain(..).zip(results) {
-                        let _ =
-                            p.reply.send(r.map_err(|e| {
-                                PublishError::Unavailable(format!("Redis Cluster: {e}"))
-                            }));
-                    }
-                    break;
-                }
-            }
-        }
-    }
-}
-
-/// Applies subscribe and unsubscribe commands in call order, a sharded one per slot
-/// (a cluster refuses one command across slots); on each new connection (a failover
-/// was seen) makes every wanted subscription again.
-async fn subscriber(
-    conn: Arc<Connector>,
-    config: RedisClusterConfig,
-    mut rx: mpsc::UnboundedReceiver<Command>,
-    health: Arc<Mutex<Health>>,
-) {
-    let classic: HashSet<String> = config.classic_channels.iter().cloned().collect();
-    let mut desired: HashSet<String> = HashSet::new();
-    let mut generations = conn.generation.subscribe();
-    // The connection the subscriptions are on.
-    let mut on: u64 = 0;
-    let limit = config.command_timeout;
-    loop {
-        let (subscribe, channels, reply) = tokio::select! {
-            cmd = rx.recv() => match cmd {
-                Some(Command::Subscribe(c, r)) => (true, c, Some(r)),
-                Some(Command::Unsubscribe(c, r)) => (false, c, Some(r)),
-                None => return,
-            },
-            Ok(()) = generations.changed() => (true, Vec::new(), None),
-        };
-        for c in &channels {
-            if subscribe {
-                desired.insert(c.clone());
-            } else {
-                desired.remove(c);
-            }
-        }
-        let n = desired.len();
-        set_health(&health, |h| h.channels = n);
-        let result = match conn.current(limit).await {
-            Err(e) => Err(SubscribeError::Unavailable(e)),
-            Ok((generation, c)) => {
-                // A new connection holds none of the old subscriptions: all of them.
-                let (subscribe, channels) = if generation == on {
-                    (subscribe, channels)
-                } else {
-                    (true, desired.iter().cloned().collect())
-                };
-                let done = apply(&c, &classic, subscribe, channels, limit).await;
-                if done.is_ok() {
-                    if generation != on && !desired.is_empty() {
-                        tracing::info!(
-                            channels = desired.len(),
-                            "subscriptions made on the Redis Cluster"
-                        );
-                    }
-                    on = generation;
-                } else {
-                    conn.invalidate(generation).await;
-                }
-                done
-            }
-        };
-        if let Err(e) = &result {
-            tracing::warn!(error = %e, "Redis Cluster subscription change failed; made again on the next connection");
-        }
-        if let Some(reply) = reply {
-            let _ = reply.send(result);
-        }
-    }
-}
-
-/// (Un)subscribes `channels` on `c`: classic ones with `(UN)SUBSCRIBE`, the rest with
-/// `S(UN)SUBSCRIBE`, one command per slot, concurrently.
-async fn apply(
-    c: &ClusterConnection,
-    classic: &HashSet<String>,
-    subscribe: bool,
-    channels: Vec<String>,
-    limit: Duration,
-) -> Result<(), SubscribeError> {
-    let mut by_slot: HashMap<Option<Route>, Vec<String>> = HashMap::new();
-    for ch in channels {
-        let key = (!classic.contains(&ch)).then(|| Route::with_key(&ch, SlotAddr::Master));
-        by_slot.entry(key).or_default().push(ch);
-    }
-    let calls = by_slot.into_iter().map(|(route, chs)| {
-        let mut c = c.clone();
-        async move {
-            match (route.is_some(), subscribe) {
-                (true, true) => c.ssubscribe(chs).await,
-                (true, false) => c.sunsubscribe(chs).await,
-                (false, true) => c.subscribe(chs).await,
-                (false, false) => c.unsubscribe(chs).await,
-            }
-        }
-    });
-    match timeout(limit, futures_util::future::join_all(calls)).await {
-        Err(_) => Err(SubscribeError::Timeout),
-        Ok(results) => match results.into_iter().find_map(Result::err) {
-            Some(e) => Err(SubscribeError::Unavailable(e.to_string())),
-            None => Ok(()),
-        },
-    }
-}
-
-/// Turns the connection's push messages into inbox messages. The connection cannot be
-/// made to wait (unlike a single Redis's subscriber, which stops reading), so the queue
-/// between them is bounded and a node that falls behind by more than it holds loses
-/// messages, logged with their number.
-async fn receive(
-    mut pushes: tokio::sync::broadcast::Receiver<redis::PushInfo>,
-    inbox: mpsc::Sender<Message>,
-) {
-    use tokio::sync::broadcast::error::RecvError;
-    loop {
-        let push = match pushes.recv().await {
-            Ok(push) => push,
-            Err(RecvError::Lagged(lost)) => {
-                tracing::warn!(
-                    lost,
-                    "this node fell behind the Redis Cluster's messages; the oldest were dropped"
-                );
-                continue;
-            }
-            Err(RecvError::Closed) => return,
-        };
-        if !matches!(
-            push.kind,
-            redis::PushKind::SMessage | redis::PushKind::Message
-        ) {
-            continue;
-        }
-        let [
-            redis::Value::BulkString(channel),
-            redis::Value::BulkString(payload),
-        ] = push.data.as_slice()
-        else {
-            continue;
-        };
-        let message = Message {
-            channel: Arc::from(String::from_utf8_lossy(channel).as_ref()),
-            payload: Bytes::copy_from_slice(payload),
-        };
-        if inbox.send(message).await.is_err() {
-            return;
-        }
-    }
-}
-
-/// How often the cluster's topology is compared with the connection's.
-const TOPOLOGY_EVERY: Duration = Duration::from_secs(1);
-
-/// Checks the cluster every second (and at start): both links follow it, and a changed
-/// topology (a failover, resharding) makes the bus reconnect and resubscribe.
-async fn watch(conn: Arc<Connector>, config: RedisClusterConfig, health: Arc<Mutex<Health>>) {
-    let mut was_up = false;
-    loop {
-        let state = match conn.check_topology(config.command_timeout).await {
-            Ok(()) => LinkState::Up,
-            Err(error) => LinkState::Down { error },
-        };
-        let up = state.is_up();
-        set_health(&health, |h| {
-            if up && !was_up && h.subscriber != LinkState::Connecting {
-                h.reconnects += 1;
-            }
-            h.subscriber = state.clone();
-            if !matches!(h.publisher, LinkState::Down { .. }) || up {
-                h.publisher = state;
-            }
-        });
-        was_up = up;
-        if Arc::strong_count(&conn) == 1 {
-            return;
-        }
-        tokio::time::sleep(TOPOLOGY_EVERY.min(config.ping_interval)).await;
-    }
-}
-
-impl Bus for RedisClusterBus {
-    fn publish(&self, channel: &str, payload: Bytes) -> BusFuture<Result<usize, PublishError>> {
+    /// Queues a publish (recorded when `history` is set) on its master's queue.
+    fn enqueue(
+        &self,
+        channel: &str,
+        payload: Bytes,
+        history: Option<crate::History>,
+    ) -> BusFuture<Result<(usize, Option<String>), PublishError>> {
         let (reply, rx) = oneshot::channel();
-        let sent = self.publish_tx.try_send(Publish {
+        let sent = self.publish_tx.try_send(publisher::Publish {
             channel: channel.to_owned(),
             payload,
+            history,
             reply,
             deadline: Instant::now() + self.publish_deadline,
         });
@@ -686,6 +386,115 @@ impl Bus for RedisClusterBus {
                 )),
             }
         })
+    }
+}
+
+pub(crate) fn set_health(health: &Mutex<Health>, f: impl FnOnce(&mut Health)) {
+    f(&mut health.lock().unwrap_or_else(PoisonError::into_inner));
+}
+
+/// How often the cluster's topology is read.
+const TOPOLOGY_EVERY: Duration = Duration::from_secs(1);
+
+/// Reads the cluster's topology every second (and at start): the publisher and the
+/// subscriber follow each change.
+async fn watch_topology(
+    conn: Arc<Connector>,
+    config: RedisClusterConfig,
+    health: Arc<Mutex<Health>>,
+) {
+    loop {
+        let state = match conn.check_topology(config.command_timeout).await {
+            Ok(()) => LinkState::Up,
+            Err(error) => LinkState::Down { error },
+        };
+        set_health(&health, |h| {
+            if state.is_up() || !matches!(h.publisher, LinkState::Down { .. }) {
+                h.publisher = state;
+            }
+        });
+        if Arc::strong_count(&conn) == 1 {
+            return;
+        }
+        tokio::time::sleep(TOPOLOGY_EVERY.min(config.ping_interval)).await;
+    }
+}
+
+impl Bus for RedisClusterBus {
+    fn publish(&self, channel: &str, payload: Bytes) -> BusFuture<Result<usize, PublishError>> {
+        let answer = self.enqueue(channel, payload, None);
+        Box::pin(async move { answer.await.map(|(n, _)| n) })
+    }
+
+    fn publish_recorded(
+        &self,
+        channel: &str,
+        payload: Bytes,
+        history: &crate::History,
+    ) -> BusFuture<Result<String, PublishError>> {
+        if slots::slot(channel.as_bytes()) != slots::slot(history.stream.as_bytes()) {
+            // A script cannot reach across slots: the naming must colocate them.
+            return Box::pin(std::future::ready(Err(PublishError::Unsupported(
+                "on Redis Cluster a recorded channel must share its history's hash tag (Channels::colocating)",
+            ))));
+        }
+        let answer = self.enqueue(channel, payload, Some(history.clone()));
+        Box::pin(async move {
+            match answer.await? {
+                (_, Some(id)) => Ok(id),
+                (_, None) => Err(PublishError::Unavailable(
+                    "Redis Cluster did not return the entry id".into(),
+                )),
+            }
+        })
+    }
+
+    fn history(
+        &self,
+        stream: &str,
+        from: &str,
+        count: usize,
+    ) -> BusFuture<Result<Vec<(String, Bytes)>, PublishError>> {
+        let mut cmd = redis::cmd("XRANGE");
+        cmd.arg(stream).arg(from).arg("+").arg("COUNT").arg(count);
+        let fut = self.run::<Vec<StreamEntry>>(cmd);
+        Box::pin(async move {
+            Ok(fut
+                .await?
+                .into_iter()
+                .filter_map(|(id, mut fields)| Some((id, Bytes::from(fields.pop()?.1))))
+                .collect())
+        })
+    }
+
+    fn take(&self, key: &str, ttl: Duration) -> BusFuture<Result<Option<Bytes>, PublishError>> {
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(TAKE).arg(1).arg(key).arg(millis(ttl));
+        let fut = self.run::<Option<Vec<u8>>>(cmd);
+        Box::pin(async move {
+            Ok(fut
+                .await?
+                .filter(|v| v.as_slice() != TOMBSTONE.as_bytes())
+                .map(Bytes::from))
+        })
+    }
+
+    fn register_owned(
+        &self,
+        key: &str,
+        value: Bytes,
+        ttl: Duration,
+        owner: &str,
+    ) -> BusFuture<Result<bool, PublishError>> {
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(REGISTER_OWNED)
+            .arg(1)
+            .arg(key)
+            .arg(&value[..])
+            .arg(millis(ttl))
+            .arg(owner);
+        let fut = self.run::<i64>(cmd);
+        Box::pin(async move { Ok(fut.await? == 1) })
     }
 
     fn subscribe(&self, channels: Vec<String>) -> BusFuture<Result<(), SubscribeError>> {
@@ -811,6 +620,10 @@ impl Bus for RedisClusterBus {
 
     fn colocated(&self, prefix: &str) -> String {
         format!("{{{prefix}}}")
+    }
+
+    fn is_sharded(&self) -> bool {
+        true
     }
 
     fn health(&self) -> Health {
