@@ -1,8 +1,10 @@
 //! The matrix's Redis Cluster variant: six Redis containers (3 masters, 3 replicas)
 //! joined into a cluster, three more gateway containers configured with
-//! `REDIS_CLUSTER_NODES`, rooms over every shard delivered across nodes, then the master
-//! of one room's shard killed (`docker kill`) and the time until its rooms are delivered
-//! again measured.
+//! `REDIS_CLUSTER_NODES` and connection state recovery on, rooms over every shard
+//! delivered across nodes, then the master of the shard holding the recorded namespace
+//! killed (`docker kill`): the time until its rooms are delivered again is measured, and
+//! a client that was away across the failover recovers on another node every recorded
+//! message.
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
@@ -126,6 +128,8 @@ pub(crate) async fn redis_cluster(env: &mut Env) -> anyhow::Result<Outcome> {
             .with_env_var("REDIS_CLUSTER_NODES", &seeds)
             .with_env_var("REDIS_CHANNEL_PREFIX", &prefix)
             .with_env_var("NODE_TTL_SECS", "6")
+            .with_env_var("NAMESPACES", format!("/,{}", crate::recovery::NAMESPACE))
+            .with_env_var("RECOVERY_NAMESPACES", crate::recovery::NAMESPACE)
             .start()
             .await
             .with_context(|| format!("starting gateway {id}"))?;
@@ -158,7 +162,7 @@ pub(crate) async fn redis_cluster(env: &mut Env) -> anyhow::Result<Outcome> {
     }
 
     // Rooms over every shard: subscribed on node 2, published on node 1.
-    let rooms: Vec<String> = (0..12).map(|i| format!("doc:Shard:{i}")).collect();
+    let mut rooms: Vec<String> = (0..12).map(|i| format!("doc:Shard:{i}")).collect();
     let channels = rooms::Channels::new(prefix.clone());
     let channel = |room: &str| {
         rooms::Room::parse(room)
@@ -194,8 +198,50 @@ pub(crate) async fn redis_cluster(env: &mut Env) -> anyhow::Result<Outcome> {
         "deliveries across shards: {got:?}"
     );
 
-    // The master of rooms[0]'s shard dies.
-    let victim = master_of(&redis[0].0, &channel(&rooms[0]))?;
+    // A client of the recorded namespace goes away (its pid and last offset kept) and
+    // misses 10 recorded messages.
+    let ns = crate::recovery::NAMESPACE;
+    let recorded = |seq: u64| {
+        json!({"ns": ns, "event": "rec", "to": ["doc:Rec:1"], "data": {"seq": seq}}).to_string()
+    };
+    let bob = || json!({"sub": "bob", "rooms": ["doc:*"]});
+    let mut away = SioClient::connect(&gateways[0].0, ns, Some(json!({"token": token(bob())})))
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    away.expect("connected").await?;
+    let pid = away.pid.clone().context("no pid: recovery is off")?;
+    ensure!(
+        away.join("doc:Rec:1").await?["ok"] == true,
+        "join doc:Rec:1"
+    );
+    ensure!(publish(&gateways[1].0, TEST_KEY, &recorded(0)).await?.0 == 202);
+    let (e, _) = away.expect("rec").await?;
+    let offset = e
+        .args
+        .last()
+        .and_then(serde_json::Value::as_str)
+        .context("recorded events carry their offset")?
+        .to_owned();
+    away.abort();
+    for seq in 1..=10 {
+        ensure!(
+            publish(&gateways[seq as usize % 3].0, TEST_KEY, &recorded(seq))
+                .await?
+                .0
+                == 202
+        );
+    }
+
+    // The master of the recorded namespace's shard dies (and with it, some rooms').
+    let history = rooms::Channels::new(prefix.clone())
+        .colocating(&[ns])
+        .history(ns);
+    let victim = master_of(&redis[0].0, &history)?;
+    let on_victim = rooms
+        .iter()
+        .position(|r| master_of(&redis[0].0, &channel(r)).is_ok_and(|m| m == victim))
+        .context("a room on the victim's shard")?;
+    rooms.swap(0, on_victim);
     let survivor = redis
         .iter()
         .find(|(ip, _)| *ip != victim)
@@ -246,13 +292,38 @@ pub(crate) async fn redis_cluster(env: &mut Env) -> anyhow::Result<Outcome> {
     };
     let promoted = master_of(&survivor, &channel(&rooms[0]))?;
     ensure!(promoted != victim, "no replica took over");
+
+    // 10 more recorded messages on the promoted master; the client comes back on the
+    // third node and recovers all 20, in order, once.
+    for seq in 11..=20 {
+        ensure!(
+            publish(&gateways[seq as usize % 3].0, TEST_KEY, &recorded(seq))
+                .await?
+                .0
+                == 202
+        );
+    }
+    let auth = json!({"token": token(bob()), "pid": pid, "offset": offset});
+    let mut back = SioClient::connect(&gateways[2].0, ns, Some(auth))
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let connected = back.expect_arg("connected").await?;
+    ensure!(connected["recovered"] == true, "not recovered: {connected}");
+    let mut replayed = Vec::new();
+    for _ in 1..=20 {
+        replayed.push(back.expect_arg("rec").await?["seq"].as_u64().unwrap_or(0));
+    }
+    ensure!(
+        replayed == (1..=20).collect::<Vec<_>>(),
+        "recovered across the failover: {replayed:?}"
+    );
     Ok(Outcome {
         figures: format!(
-            "3 masters + 3 replicas, 3 gateways: {} rooms on {} shards delivered across nodes; master {victim} killed, replica {promoted} took over, delivery resumed after {:.1} s",
+            "3 masters + 3 replicas, 3 gateways, recovery on: {} rooms on {} shards delivered across nodes; master {victim} (the recorded namespace's shard) killed, replica {promoted} took over, delivery resumed after {:.1} s; a client away across it recovered 20/20 recorded messages on another node",
             rooms.len(),
             shards.len(),
             resumed.as_secs_f64()
         ),
-        details: json!({"rooms": rooms.len(), "shards": shards.len(), "resumed_s": resumed.as_secs_f64()}),
+        details: json!({"rooms": rooms.len(), "shards": shards.len(), "resumed_s": resumed.as_secs_f64(), "recovered": replayed.len()}),
     })
 }
