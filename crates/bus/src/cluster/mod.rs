@@ -190,17 +190,31 @@ impl Connector {
         if let Some(c) = &*current {
             return Ok((c.generation, c.conn.clone()));
         }
+        let (conn, topology) = self.make(limit).await?;
+        Ok(self.install(&mut current, conn, topology))
+    }
+
+    /// A new connection and the topology it starts from.
+    async fn make(&self, limit: Duration) -> Result<(ClusterConnection, SlotMap), String> {
         let make = async {
             let mut conn = self.client.get_async_connection().await?;
             let topology = topology(&mut conn, &self.seed_host).await?;
             Ok::<_, redis::RedisError>((conn, topology))
         };
         // Longer than one connection attempt: the seeds are tried before slots are known.
-        let (conn, topology) = match timeout(limit * 2, make).await {
-            Ok(Ok(made)) => made,
-            Ok(Err(e)) => return Err(format!("cannot connect to the Redis Cluster: {e}")),
-            Err(_) => return Err("timed out connecting to the Redis Cluster".to_owned()),
-        };
+        match timeout(limit * 2, make).await {
+            Ok(Ok(made)) => Ok(made),
+            Ok(Err(e)) => Err(format!("cannot connect to the Redis Cluster: {e}")),
+            Err(_) => Err("timed out connecting to the Redis Cluster".to_owned()),
+        }
+    }
+
+    fn install(
+        &self,
+        current: &mut Option<Current>,
+        conn: ClusterConnection,
+        topology: SlotMap,
+    ) -> (u64, ClusterConnection) {
         let generation = self
             .generation
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
@@ -212,7 +226,7 @@ impl Connector {
             conn: conn.clone(),
             topology,
         });
-        Ok((generation, conn))
+        (generation, conn)
     }
 
     fn publish_map(&self, map: &Arc<SlotMap>) {
@@ -248,15 +262,23 @@ impl Connector {
         }
         let now = Arc::new(now.ok_or(last)?);
         self.publish_map(&now);
-        let mut current = self.current.lock().await;
-        if let Some(c) = &*current
-            && c.generation == generation
-            && *c.topology != *now
-        {
+        let stale = {
+            let current = self.current.lock().await;
+            current
+                .as_ref()
+                .is_some_and(|c| c.generation == generation && *c.topology != *now)
+        };
+        if stale {
             tracing::info!(
                 "the Redis Cluster's topology changed (failover or resharding); following it"
             );
-            *current = None;
+            // Made before the old one is dropped: commands and publishes keep the old
+            // connection (which follows MOVED by itself) until the new one is ready.
+            let (conn, topology) = self.make(limit).await?;
+            let mut current = self.current.lock().await;
+            if current.as_ref().is_some_and(|c| c.generation == generation) {
+                self.install(&mut current, conn, topology);
+            }
         }
         Ok(())
     }
