@@ -117,3 +117,21 @@ pub(crate) fn escape_glob(s: &str) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "test code")]
+
+    #[test]
+    fn the_recorded_publish_is_the_one_the_sdks_share() {
+        let fx: serde_json::Value =
+            serde_json::from_str(include_str!("../../../sdk/fixtures/wire.json")).unwrap();
+        let shared = &fx["recorded_publish"];
+        assert_eq!(shared["script"].as_str(), Some(super::RECORDED_PUBLISH));
+        let frame = shared["example_frame"].as_str().unwrap().as_bytes();
+        assert_eq!(
+            crate::recorded_frame(frame),
+            Some((shared["example_offset"].as_str().unwrap(), &b"{}"[..]))
+        );
+    }
+}

@@ -95,7 +95,8 @@ fn collect(
     (stop, task)
 }
 
-#[tokio::test]
+// Several threads: the nodes run in this process, and the redis-cli calls below block.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_failover_is_felt_only_by_the_failed_shard_and_recovery_spans_it() {
     let mut set = RedisClusterSet::start().unwrap();
     let nodes = nodes(&set).await;
@@ -137,7 +138,11 @@ async fn a_failover_is_felt_only_by_the_failed_shard_and_recovery_spans_it() {
     assert_eq!(away.join("doc:Rec:1").await.unwrap()["ok"], true);
 
     // Subscriber links killed behind every node's back: repaired, counted, delivered.
+    // Nothing is repaired while nothing went wrong (the checks run every 3 s).
+    tokio::time::sleep(Duration::from_secs(4)).await;
     let before = repaired(&nodes).await;
+    assert_eq!(before, 0.0, "repairs counted while nothing went wrong");
+    let killed_links = Instant::now();
     let mut killed = 0;
     for port in owner_of.iter().collect::<BTreeSet<_>>() {
         // RESP3 subscribers are not of `TYPE pubsub`: find them by what they hold.
@@ -160,7 +165,6 @@ async fn a_failover_is_felt_only_by_the_failed_shard_and_recovery_spans_it() {
         killed >= 3,
         "every node holds subscriptions ({killed} links killed)"
     );
-    let killed_links = Instant::now();
     let probe = &rooms[0];
     loop {
         assert!(
@@ -211,7 +215,7 @@ async fn a_failover_is_felt_only_by_the_failed_shard_and_recovery_spans_it() {
     let mut tasks = Vec::new();
     for seq in 0..150u64 {
         if seq == 30 {
-            set.kill(victim);
+            tokio::task::block_in_place(|| set.kill(victim));
             kill_at = Some(Instant::now());
         }
         for (i, room) in rooms.iter().enumerate() {
@@ -244,7 +248,7 @@ async fn a_failover_is_felt_only_by_the_failed_shard_and_recovery_spans_it() {
         // When Redis has promoted the replica (the cluster's own failover time).
         if let Some(kill) = kill_at
             && promoted_at.is_none()
-            && set.master_of(&history).is_ok_and(|m| m != victim)
+            && tokio::task::block_in_place(|| set.master_of(&history)).is_ok_and(|m| m != victim)
         {
             promoted_at = Some(kill.elapsed());
         }

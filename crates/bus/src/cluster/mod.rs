@@ -162,6 +162,10 @@ struct Connector {
     maps: watch::Sender<Arc<SlotMap>>,
     /// Where a master announced without a host lives.
     seed_host: String,
+    /// Set while a shard looks down (a lost link, channels waiting for their owner): the
+    /// topology is then read every [`TOPOLOGY_URGENT`] instead of every second, so a
+    /// promoted replica is followed as soon as the cluster names it.
+    urgent: Arc<std::sync::atomic::AtomicBool>,
 }
 
 struct Current {
@@ -328,6 +332,7 @@ impl RedisClusterBus {
             generation: std::sync::atomic::AtomicU64::new(0),
             maps,
             seed_host: factory.seed_host(),
+            urgent: Arc::default(),
         });
         let health = Arc::new(Mutex::new(Health::CONNECTING));
         let (publish_tx, publish_rx) = mpsc::channel(config.publish_queue.max(1));
@@ -340,8 +345,14 @@ impl RedisClusterBus {
             maps_rx.clone(),
             health.clone(),
         ));
-        let subscriber =
-            subscriber::Subscriber::new(factory, &config, maps_rx, inbox_tx, health.clone());
+        let subscriber = subscriber::Subscriber::new(
+            factory,
+            &config,
+            maps_rx,
+            inbox_tx,
+            health.clone(),
+            conn.urgent.clone(),
+        );
         tokio::spawn(subscriber.run(command_rx));
         tokio::spawn(watch_topology(conn.clone(), config.clone(), health.clone()));
         let publish_deadline = config
@@ -418,6 +429,9 @@ pub(crate) fn set_health(health: &Mutex<Health>, f: impl FnOnce(&mut Health)) {
 /// How often the cluster's topology is read.
 const TOPOLOGY_EVERY: Duration = Duration::from_secs(1);
 
+/// How often while a shard looks down.
+const TOPOLOGY_URGENT: Duration = Duration::from_millis(100);
+
 /// Reads the cluster's topology every second (and at start): the publisher and the
 /// subscriber follow each change.
 async fn watch_topology(
@@ -438,7 +452,13 @@ async fn watch_topology(
         if Arc::strong_count(&conn) == 1 {
             return;
         }
-        tokio::time::sleep(TOPOLOGY_EVERY.min(config.ping_interval)).await;
+        let urgent = conn.urgent.load(std::sync::atomic::Ordering::Relaxed);
+        let every = if urgent {
+            TOPOLOGY_URGENT
+        } else {
+            TOPOLOGY_EVERY.min(config.ping_interval)
+        };
+        tokio::time::sleep(every).await;
     }
 }
 

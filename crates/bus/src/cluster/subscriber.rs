@@ -149,6 +149,8 @@ pub(super) struct Subscriber {
     /// Links that reported unsubscriptions: verified on the next tick.
     suspect: HashSet<u64>,
     health: Arc<Mutex<Health>>,
+    /// Asks for the topology to be read often (a shard looks down).
+    urgent: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Subscriber {
@@ -158,6 +160,7 @@ impl Subscriber {
         maps: watch::Receiver<Arc<SlotMap>>,
         inbox: mpsc::Sender<Message>,
         health: Arc<Mutex<Health>>,
+        urgent: Arc<std::sync::atomic::AtomicBool>,
     ) -> Self {
         let (events_tx, events) = mpsc::unbounded_channel();
         Self {
@@ -175,6 +178,7 @@ impl Subscriber {
             dropped: Arc::new(AtomicU64::new(0)),
             suspect: HashSet::new(),
             health,
+            urgent,
         }
     }
 
@@ -251,6 +255,8 @@ impl Subscriber {
 
     fn report(&self) {
         let unplaced = self.unplaced();
+        // Channels without their shard: look for the new owner often until it is there.
+        self.urgent.store(unplaced > 0, Ordering::Relaxed);
         let n = self.desired.len();
         let error = self
             .failed
@@ -324,8 +330,12 @@ impl Subscriber {
             self.remove(channels).await;
             Ok(())
         };
-        self.report();
+        // Not a full report (it walks every channel): the count, and a failure asks for
+        // the topology early; the next tick reports in full.
+        let n = self.desired.len();
+        set_health(&self.health, |h| h.channels = n);
         if let Err(e) = &result {
+            self.urgent.store(true, Ordering::Relaxed);
             tracing::warn!(error = %e, "Redis Cluster subscribe failed; retried until it holds");
         }
         for reply in replies {
