@@ -82,13 +82,13 @@ fn collect(
             if stopped.try_recv().is_ok() {
                 return got;
             }
-            if let Ok(Ok((e, _))) =
-                tokio::time::timeout(Duration::from_millis(200), c.expect("tick")).await
-            {
-                got.push((
+            match tokio::time::timeout(Duration::from_millis(200), c.expect("tick")).await {
+                Ok(Ok((e, _))) => got.push((
                     e.args[0]["room"].as_u64().unwrap(),
                     e.args[0]["seq"].as_u64().unwrap(),
-                ));
+                )),
+                Ok(Err(e)) => panic!("a watcher lost its connection: {e:#}"),
+                Err(_) => {}
             }
         }
     });

@@ -18,6 +18,7 @@
 mod cluster;
 mod report;
 mod rust_client;
+mod sdk;
 mod service;
 
 use std::path::{Path, PathBuf};
@@ -93,12 +94,12 @@ async fn run() -> anyhow::Result<bool> {
     let paths = Paths::discover()?;
     let redis = testkit::RedisServer::start()?;
     let hook_secret = random_hex()?;
-    let hook = service::webhook(hook_secret.clone()).await?;
+    let (hook, hook_calls) = service::webhook(hook_secret.clone()).await?;
     service::consumer(redis.url()).await?;
     let secrets = Secrets {
         jwt: random_hex()?,
         publish_key: random_hex()?,
-        upstream: Some((hook, hook_secret)),
+        upstream: Some((hook, hook_secret.clone())),
     };
     eprintln!(
         "==> interop: Redis on {}, starting 3 gateway nodes",
@@ -127,7 +128,7 @@ async fn run() -> anyhow::Result<bool> {
     };
 
     let js = paths.krate.join("js");
-    let npm = if ["js", "browser", "nginx", "nosticky", "compat"]
+    let npm = if ["js", "browser", "nginx", "nosticky", "compat", "sdk"]
         .into_iter()
         .any(&wanted)
     {
@@ -182,6 +183,26 @@ async fn run() -> anyhow::Result<bool> {
             (_, Err(e)) => vec![Outcome::failed("(virtualenv)", format!("{e:#}"))],
         };
         record("compat: existing publishers", outcomes);
+    }
+    if wanted("sdk") {
+        eprintln!("==> the Python SDK (sdk/python): lint, types, wheel, pytest on this cluster");
+        let mut suite = config("sdk")?;
+        extend(
+            &mut suite,
+            json!({
+                "other": config("sdk-other")?,
+                "redis": redis.url(),
+                "prefix": "roomcast",
+                "hook_secret": hook_secret,
+                "hook_last": hook_calls,
+                "js_dir": js,
+            }),
+        );
+        let outcomes = match &npm {
+            Ok(()) => sdk::run(&paths, suite).await,
+            Err(e) => vec![Outcome::failed("(npm ci)", format!("{e:#}"))],
+        };
+        record("Python SDK (roomcast)", outcomes);
     }
     if wanted("rust") {
         eprintln!("==> rust_socketio");

@@ -21,8 +21,8 @@ pub use client::{ConnectError, DEFAULT_WAIT, Event, SioClient};
 pub use keys::{KeyKind, KeyPair, keypair};
 pub use nginx::Nginx;
 pub use node::{
-    TEST_KEY, TEST_SECRET, TestNode, metric_sum, publish, spawn_memory_cluster, spawn_node,
-    spawn_redis_cluster, token,
+    TEST_KEY, TEST_SECRET, TestNode, http_client, metric_sum, publish, spawn_memory_cluster,
+    spawn_node, spawn_redis_cluster, token,
 };
 pub use otlp::{OtlpReceiver, ReceivedSpan, check_publish_trace};
 pub use python::python_venv;

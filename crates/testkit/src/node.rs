@@ -164,9 +164,23 @@ pub fn token(mut claims: Value) -> String {
     }
 }
 
+/// One HTTP client for every test request: building a client loads its TLS roots, which
+/// costs more than the request (a test publishing a hundred times a second spent its CPU
+/// there). No idle connections are kept: each test has its own runtime, and a pooled
+/// connection cannot outlive the runtime that opened it.
+pub fn http_client() -> &'static reqwest::Client {
+    static CLIENT: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
+    CLIENT.get_or_init(|| {
+        reqwest::Client::builder()
+            .pool_max_idle_per_host(0)
+            .build()
+            .unwrap_or_else(|e| panic!("cannot build the test HTTP client: {e}"))
+    })
+}
+
 /// POSTs `body` to `{url}/v1/publish` with `key`; returns status and JSON body.
 pub async fn publish(url: &str, key: &str, body: &str) -> anyhow::Result<(u16, Value)> {
-    let res = reqwest::Client::new()
+    let res = http_client()
         .post(format!("{url}/v1/publish"))
         .bearer_auth(key)
         .header("content-type", "application/json")

@@ -27,6 +27,9 @@ def django_batch(publisher: Publisher, using: Optional[str] = None) -> Batch:
     return batch
 
 
+_PENDING = "roomcast_batches"
+
+
 def sqlalchemy_batch(publisher: Publisher, session: Any) -> Batch:
     """A batch sent when ``session`` (a SQLAlchemy ``Session``) next commits, dropped
     when it rolls back.
@@ -38,20 +41,25 @@ def sqlalchemy_batch(publisher: Publisher, session: Any) -> Batch:
     from sqlalchemy import event
 
     batch = publisher.batch()
+    pending: list[Batch] | None = session.info.get(_PENDING)
+    if pending is None:
+        # One pair of listeners per session, for every batch it will carry.
+        pending = []
+        session.info[_PENDING] = pending
 
-    def committed(_session: Any) -> None:
-        forget()
-        batch.commit()
+        def committed(_session: Any) -> None:
+            batches = list(pending)
+            pending.clear()
+            for b in batches:
+                b.commit()
 
-    def rolled_back(_session: Any) -> None:
-        forget()
-        batch.rollback()
+        def rolled_back(_session: Any) -> None:
+            batches = list(pending)
+            pending.clear()
+            for b in batches:
+                b.rollback()
 
-    def forget() -> None:
-        for name, fn in (("after_commit", committed), ("after_rollback", rolled_back)):
-            if event.contains(session, name, fn):
-                event.remove(session, name, fn)
-
-    event.listen(session, "after_commit", committed)
-    event.listen(session, "after_rollback", rolled_back)
+        event.listen(session, "after_commit", committed)
+        event.listen(session, "after_rollback", rolled_back)
+    pending.append(batch)
     return batch
