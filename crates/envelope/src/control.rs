@@ -1,4 +1,5 @@
-//! Node-to-node control messages: presence queries and server-side events, on a
+//! Node-to-node control messages: presence queries, server-side events and the server
+//! API's actions on sockets (list, disconnect, join, leave), on a
 //! namespace's control channel (`{prefix}:ctl:{ns}`, answers on
 //! `{prefix}:ctl:{ns}#{node}`). JSON, tagged by `kind`; the publisher SDK asks presence
 //! queries in the same form as a node does.
@@ -51,6 +52,86 @@ pub enum Control {
         /// What its handler returned.
         data: serde_json::Value,
     },
+    /// Do `action` to your sockets that `target` names in `tenant`'s scope; answer with
+    /// the sockets acted on.
+    Sockets {
+        /// Query id, repeated in each answer.
+        id: String,
+        /// Who asks.
+        from: String,
+        /// The tenant whose sockets are meant (absent: the shared scope).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        tenant: Option<String>,
+        /// Which sockets.
+        target: SocketTarget,
+        /// What to do to them.
+        action: SocketAction,
+    },
+    /// One node's answer to [`Control::Sockets`].
+    SocketsReply {
+        /// The query's id.
+        id: String,
+        /// The answering node.
+        node: String,
+        /// The sockets acted on, as [`SocketInfo`]s.
+        sockets: Vec<SocketInfo>,
+    },
+}
+
+/// Which sockets a server API action is about (in one tenant's scope).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SocketTarget {
+    /// Every socket of a user (the room `user:{id}`).
+    User(String),
+    /// The members of a room (`kind:id`).
+    Room(String),
+    /// One socket, by its Socket.IO id.
+    Socket(String),
+}
+
+/// What a server API action does to the sockets of a [`SocketTarget`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "do", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum SocketAction {
+    /// Nothing: list them.
+    List,
+    /// Tell them `reason` (the `disconnect_reason` event) and disconnect them.
+    Disconnect {
+        /// Why, as the client receives it.
+        reason: String,
+    },
+    /// Make them join `rooms` (`kind:id` names, in the target's tenant).
+    Join {
+        /// The rooms.
+        rooms: Vec<String>,
+    },
+    /// Make them leave `rooms`.
+    Leave {
+        /// The rooms.
+        rooms: Vec<String>,
+    },
+}
+
+/// A socket as the server API and the admin UI describe it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SocketInfo {
+    /// Its Socket.IO id.
+    pub sid: String,
+    /// The node it is connected to.
+    pub node: String,
+    /// Its namespace.
+    pub ns: String,
+    /// Its user (the token's subject).
+    pub user: String,
+    /// Its tenant, if its token has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+    /// Its rooms (`kind:id`, without the tenant scope).
+    pub rooms: Vec<String>,
+    /// `websocket` or `polling`.
+    pub transport: String,
 }
 
 /// One room's presence, cluster-wide: the merged answers of the nodes that answered.

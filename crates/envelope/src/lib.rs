@@ -32,7 +32,7 @@ mod node;
 pub use binary::{placeholder, placeholder_index};
 pub use client_event::ClientEvent;
 pub use codec::{DEFAULT_MAX_SIZE, DecodeError, EncodeError, Limits};
-pub use control::{Control, Presence};
+pub use control::{Control, Presence, SocketAction, SocketInfo, SocketTarget};
 pub use legacy::LegacyMessage;
 pub use model::{Draft, Envelope, Flags, VERSION, new_id, now_ms};
 pub use node::NodeInfo;

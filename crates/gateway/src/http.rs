@@ -10,10 +10,10 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use envelope::{DecodeError, Draft};
+use envelope::{DecodeError, Draft, SocketAction, SocketTarget};
 use serde_json::json;
 
-use crate::cluster::Cluster;
+use crate::cluster::{Cluster, SocketsAnswer, SocketsError};
 use crate::config::Mode;
 use crate::metrics::{Refusal, Snapshot};
 use crate::telemetry::{self, TRACEPARENT};
@@ -87,6 +87,9 @@ pub(crate) fn router(ctx: Arc<HttpCtx>, max_payload: usize, timeout: Duration) -
         .route("/v1/cluster", get(cluster_view))
         // Room names may hold `/`: the room is everything before the last segment.
         .route("/v1/rooms/{*path}", get(room_resource))
+        .route("/v1/sockets/disconnect", post(disconnect))
+        .route("/v1/sockets/join", post(join))
+        .route("/v1/sockets/leave", post(leave))
         .route(
             "/v1/publish",
             // Twice the envelope limit, so a slightly oversize envelope gets the clear
@@ -101,7 +104,14 @@ pub(crate) fn router(ctx: Arc<HttpCtx>, max_payload: usize, timeout: Duration) -
         .with_state(ctx)
 }
 
-async fn health(State(ctx): State<Arc<HttpCtx>>) -> impl IntoResponse {
+/// `GET /health`.
+#[utoipa::path(
+    get,
+    path = "/health",
+    tag = "cluster",
+    responses((status = 200, description = "This node and its bus", body = crate::openapi::HealthAnswer))
+)]
+pub(crate) async fn health(State(ctx): State<Arc<HttpCtx>>) -> impl IntoResponse {
     let cluster = &ctx.cluster;
     let bus = cluster.bus().health();
     let status = if bus.is_up() { "ok" } else { "degraded" };
@@ -269,7 +279,7 @@ async fn observe(
 }
 
 /// Checks the `Authorization: Bearer` publish key.
-fn check_key(ctx: &HttpCtx, headers: &HeaderMap) -> Result<(), ApiError> {
+pub(crate) fn check_key(ctx: &HttpCtx, headers: &HeaderMap) -> Result<(), ApiError> {
     let Some(expected) = ctx.publish_api_key.as_deref() else {
         return Err(ApiError::PublishDisabled);
     };
@@ -290,7 +300,19 @@ fn check_key(ctx: &HttpCtx, headers: &HeaderMap) -> Result<(), ApiError> {
 }
 
 /// The registry's view of the cluster (needs the publish key: it lists node addresses).
-async fn cluster_view(
+/// `GET /v1/cluster`.
+#[utoipa::path(
+    get,
+    path = "/v1/cluster",
+    tag = "cluster",
+    responses(
+        (status = 200, description = "The nodes in the registry", body = crate::openapi::ClusterAnswer),
+        (status = 401, description = "Missing or wrong publish key", body = crate::openapi::ErrorBody),
+        (status = 503, description = "The registry cannot be read", body = crate::openapi::ErrorBody),
+    ),
+    security(("publish_key" = []))
+)]
+pub(crate) async fn cluster_view(
     State(ctx): State<Arc<HttpCtx>>,
     headers: HeaderMap,
 ) -> Result<impl IntoResponse, ApiError> {
@@ -333,11 +355,14 @@ async fn room_resource(
     if let Some(room) = path.strip_suffix("/presence") {
         return room_presence(&ctx, room, &query).await;
     }
+    if let Some(room) = path.strip_suffix("/sockets") {
+        return room_sockets(&ctx, &headers, room, query.tenant, query.ns).await;
+    }
     let Some(room) = path.strip_suffix("/history") else {
         return Ok((
             StatusCode::NOT_FOUND,
             axum::Json(json!({
-                "error": "unknown resource: use /v1/rooms/{room}/history or /v1/rooms/{room}/presence"
+                "error": "unknown resource: use /v1/rooms/{room}/history, /presence or /sockets"
             })),
         )
             .into_response());
@@ -429,7 +454,22 @@ struct PublishOptions {
 /// The longest `ack_timeout_ms` accepted: an HTTP request should not hang for minutes.
 const MAX_ACK_TIMEOUT_MS: u64 = 30_000;
 
-async fn publish(
+/// `POST /v1/publish`.
+#[utoipa::path(
+    post,
+    path = "/v1/publish",
+    tag = "publish",
+    request_body = crate::openapi::PublishRequest,
+    responses(
+        (status = 202, description = "Delivered to this node's sockets and published to the others", body = crate::openapi::Accepted),
+        (status = 200, description = "With ack_timeout_ms: every target socket's answer", body = crate::openapi::Acks),
+        (status = 400, description = "Malformed envelope, invalid room, bad option, too large", body = crate::openapi::ErrorBody),
+        (status = 401, description = "Missing or wrong publish key", body = crate::openapi::ErrorBody),
+        (status = 503, description = "The bus is down: delivered to this node's sockets only", body = crate::openapi::ErrorBody),
+    ),
+    security(("publish_key" = []))
+)]
+pub(crate) async fn publish(
     State(ctx): State<Arc<HttpCtx>>,
     headers: HeaderMap,
     body: Bytes,
@@ -503,4 +543,194 @@ async fn publish(
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+// The server API: act on connected sockets cluster-wide, behind the publish key and
+// inside one tenant's scope.
+//
+// The server API over HTTP: act on connected sockets cluster-wide, behind the publish
+// key and inside one tenant's scope.
+//
+// - `POST /v1/sockets/disconnect` — `{tenant, ns, user|room|socket, reason}`: the sockets
+//   receive `disconnect_reason {reason: "disconnected_by_server", message: reason}` and
+//   are disconnected (Socket.IO clients do not reconnect after a server disconnect);
+// - `POST /v1/sockets/join` / `POST /v1/sockets/leave` — `{tenant, ns, user|room|socket,
+//   rooms}`: Socket.IO's `socketsJoin`/`socketsLeave`, through the same membership as a
+//   client's own join (subscriptions follow; a join is answered once the rooms' channels
+//   are confirmed, so the next publish reaches the sockets);
+// - `GET /v1/rooms/{room}/sockets?tenant=&ns=` — the room's sockets on every node.
+//
+// Each answers `{"sockets": [{sid, node, ns, user, tenant, rooms, transport}], "count",
+// "nodes_answered", "nodes_expected"}`.
+
+/// Which sockets a request names (exactly one of `user`, `room`, `socket`), and in
+/// which scope.
+#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"tenant": "acme", "user": "ann", "rooms": ["doc:Task:1"], "reason": "account suspended"}))]
+pub(crate) struct SocketsRequest {
+    /// The tenant whose sockets are meant (absent: the shared scope).
+    tenant: Option<String>,
+    /// Namespace [default: /].
+    ns: Option<String>,
+    /// Every socket of this user.
+    user: Option<String>,
+    /// The members of this room.
+    room: Option<String>,
+    /// This one socket (its Socket.IO id).
+    socket: Option<String>,
+    /// Why (disconnect): the client receives it.
+    reason: Option<String>,
+    /// The rooms to join or leave.
+    rooms: Option<Vec<String>>,
+}
+
+impl SocketsRequest {
+    fn target(&self) -> Result<SocketTarget, ApiError> {
+        match (&self.user, &self.room, &self.socket) {
+            (Some(u), None, None) => Ok(SocketTarget::User(u.clone())),
+            (None, Some(r), None) => Ok(SocketTarget::Room(r.clone())),
+            (None, None, Some(s)) => Ok(SocketTarget::Socket(s.clone())),
+            _ => Err(ApiError::BadOption(
+                "name exactly one of user, room and socket".into(),
+            )),
+        }
+    }
+
+    fn rooms(&self) -> Result<Vec<String>, ApiError> {
+        match &self.rooms {
+            Some(rooms) if !rooms.is_empty() => Ok(rooms.clone()),
+            _ => Err(ApiError::BadOption("rooms: name at least one room".into())),
+        }
+    }
+}
+
+/// Runs `action` for the request; the answer as JSON.
+pub(crate) async fn act(
+    ctx: &HttpCtx,
+    headers: &HeaderMap,
+    request: &SocketsRequest,
+    action: SocketAction,
+) -> Result<Response, ApiError> {
+    check_key(ctx, headers)?;
+    if ctx.require_tenant && request.tenant.is_none() {
+        return Err(ApiError::BadOption(
+            "tenant is required on this deployment (REQUIRE_TENANT)".into(),
+        ));
+    }
+    let target = request.target()?;
+    let ns = request.ns.as_deref().unwrap_or("/");
+    let answer = ctx
+        .cluster
+        .act_on_sockets(ns, request.tenant.as_deref(), target, action)
+        .await
+        .map_err(|e| match e {
+            SocketsError::Target(e) => ApiError::BadRoom(e.to_string()),
+            other => ApiError::BadOption(other.to_string()),
+        })?;
+    Ok(answer_json(&answer).into_response())
+}
+
+fn answer_json(answer: &SocketsAnswer) -> axum::Json<serde_json::Value> {
+    axum::Json(json!({
+        "sockets": answer.sockets,
+        "count": answer.sockets.len(),
+        "nodes_answered": answer.nodes_answered,
+        "nodes_expected": answer.nodes_expected,
+    }))
+}
+
+/// `POST /v1/sockets/disconnect`.
+#[utoipa::path(
+    post,
+    path = "/v1/sockets/disconnect",
+    tag = "sockets",
+    request_body = SocketsRequest,
+    responses(
+        (status = 200, description = "The sockets told why and disconnected", body = crate::openapi::SocketsAnswer),
+        (status = 400, description = "No or several targets, invalid or foreign room, unknown namespace", body = crate::openapi::ErrorBody),
+        (status = 401, description = "Missing or wrong publish key", body = crate::openapi::ErrorBody),
+    ),
+    security(("publish_key" = []))
+)]
+pub(crate) async fn disconnect(
+    State(ctx): State<Arc<HttpCtx>>,
+    headers: HeaderMap,
+    axum::Json(request): axum::Json<SocketsRequest>,
+) -> Result<Response, ApiError> {
+    let reason = request
+        .reason
+        .clone()
+        .unwrap_or_else(|| "disconnected by the server".to_owned());
+    act(
+        &ctx,
+        &headers,
+        &request,
+        SocketAction::Disconnect { reason },
+    )
+    .await
+}
+
+/// `POST /v1/sockets/join`.
+#[utoipa::path(
+    post,
+    path = "/v1/sockets/join",
+    tag = "sockets",
+    request_body = SocketsRequest,
+    responses(
+        (status = 200, description = "The sockets made to join (once the rooms' channels are confirmed)", body = crate::openapi::SocketsAnswer),
+        (status = 400, description = "No or several targets, invalid or foreign room, unknown namespace", body = crate::openapi::ErrorBody),
+        (status = 401, description = "Missing or wrong publish key", body = crate::openapi::ErrorBody),
+    ),
+    security(("publish_key" = []))
+)]
+pub(crate) async fn join(
+    State(ctx): State<Arc<HttpCtx>>,
+    headers: HeaderMap,
+    axum::Json(request): axum::Json<SocketsRequest>,
+) -> Result<Response, ApiError> {
+    let rooms = request.rooms()?;
+    act(&ctx, &headers, &request, SocketAction::Join { rooms }).await
+}
+
+/// `POST /v1/sockets/leave`.
+#[utoipa::path(
+    post,
+    path = "/v1/sockets/leave",
+    tag = "sockets",
+    request_body = SocketsRequest,
+    responses(
+        (status = 200, description = "The sockets made to leave", body = crate::openapi::SocketsAnswer),
+        (status = 400, description = "No or several targets, invalid or foreign room, unknown namespace", body = crate::openapi::ErrorBody),
+        (status = 401, description = "Missing or wrong publish key", body = crate::openapi::ErrorBody),
+    ),
+    security(("publish_key" = []))
+)]
+pub(crate) async fn leave(
+    State(ctx): State<Arc<HttpCtx>>,
+    headers: HeaderMap,
+    axum::Json(request): axum::Json<SocketsRequest>,
+) -> Result<Response, ApiError> {
+    let rooms = request.rooms()?;
+    act(&ctx, &headers, &request, SocketAction::Leave { rooms }).await
+}
+
+/// `GET /v1/rooms/{room}/sockets` (the query's tenant and namespace).
+pub(crate) async fn room_sockets(
+    ctx: &HttpCtx,
+    headers: &HeaderMap,
+    room: &str,
+    tenant: Option<String>,
+    ns: Option<String>,
+) -> Result<Response, ApiError> {
+    let request = SocketsRequest {
+        tenant,
+        ns,
+        user: None,
+        room: Some(room.to_owned()),
+        socket: None,
+        reason: None,
+        rooms: None,
+    };
+    act(ctx, headers, &request, SocketAction::List).await
 }

@@ -42,6 +42,7 @@
 
 mod ack;
 mod adapter;
+mod api_doc;
 mod auth;
 mod client_events;
 mod cluster;
@@ -53,6 +54,7 @@ mod http;
 mod limits;
 mod membership;
 mod metrics;
+mod openapi;
 mod registry;
 mod server;
 mod sio;
@@ -71,7 +73,8 @@ pub use cluster::{
     ANSWER_WITHIN, JOIN_EVENT, LEAVE_EVENT, Presence, ServerEvent, ServerEventHandler,
 };
 pub use cluster::{
-    AckReply, Cluster, ClusterSettings, DISCONNECT_REASON_EVENT, JoinWarning, Stats,
+    AckReply, Cluster, ClusterSettings, DISCONNECT_REASON_EVENT, JoinWarning, SocketsAnswer,
+    SocketsError, Stats,
 };
 pub use compat::{Compat, CompatConfig, Source as CompatSource};
 pub use config::{Args, CompatArgs, Config, ConfigError, DevCredentials, MIN_SECRET_BYTES, Mode};

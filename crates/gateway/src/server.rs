@@ -202,7 +202,10 @@ impl Node {
             mode: config.mode,
             require_tenant: config.token_rules.require_tenant,
         });
-        let mut router = http::router(http_ctx, config.max_payload, config.request_timeout);
+        let mut router = http::router(http_ctx, config.max_payload, config.request_timeout).route(
+            "/v1/openapi.json",
+            axum::routing::get(|| async { axum::Json(crate::api_doc::document()) }),
+        );
         if config.mode == Mode::Development {
             let dev = config.dev.as_ref();
             router = router.merge(demo::router(Arc::new(demo::DemoCtx {

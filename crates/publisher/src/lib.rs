@@ -26,7 +26,8 @@ mod webhook;
 
 pub use consumer::{ClientEvent, ConsumeError, Consumer, Delivery};
 pub use envelope::Presence;
-pub use presence::{ANSWER_WITHIN, PresenceError};
+pub use envelope::{SocketAction, SocketInfo, SocketTarget};
+pub use presence::{ANSWER_WITHIN, PresenceError, Sockets};
 pub use webhook::{SIGNATURE_HEADER, SignatureError, verify_signature};
 
 use std::sync::Arc;
@@ -257,16 +258,80 @@ impl Publisher {
     pub async fn presence(&self, room: &str) -> Result<Presence, PresenceError> {
         let replies = self.replies.as_ref().ok_or(PresenceError::NoInbox)?;
         let room = Room::parse(room).map_err(|e| PresenceError::InvalidRoom(e.to_string()))?;
-        let tenant = self
-            .tenant
-            .as_deref()
-            .map(rooms::TenantId::parse)
-            .transpose()
-            .map_err(|e| PresenceError::InvalidRoom(e.to_string()))?;
+        let tenant = self.tenant_id()?;
         let scoped = rooms::ScopedRoom::new(tenant.as_ref(), &room)
             .map_err(|e| PresenceError::InvalidRoom(e.to_string()))?;
         replies
             .ask(self.outbox.bus(), self.outbox.channels(), &self.ns, &scoped)
+            .await
+    }
+
+    /// This publisher's tenant, checked.
+    fn tenant_id(&self) -> Result<Option<rooms::TenantId>, PresenceError> {
+        self.tenant
+            .as_deref()
+            .map(rooms::TenantId::parse)
+            .transpose()
+            .map_err(|e| PresenceError::InvalidRoom(e.to_string()))
+    }
+
+    /// Acts on connected sockets, cluster-wide (the gateways' server API): the sockets
+    /// `target` names in this publisher's namespace and tenant are listed, disconnected
+    /// with a reason they receive, or made to join or leave rooms, by every node that
+    /// answers within [`ANSWER_WITHIN`].
+    ///
+    /// ```
+    /// # async fn demo(p: publisher::Publisher) -> Result<(), publisher::PresenceError> {
+    /// use publisher::{SocketAction, SocketTarget};
+    /// let acme = p.in_tenant("acme");
+    /// let kicked = acme
+    ///     .act_on_sockets(
+    ///         SocketTarget::User("ann".into()),
+    ///         SocketAction::Disconnect { reason: "account suspended".into() },
+    ///     )
+    ///     .await?;
+    /// println!("{} sockets disconnected", kicked.sockets.len());
+    /// acme.act_on_sockets(
+    ///     SocketTarget::User("bob".into()),
+    ///     SocketAction::Join { rooms: vec!["doc:Task:1".into()] },
+    /// )
+    /// .await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn act_on_sockets(
+        &self,
+        target: SocketTarget,
+        action: SocketAction,
+    ) -> Result<Sockets, PresenceError> {
+        let replies = self.replies.as_ref().ok_or(PresenceError::NoInbox)?;
+        let tenant = self.tenant_id()?;
+        let check = |room: &str| {
+            Room::parse(room)
+                .map_err(|e| e.to_string())
+                .and_then(|r| {
+                    rooms::ScopedRoom::new(tenant.as_ref(), &r).map_err(|e| e.to_string())
+                })
+                .map_err(PresenceError::InvalidRoom)
+        };
+        match &target {
+            SocketTarget::User(user) => drop(check(&format!("user:{user}"))?),
+            SocketTarget::Room(room) => drop(check(room)?),
+            _ => {}
+        }
+        if let SocketAction::Join { rooms } | SocketAction::Leave { rooms } = &action {
+            for room in rooms {
+                check(room)?;
+            }
+        }
+        replies
+            .sockets(
+                self.outbox.bus(),
+                self.outbox.channels(),
+                &self.ns,
+                self.tenant.as_deref().map(str::to_owned),
+                target,
+                action,
+            )
             .await
     }
 

@@ -2,6 +2,8 @@
 //!
 //! ```text
 //! publisher --redis-url redis://127.0.0.1:6379 --to user:42 --event invoice.paid --data '{"id":7}'
+//! publisher --redis-url redis://127.0.0.1:6379 --tenant acme --sockets-of user:ann --disconnect 'account suspended'
+//! publisher --redis-url redis://127.0.0.1:6379 --tenant acme --sockets-of room:ops --join doc:Task:1
 //! ```
 
 use std::time::Duration;
@@ -43,8 +45,20 @@ struct Cli {
     #[arg(long, env = "REDIS_CHANNEL_PREFIX", default_value = "roomcast")]
     prefix: String,
     /// Target room (repeat for several); `*` = the whole namespace (of the tenant, with --tenant)
-    #[arg(long, required = true)]
+    #[arg(long, required_unless_present = "sockets_of")]
     to: Vec<String>,
+    /// Instead of publishing, act on connected sockets (the server API): those of `user:{id}`, of a room (`kind:id`), or `sid:{socket id}`; lists them unless --disconnect, --join or --leave says what to do
+    #[arg(long, conflicts_with = "to")]
+    sockets_of: Option<String>,
+    /// With --sockets-of: disconnect them, with this reason (they receive it)
+    #[arg(long, requires = "sockets_of", conflicts_with_all = ["join", "leave"])]
+    disconnect: Option<String>,
+    /// With --sockets-of: make them join this room (repeatable)
+    #[arg(long, requires = "sockets_of", conflicts_with = "leave")]
+    join: Vec<String>,
+    /// With --sockets-of: make them leave this room (repeatable)
+    #[arg(long, requires = "sockets_of")]
+    leave: Vec<String>,
     /// Tenant whose rooms are targeted [default: none, the shared scope]
     #[arg(long, env = "ROOMCAST_TENANT")]
     tenant: Option<String>,
@@ -55,7 +69,7 @@ struct Cli {
     #[arg(long, default_value = "/")]
     ns: String,
     /// Event name
-    #[arg(long)]
+    #[arg(long, required_unless_present = "sockets_of", default_value = "")]
     event: String,
     /// Event argument as JSON [default: null]
     #[arg(long, default_value = "null")]
@@ -139,6 +153,9 @@ async fn main() -> anyhow::Result<()> {
         Some(tenant) => publisher.in_tenant(tenant),
         None => publisher,
     };
+    if let Some(of) = &cli.sockets_of {
+        return act_on_sockets(&publisher, &cli, of).await;
+    }
     let broadcast = cli.to.iter().any(|t| t == rooms::BROADCAST);
     if broadcast && cli.to.len() > 1 {
         anyhow::bail!("--to '*' (the whole namespace) cannot be combined with rooms");
@@ -159,5 +176,42 @@ async fn main() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("publishing to {}", bus::mask_url(&url)))?;
     println!("{id}");
+    Ok(())
+}
+
+/// `--sockets-of`: the server API's action, printed as JSON (one socket per line).
+async fn act_on_sockets(
+    publisher: &publisher::Publisher,
+    cli: &Cli,
+    of: &str,
+) -> anyhow::Result<()> {
+    use publisher::{SocketAction, SocketTarget};
+    let target = match of.split_once(':') {
+        Some(("user", user)) => SocketTarget::User(user.to_owned()),
+        Some(("sid", sid)) => SocketTarget::Socket(sid.to_owned()),
+        _ => SocketTarget::Room(of.to_owned()),
+    };
+    let action = match (&cli.disconnect, cli.join.is_empty(), cli.leave.is_empty()) {
+        (Some(reason), ..) => SocketAction::Disconnect {
+            reason: reason.clone(),
+        },
+        (None, false, _) => SocketAction::Join {
+            rooms: cli.join.clone(),
+        },
+        (None, true, false) => SocketAction::Leave {
+            rooms: cli.leave.clone(),
+        },
+        (None, true, true) => SocketAction::List,
+    };
+    let answer = publisher.act_on_sockets(target, action).await?;
+    for socket in &answer.sockets {
+        println!("{}", serde_json::to_string(socket)?);
+    }
+    eprintln!(
+        "{} sockets; {} of {} nodes answered",
+        answer.sockets.len(),
+        answer.nodes_answered,
+        answer.nodes_expected
+    );
     Ok(())
 }

@@ -54,6 +54,79 @@ impl Replies {
         ns: &str,
         room: &ScopedRoom,
     ) -> Result<Presence, PresenceError> {
+        let mut presence = Presence::default();
+        let room = room.as_str().to_owned();
+        let (expected, _) = self
+            .query(
+                bus,
+                channels,
+                ns,
+                |id, from| Control::Presence { id, from, room },
+                |reply| match reply {
+                    Control::PresenceReply { users, .. } => {
+                        presence.add(&users);
+                        true
+                    }
+                    _ => false,
+                },
+            )
+            .await?;
+        presence.nodes_expected = expected.max(presence.nodes_answered);
+        Ok(presence)
+    }
+
+    /// Acts on the sockets `target` names in `tenant`'s scope of `ns`, on every node that
+    /// answers within [`ANSWER_WITHIN`] (the server API, from a service).
+    pub(crate) async fn sockets(
+        &self,
+        bus: &Arc<dyn Bus>,
+        channels: &Channels,
+        ns: &str,
+        tenant: Option<String>,
+        target: envelope::SocketTarget,
+        action: envelope::SocketAction,
+    ) -> Result<Sockets, PresenceError> {
+        let mut answer = Sockets::default();
+        let (expected, answered) = self
+            .query(
+                bus,
+                channels,
+                ns,
+                |id, from| Control::Sockets {
+                    id,
+                    from,
+                    tenant,
+                    target,
+                    action,
+                },
+                |reply| match reply {
+                    Control::SocketsReply { sockets, .. } => {
+                        answer.sockets.extend(sockets);
+                        true
+                    }
+                    _ => false,
+                },
+            )
+            .await?;
+        answer
+            .sockets
+            .sort_by(|a, b| (&a.node, &a.sid).cmp(&(&b.node, &b.sid)));
+        answer.nodes_answered = answered;
+        answer.nodes_expected = expected.max(answered);
+        Ok(answer)
+    }
+
+    /// Sends the query `make(id, from)` on `ns`'s control channel and hands each answer
+    /// to it to `take` (which says whether it was one) until every node in the registry
+    /// answered or [`ANSWER_WITHIN`] passed; (nodes expected, nodes that answered).
+    async fn query(
+        &self,
+        bus: &Arc<dyn Bus>,
+        channels: &Channels,
+        ns: &str,
+        make: impl FnOnce(String, String) -> Control,
+        mut take: impl FnMut(Control) -> bool,
+    ) -> Result<(usize, usize), PresenceError> {
         let mut guard = self.inbox.lock().await;
         let (inbox, subscribed) = &mut *guard;
         if !subscribed.contains(ns) {
@@ -69,36 +142,44 @@ impl Replies {
             .await
             .map_err(|e| PresenceError::Bus(e.to_string()))?
             .len();
-        let mut presence = Presence {
-            nodes_expected: nodes,
-            ..Presence::default()
-        };
         if nodes == 0 {
-            return Ok(presence);
+            return Ok((0, 0));
         }
         let id = envelope::new_id();
-        let query = Control::Presence {
-            id: id.clone(),
-            from: self.id.clone(),
-            room: room.as_str().to_owned(),
-        };
+        let query = make(id.clone(), self.id.clone());
         let bytes = serde_json::to_vec(&query).map_err(|e| PresenceError::Bus(e.to_string()))?;
         bus.publish(&channels.control(ns), bytes.into())
             .await
             .map_err(|e| PresenceError::Bus(e.to_string()))?;
         let deadline = tokio::time::Instant::now() + ANSWER_WITHIN;
-        while presence.nodes_answered < nodes {
+        let mut answered = 0;
+        while answered < nodes {
             let Ok(Some(message)) = tokio::time::timeout_at(deadline, inbox.recv()).await else {
                 break;
             };
-            if let Ok(Control::PresenceReply {
-                id: answer, users, ..
-            }) = serde_json::from_slice::<Control>(&message.payload)
-                && answer == id
-            {
-                presence.add(&users);
+            let Ok(reply) = serde_json::from_slice::<Control>(&message.payload) else {
+                continue;
+            };
+            let is_ours = matches!(
+                &reply,
+                Control::PresenceReply { id: answer, .. } | Control::SocketsReply { id: answer, .. }
+                    if *answer == id
+            );
+            if is_ours && take(reply) {
+                answered += 1;
             }
         }
-        Ok(presence)
+        Ok((nodes, answered))
     }
+}
+
+/// The sockets a server API action reached ([`crate::Publisher::act_on_sockets`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Sockets {
+    /// Each socket acted on (or listed), with its node.
+    pub sockets: Vec<envelope::SocketInfo>,
+    /// Nodes that answered.
+    pub nodes_answered: usize,
+    /// Nodes in the registry; more than answered means some sockets may be missing.
+    pub nodes_expected: usize,
 }

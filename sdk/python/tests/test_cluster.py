@@ -286,3 +286,34 @@ def test_the_readme_example_runs_in_a_fresh_virtualenv(listeners: Any) -> None:
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("published ")
     assert ann.expect("invoice.paid") == [{"id": 7}]
+
+
+def test_server_api_disconnects_and_joins_a_users_sockets_on_another_node(listeners: Any) -> None:
+    api = HttpApi(CFG["nodes"][0], CFG["key"])
+    tenant = CFG["tenant"]
+    ann = listeners(CFG["nodes"][2], token("alice"))
+    other = listeners(CFG["nodes"][1], token("alice", other=True))
+    room = f"doc:Srv:{uuid.uuid4().hex[:8]}"
+    joined = api.act_on_sockets("join", user=user("alice"), tenant=tenant, rooms=[room])
+    assert [s["sid"] for s in joined["sockets"]] == [ann.sid]
+    publisher().to_room(room).emit("after_join", 1)
+    assert ann.expect("after_join") == [1]
+    listed = api.room_sockets(room, tenant=tenant)
+    assert [s["sid"] for s in listed["sockets"]] == [ann.sid]
+    # Across tenants: a room of another tenant is refused, and the other tenant's
+    # same-named user is not touched by this tenant's request (nor the reverse).
+    with pytest.raises(PublishFailed) as err:
+        api.act_on_sockets("join", user=user("alice"), tenant=tenant, rooms=["tenant:someone-else"])
+    assert err.value.status == 400
+    foreign = api.act_on_sockets("disconnect", socket=other.sid, tenant=tenant, reason="not yours")
+    assert foreign["count"] == 0
+    kicked = api.act_on_sockets(
+        "disconnect", user=user("alice"), tenant=tenant, reason="account suspended"
+    )
+    assert [s["sid"] for s in kicked["sockets"]] == [ann.sid]
+    assert ann.expect("disconnect_reason") == [
+        {"reason": "disconnected_by_server", "message": "account suspended"}
+    ]
+    assert ann.next(lambda m: "disconnect" in m)["disconnect"] == "io server disconnect"
+    publisher(CFG["other"]["tenant"]).to_user(user("alice", other=True)).emit("marker")
+    assert other.events_until("marker") == []

@@ -29,6 +29,7 @@ mod host;
 mod payload;
 pub(crate) mod presence;
 pub(crate) mod recovery;
+mod sockets;
 
 pub(crate) use payload::Args;
 
@@ -36,6 +37,7 @@ pub use presence::{
     ANSWER_WITHIN, JOIN_EVENT, LEAVE_EVENT, Presence, ServerEvent, ServerEventHandler,
 };
 pub use recovery::RecoveryConfig;
+pub use sockets::{SocketsAnswer, SocketsError};
 
 use crate::adapter::BusAdapter;
 use crate::membership::{

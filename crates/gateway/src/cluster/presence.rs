@@ -345,7 +345,23 @@ mod behaviour {
                         self.reply(ns, &event.from, &reply).await;
                     }
                 }
-                Control::Presence { .. } | Control::ServerEvent { .. } => {}
+                Control::Sockets {
+                    id,
+                    from,
+                    tenant,
+                    target,
+                    action,
+                } if from != self.node_id => {
+                    self.on_sockets_query(ns, id, from, tenant, target, action)
+                        .await;
+                }
+                Control::Presence { .. }
+                | Control::ServerEvent { .. }
+                | Control::Sockets { .. } => {}
+                Control::SocketsReply { id, node, sockets } => {
+                    let sockets = serde_json::to_value(sockets).unwrap_or(Value::Null);
+                    self.presence.answer(&id, (node, sockets));
+                }
                 Control::PresenceReply { id, node, users } => {
                     let users = serde_json::to_value(users).unwrap_or(Value::Null);
                     self.presence.answer(&id, (node, users));

@@ -92,3 +92,39 @@ class HttpApi:
         """Who is in ``room`` on every node: ``{"users": [{"user", "sockets"}], "count",
         "sockets", "nodes_answered", "nodes_expected"}``."""
         return self._room(room, "presence", ns, tenant)
+
+    def act_on_sockets(
+        self,
+        action: str,
+        *,
+        user: Optional[str] = None,
+        room: Optional[str] = None,
+        socket: Optional[str] = None,
+        tenant: Optional[str] = None,
+        ns: str = "/",
+        reason: Optional[str] = None,
+        rooms: Optional[list[str]] = None,
+    ) -> Any:
+        """The server API: ``action`` (``disconnect``, ``join`` or ``leave``) on the sockets
+        of ``user``, ``room`` or ``socket`` (exactly one) in ``tenant``'s scope, on every
+        node; ``{"sockets", "count", "nodes_answered", "nodes_expected"}``."""
+        body: dict[str, Any] = {"ns": ns}
+        for key, value in (
+            ("tenant", tenant),
+            ("user", user),
+            ("room", room),
+            ("socket", socket),
+            ("reason", reason),
+            ("rooms", rooms),
+        ):
+            if value is not None:
+                body[key] = value
+        status, answer = self._call("POST", f"/v1/sockets/{action}", json.dumps(body).encode())
+        if status != 200:
+            reason_ = answer.get("error", answer) if isinstance(answer, dict) else answer
+            raise PublishFailed(f"gateway answered {status}: {reason_}", status=status)
+        return answer
+
+    def room_sockets(self, room: str, *, ns: str = "/", tenant: Optional[str] = None) -> Any:
+        """The sockets in ``room`` on every node."""
+        return self._room(room, "sockets", ns, tenant)
