@@ -62,6 +62,10 @@ pub enum Control {
         /// The tenant whose sockets are meant (absent: the shared scope).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         tenant: Option<String>,
+        /// Every tenant's (the Admin UI's operator): `tenant` is ignored, and rooms to
+        /// join or leave are scoped to each socket's own tenant.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        any_tenant: bool,
         /// Which sockets.
         target: SocketTarget,
         /// What to do to them.
@@ -88,6 +92,9 @@ pub enum SocketTarget {
     Room(String),
     /// One socket, by its Socket.IO id.
     Socket(String),
+    /// Every socket of the namespace (in the tenant's scope; all of them with
+    /// `any_tenant`).
+    All,
 }
 
 /// What a server API action does to the sockets of a [`SocketTarget`].

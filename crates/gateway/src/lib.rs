@@ -42,6 +42,7 @@
 
 mod ack;
 mod adapter;
+mod admin;
 mod api_doc;
 mod auth;
 mod client_events;
@@ -63,6 +64,7 @@ mod tls;
 mod upstream;
 
 pub use adapter::{AdapterHost, BusAdapter, ClusterError, InitRes};
+pub use admin::{AdminUiConfig, NAMESPACE as ADMIN_NAMESPACE};
 pub use auth::{
     AuthError, Authenticator, ClaimNames, Identity, JwtKey, TokenRules, TokenSources, sign_hs256,
     unix_now,

@@ -101,11 +101,19 @@ impl Node {
                 rate_limits: config.rate_limits,
                 upstream: Arc::new(crate::upstream::Upstream::new(config.upstream.clone())),
             });
-            config
+            let mut ready: Vec<_> = config
                 .namespaces
                 .iter()
                 .map(|ns| sio::register(io, ns, ctx.clone()))
-                .collect()
+                .collect();
+            if let Some(admin) = &config.admin_ui {
+                ready.push(crate::admin::register(
+                    io,
+                    ctx.cluster.clone(),
+                    admin.clone(),
+                ));
+            }
+            ready
         })
         .await
     }
@@ -140,7 +148,18 @@ impl Node {
             outbox,
             ClusterSettings {
                 limits,
-                namespaces: config.namespaces.clone(),
+                // The Admin UI's namespace too: its events cross the bus like any other.
+                namespaces: config
+                    .namespaces
+                    .iter()
+                    .cloned()
+                    .chain(
+                        config
+                            .admin_ui
+                            .as_ref()
+                            .map(|_| crate::admin::NAMESPACE.to_owned()),
+                    )
+                    .collect(),
                 legacy_channel: config.legacy_channel.clone(),
                 connection_limits: config.connection_limits,
                 require_tenant: config.token_rules.require_tenant,
@@ -206,6 +225,10 @@ impl Node {
             "/v1/openapi.json",
             axum::routing::get(|| async { axum::Json(crate::api_doc::document()) }),
         );
+        if let Some(dir) = config.admin_ui.as_ref().and_then(|a| a.static_dir.as_ref()) {
+            // The official UI's static build, from the same origin as its socket.
+            router = router.nest_service("/admin/ui", tower_http::services::ServeDir::new(dir));
+        }
         if config.mode == Mode::Development {
             let dev = config.dev.as_ref();
             router = router.merge(demo::router(Arc::new(demo::DemoCtx {

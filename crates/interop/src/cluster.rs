@@ -17,7 +17,20 @@ pub(crate) struct Secrets {
     pub(crate) publish_key: String,
     /// Routes of client events to services, and the webhook (URL, secret), if any.
     pub(crate) upstream: Option<(String, String)>,
+    /// The Admin UI's login: password and its bcrypt hash, and where its static build is.
+    pub(crate) admin: Option<AdminLogin>,
 }
+
+/// The Admin UI's login on the test cluster.
+#[derive(Debug, Clone)]
+pub(crate) struct AdminLogin {
+    pub(crate) password: String,
+    pub(crate) hash: String,
+    pub(crate) static_dir: PathBuf,
+}
+
+/// The Admin UI's user name on the test cluster.
+pub(crate) const ADMIN_USER: &str = "admin";
 
 /// One gateway process.
 #[derive(Debug)]
@@ -194,6 +207,13 @@ impl Cluster {
                     ("UPSTREAM_ROUTES", crate::service::ROUTES),
                     ("UPSTREAM_WEBHOOK_URL", url.as_str()),
                     ("UPSTREAM_WEBHOOK_SECRET", secret.as_str()),
+                ]
+            }))
+            .envs(self.secrets.admin.iter().flat_map(|a| {
+                [
+                    ("ADMIN_UI_USERNAME", std::ffi::OsStr::new(ADMIN_USER)),
+                    ("ADMIN_UI_PASSWORD_HASH", std::ffi::OsStr::new(&a.hash)),
+                    ("ADMIN_UI_STATIC_DIR", a.static_dir.as_os_str()),
                 ]
             }))
             .envs(node.tls.iter().flat_map(|(cert, key)| {

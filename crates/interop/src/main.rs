@@ -96,10 +96,19 @@ async fn run() -> anyhow::Result<bool> {
     let hook_secret = random_hex()?;
     let (hook, hook_calls) = service::webhook(hook_secret.clone()).await?;
     service::consumer(redis.url()).await?;
+    let admin_password = random_hex()?;
     let secrets = Secrets {
         jwt: random_hex()?,
         publish_key: random_hex()?,
         upstream: Some((hook, hook_secret.clone())),
+        admin: Some(cluster::AdminLogin {
+            // The lowest cost: the login is checked on debug builds.
+            hash: bcrypt::hash(&admin_password, 4)?,
+            password: admin_password,
+            static_dir: paths
+                .krate
+                .join("js/node_modules/@socket.io/admin-ui/ui/dist"),
+        }),
     };
     eprintln!(
         "==> interop: Redis on {}, starting 3 gateway nodes",
@@ -128,9 +137,11 @@ async fn run() -> anyhow::Result<bool> {
     };
 
     let js = paths.krate.join("js");
-    let npm = if ["js", "browser", "nginx", "nosticky", "compat", "sdk"]
-        .into_iter()
-        .any(&wanted)
+    let npm = if [
+        "js", "browser", "nginx", "nosticky", "compat", "sdk", "admin",
+    ]
+    .into_iter()
+    .any(&wanted)
     {
         npm_ci(&js).await
     } else {
@@ -250,6 +261,25 @@ async fn run() -> anyhow::Result<bool> {
                 vec![Outcome::failed("(nginx set-up)", format!("{e:#}"))],
             ),
         }
+    }
+    if wanted("admin") {
+        eprintln!("==> the Socket.IO Admin UI (npm's @socket.io/admin-ui) in Chromium");
+        let outcomes = match (&npm, chromium(), &secrets.admin) {
+            (Ok(()), Ok(path), Some(admin)) => {
+                let mut suite = config("admin")?;
+                extend(
+                    &mut suite,
+                    json!({"admin": {"username": cluster::ADMIN_USER, "password": admin.password}}),
+                );
+                let mut cmd = node_cmd(&js, "admin-ui.mjs");
+                cmd.env("CHROMIUM", path);
+                run_script("admin-ui", cmd, &suite, &paths).await
+            }
+            (Err(e), ..) => vec![Outcome::failed("(npm ci)", format!("{e:#}"))],
+            (_, Err(e), _) => vec![Outcome::failed("(chromium)", format!("{e:#}"))],
+            (.., None) => vec![Outcome::failed("(admin login)", "not configured")],
+        };
+        record("Admin UI + Chromium", outcomes);
     }
     if !wanted("browser") {
         return finish(&paths, &rows);
@@ -405,6 +435,7 @@ async fn dev_cluster() -> anyhow::Result<()> {
         jwt: random_hex()?,
         publish_key: random_hex()?,
         upstream: None,
+        admin: None,
     };
     let cluster = Cluster::start(
         &paths.gateway,

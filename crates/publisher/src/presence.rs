@@ -96,6 +96,7 @@ impl Replies {
                     id,
                     from,
                     tenant,
+                    any_tenant: false,
                     target,
                     action,
                 },

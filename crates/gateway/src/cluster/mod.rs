@@ -343,6 +343,7 @@ impl Cluster {
     ) -> Result<(), AttachRefused> {
         self.membership.attach(key(socket), expires_at, user)?;
         self.stats.connections.fetch_add(1, Ordering::Relaxed);
+        self.admin_connected(socket);
         let cluster = Arc::downgrade(self);
         #[allow(clippy::disallowed_methods, reason = "the one disconnect hook")]
         socket.on_disconnect(move |s: SocketRef<BusAdapter>, reason: DisconnectReason| {
@@ -354,6 +355,7 @@ impl Cluster {
                     cluster.announce(&s, &room, presence::LEAVE_EVENT, "disconnected");
                 }
                 cluster.stats.connections.fetch_sub(1, Ordering::Relaxed);
+                cluster.admin_disconnected(&s, &reason.to_string());
                 // Closed as a transport error; the engine remembers it was a slow one.
                 let slow = s.is_slow_consumer();
                 if slow {
@@ -406,6 +408,7 @@ impl Cluster {
         })?;
         if new {
             self.announce(socket, room, presence::JOIN_EVENT, "joined");
+            self.admin_room(socket, room, "room_joined");
         }
         Ok(async move { confirmation.await.map_err(JoinWarning::BusUnavailable) })
     }
@@ -419,6 +422,7 @@ impl Cluster {
         });
         if left {
             self.announce(socket, room, presence::LEAVE_EVENT, "left");
+            self.admin_room(socket, room, "room_left");
         }
         left
     }

@@ -349,11 +349,17 @@ mod behaviour {
                     id,
                     from,
                     tenant,
+                    any_tenant,
                     target,
                     action,
                 } if from != self.node_id => {
-                    self.on_sockets_query(ns, id, from, tenant, target, action)
-                        .await;
+                    let asked = super::super::sockets::Asked {
+                        id,
+                        from,
+                        tenant,
+                        any_tenant,
+                    };
+                    self.on_sockets_query(ns, asked, target, action).await;
                 }
                 Control::Presence { .. }
                 | Control::ServerEvent { .. }

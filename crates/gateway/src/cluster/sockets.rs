@@ -15,6 +15,29 @@ use super::presence::Control;
 use super::{Cluster, JoinWarning};
 use crate::adapter::BusAdapter;
 
+/// Who asked for a [`Control::Sockets`] action, and in whose scope.
+pub(in crate::cluster) struct Asked {
+    pub(in crate::cluster) id: String,
+    pub(in crate::cluster) from: String,
+    pub(in crate::cluster) tenant: Option<String>,
+    pub(in crate::cluster) any_tenant: bool,
+}
+
+/// Whose sockets an action is about.
+#[derive(Debug, Clone, Copy)]
+struct Scope<'a> {
+    tenant: Option<&'a TenantId>,
+    any_tenant: bool,
+}
+
+/// The tenant of a socket's token.
+fn tenant_of(socket: &SocketRef<BusAdapter>) -> Option<TenantId> {
+    socket
+        .extensions
+        .get::<Arc<crate::auth::Identity>>()
+        .and_then(|i| i.tenant_id.clone())
+}
+
 /// A join's confirmation by the bus, awaited before answering.
 type Confirmation = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
@@ -62,7 +85,7 @@ fn validate(
         SocketTarget::Room(room) => {
             scoped(tenant, room)?;
         }
-        SocketTarget::Socket(_) => {}
+        SocketTarget::Socket(_) | SocketTarget::All => {}
     }
     if let SocketAction::Join { rooms } | SocketAction::Leave { rooms } = action {
         for room in rooms {
@@ -82,6 +105,29 @@ impl Cluster {
         target: SocketTarget,
         action: SocketAction,
     ) -> Result<SocketsAnswer, SocketsError> {
+        self.act_on_sockets_in(ns, tenant, false, target, action)
+            .await
+    }
+
+    /// [`Cluster::act_on_sockets`] on every tenant's sockets (the Admin UI's operator):
+    /// rooms to join or leave are scoped to each socket's own tenant.
+    pub(crate) async fn act_on_sockets_any_tenant(
+        &self,
+        ns: &str,
+        target: SocketTarget,
+        action: SocketAction,
+    ) -> Result<SocketsAnswer, SocketsError> {
+        self.act_on_sockets_in(ns, None, true, target, action).await
+    }
+
+    async fn act_on_sockets_in(
+        &self,
+        ns: &str,
+        tenant: Option<&str>,
+        any_tenant: bool,
+        target: SocketTarget,
+        action: SocketAction,
+    ) -> Result<SocketsAnswer, SocketsError> {
         let tenant_id = tenant
             .map(TenantId::parse)
             .transpose()
@@ -90,7 +136,11 @@ impl Cluster {
         if self.io.get().and_then(|io| io.of(ns)).is_none() {
             return Err(SocketsError::Namespace(ns.to_owned()));
         }
-        let (sockets, confirmations) = self.act_locally(ns, tenant_id.as_ref(), &target, &action);
+        let scope = Scope {
+            tenant: tenant_id.as_ref(),
+            any_tenant,
+        };
+        let (sockets, confirmations) = self.act_locally(ns, scope, &target, &action);
         futures_util::future::join_all(confirmations).await;
         let mut answer = SocketsAnswer {
             sockets,
@@ -102,6 +152,7 @@ impl Cluster {
             id: id.clone(),
             from: self.node_id.clone(),
             tenant: tenant.map(str::to_owned),
+            any_tenant,
             target,
             action,
         };
@@ -123,19 +174,27 @@ impl Cluster {
     pub(in crate::cluster) async fn on_sockets_query(
         &self,
         ns: &str,
-        id: String,
-        from: String,
-        tenant: Option<String>,
+        asked: Asked,
         target: SocketTarget,
         action: SocketAction,
     ) {
+        let Asked {
+            id,
+            from,
+            tenant,
+            any_tenant,
+        } = asked;
         let Ok(tenant) = tenant.as_deref().map(TenantId::parse).transpose() else {
             return;
         };
         if validate(tenant.as_ref(), &target, &action).is_err() {
             return;
         }
-        let (sockets, confirmations) = self.act_locally(ns, tenant.as_ref(), &target, &action);
+        let scope = Scope {
+            tenant: tenant.as_ref(),
+            any_tenant,
+        };
+        let (sockets, confirmations) = self.act_locally(ns, scope, &target, &action);
         let reply = Control::SocketsReply {
             id,
             node: self.node_id.clone(),
@@ -161,14 +220,21 @@ impl Cluster {
     fn act_locally(
         &self,
         ns: &str,
-        tenant: Option<&TenantId>,
+        scope: Scope<'_>,
         target: &SocketTarget,
         action: &SocketAction,
     ) -> (Vec<SocketInfo>, Vec<Confirmation>) {
-        let sockets = self.local_targets(ns, tenant, target);
+        let sockets = self.local_targets(ns, scope, target);
         let mut infos = Vec::with_capacity(sockets.len());
         let mut confirmations: Vec<Confirmation> = Vec::new();
         for socket in sockets {
+            let own;
+            let tenant = if scope.any_tenant {
+                own = tenant_of(&socket);
+                own.as_ref()
+            } else {
+                scope.tenant
+            };
             match action {
                 SocketAction::Disconnect { reason } => {
                     infos.push(self.describe(&socket));
@@ -211,13 +277,26 @@ impl Cluster {
     fn local_targets(
         &self,
         ns: &str,
-        tenant: Option<&TenantId>,
+        scope: Scope<'_>,
         target: &SocketTarget,
     ) -> Vec<SocketRef<BusAdapter>> {
         let Some(op) = self.io.get().and_then(|io| io.of(ns)) else {
             return Vec::new();
         };
+        let tenant = scope.tenant;
         let room = match target {
+            SocketTarget::All if scope.any_tenant => return op.local().sockets(),
+            SocketTarget::All => match tenant {
+                Some(t) => scoped(None, &format!("tenant:{t}")),
+                None => {
+                    return op
+                        .local()
+                        .sockets()
+                        .into_iter()
+                        .filter(|s| tenant_of(s).is_none())
+                        .collect();
+                }
+            },
             SocketTarget::User(user) => scoped(tenant, &format!("user:{user}")),
             SocketTarget::Room(room) => scoped(tenant, room),
             SocketTarget::Socket(sid) => {
@@ -226,11 +305,7 @@ impl Cluster {
                 };
                 return op
                     .get_socket(sid)
-                    .filter(|s| {
-                        s.extensions
-                            .get::<Arc<crate::auth::Identity>>()
-                            .is_some_and(|i| i.tenant_id.as_ref() == tenant)
-                    })
+                    .filter(|s| scope.any_tenant || tenant_of(s).as_ref() == tenant)
                     .into_iter()
                     .collect();
             }
@@ -241,8 +316,18 @@ impl Cluster {
         }
     }
 
+    /// The Socket.IO server, once built.
+    pub(crate) fn socket_io(&self) -> Option<&socketioxide::SocketIo<BusAdapter>> {
+        self.io.get()
+    }
+
+    /// The namespaces this node serves.
+    pub(crate) fn namespaces(&self) -> Vec<String> {
+        self.namespaces.clone()
+    }
+
     /// A socket as [`SocketInfo`].
-    pub(in crate::cluster) fn describe(&self, socket: &SocketRef<BusAdapter>) -> SocketInfo {
+    pub(crate) fn describe(&self, socket: &SocketRef<BusAdapter>) -> SocketInfo {
         let identity = socket.extensions.get::<Arc<crate::auth::Identity>>();
         let mut rooms: Vec<String> = socket
             .rooms()

@@ -156,6 +156,9 @@ pub struct Args {
     /// Other Socket.IO servers' Redis formats (`COMPAT_*`).
     #[command(flatten)]
     pub compat: CompatArgs,
+    /// The official Socket.IO Admin UI (`ADMIN_UI_*`).
+    #[command(flatten)]
+    pub admin_ui: AdminUiArgs,
     /// Seconds a node stays in the cluster registry without a heartbeat [default: 15]
     #[arg(long, env = "NODE_TTL_SECS", default_value_t = 15)]
     pub node_ttl_secs: u64,
@@ -330,4 +333,26 @@ pub struct CompatArgs {
         default_value = "room"
     )]
     pub room_kind: String,
+}
+
+/// `ADMIN_UI_*`: the `/admin` namespace the official Socket.IO Admin UI connects to
+/// ([`crate::AdminUiConfig`]).
+#[derive(Debug, Clone, clap::Args)]
+pub struct AdminUiArgs {
+    /// Admin UI login (with ADMIN_UI_PASSWORD_HASH): serves the `/admin` namespace the official Socket.IO Admin UI connects to, cluster-wide [default: off]
+    #[arg(long = "admin-ui-username", env = "ADMIN_UI_USERNAME")]
+    pub username: Option<String>,
+    /// bcrypt hash of the Admin UI password (e.g. `htpasswd -nbBC 10 "" 'password' | cut -d: -f2`)
+    #[arg(
+        long = "admin-ui-password-hash",
+        env = "ADMIN_UI_PASSWORD_HASH",
+        hide_env_values = true
+    )]
+    pub password_hash: Option<String>,
+    /// The Admin UI only shows: no disconnect, join or leave [default: false]
+    #[arg(long = "admin-ui-readonly", env = "ADMIN_UI_READONLY", default_value_t = false, action = clap::ArgAction::Set)]
+    pub readonly: bool,
+    /// Serve the Admin UI's static build (the `ui/dist` directory of npm's `@socket.io/admin-ui`) at /admin/ui/ [default: not served]
+    #[arg(long = "admin-ui-static-dir", env = "ADMIN_UI_STATIC_DIR")]
+    pub static_dir: Option<std::path::PathBuf>,
 }

@@ -96,6 +96,8 @@ pub struct Config {
     pub legacy_channel: Option<String>,
     /// Other Socket.IO servers' Redis formats (`COMPAT_*`); `None`: off.
     pub compat: Option<crate::CompatConfig>,
+    /// The Socket.IO Admin UI's `/admin` namespace (`ADMIN_UI_*`); `None`: off.
+    pub admin_ui: Option<crate::AdminUiConfig>,
     /// Registry TTL; heartbeats every third of it.
     pub node_ttl: Duration,
     /// How long a stopping node waits for in-flight requests before it exits.
@@ -158,6 +160,7 @@ impl fmt::Debug for Config {
             .field("channel_prefix", &self.channel_prefix)
             .field("legacy_channel", &self.legacy_channel)
             .field("compat", &self.compat)
+            .field("admin_ui", &self.admin_ui.as_ref().map(|a| &a.username))
             .field("forward", &self.forward)
             .finish_non_exhaustive()
     }
@@ -621,6 +624,35 @@ impl Config {
             !redis_cluster_nodes.is_empty(),
             legacy_channel.as_deref(),
         )?;
+        let admin_ui = match (&args.admin_ui.username, &args.admin_ui.password_hash) {
+            (None, None) => None,
+            (Some(username), Some(hash)) => {
+                if !crate::admin::is_bcrypt_hash(hash) {
+                    return Err(invalid(
+                        "ADMIN_UI_PASSWORD_HASH",
+                        "must be a bcrypt hash ($2b$…, $2y$…)",
+                    ));
+                }
+                if namespaces.iter().any(|n| n == crate::admin::NAMESPACE) {
+                    return Err(invalid(
+                        "NAMESPACES",
+                        "/admin is the Admin UI's namespace when ADMIN_UI_USERNAME is set",
+                    ));
+                }
+                Some(crate::AdminUiConfig {
+                    username: username.clone(),
+                    password_hash: hash.clone(),
+                    readonly: args.admin_ui.readonly,
+                    static_dir: args.admin_ui.static_dir.clone(),
+                })
+            }
+            _ => {
+                return Err(invalid(
+                    "ADMIN_UI_USERNAME/ADMIN_UI_PASSWORD_HASH",
+                    "set both, or neither",
+                ));
+            }
+        };
         let redis_tls = match (
             &args.redis_tls_ca_file,
             args.redis_tls_cert_file
@@ -698,6 +730,7 @@ impl Config {
             redis_max_reconnect_attempts: args.redis_max_reconnect_attempts,
             legacy_channel,
             compat,
+            admin_ui,
             node_ttl: Duration::from_secs(args.node_ttl_secs),
             shutdown_grace: Duration::from_millis(args.shutdown_grace_ms),
             shutdown_drain: Duration::from_millis(args.shutdown_drain_ms.unwrap_or(
