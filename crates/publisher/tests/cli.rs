@@ -116,3 +116,60 @@ fn bad_input_fails_with_a_clear_message() {
     assert!(err.contains("bus unavailable"), "{err}");
     assert!(!err.contains("hunter2"), "the password leaked: {err}");
 }
+
+// Several threads: the gateway nodes run in this process and must answer the CLI.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lists_and_disconnects_a_users_sockets_on_the_gateways() {
+    let redis = RedisServer::start().unwrap();
+    let nodes = testkit::spawn_redis_cluster(2, &redis.url(), |_, _| {})
+        .await
+        .unwrap();
+    let prefix = nodes[0].cluster.channels().prefix().to_owned();
+    let token = testkit::token(serde_json::json!({"sub": "ann", "tenant_id": "acme"}));
+    let mut ann = nodes[1]
+        .client(serde_json::json!({"token": token}))
+        .await
+        .unwrap();
+    let base = [
+        "--redis-url",
+        &redis.url(),
+        "--prefix",
+        &prefix,
+        "--tenant",
+        "acme",
+    ];
+    let run = |extra: &[&str]| {
+        let args: Vec<&str> = base.iter().chain(extra).copied().collect();
+        let out = tokio::task::block_in_place(|| cli(&args));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let listed = run(&["--sockets-of", "user:ann"]);
+    let socket: serde_json::Value = serde_json::from_str(listed.trim()).unwrap();
+    assert_eq!(
+        (socket["sid"].as_str(), socket["user"].as_str()),
+        (Some(ann.sid.as_str()), Some("ann"))
+    );
+    // Another tenant's scope finds nothing.
+    let other = tokio::task::block_in_place(|| {
+        cli(&[
+            "--redis-url",
+            &redis.url(),
+            "--prefix",
+            &prefix,
+            "--tenant",
+            "globex",
+            "--sockets-of",
+            "user:ann",
+        ])
+    });
+    assert!(String::from_utf8_lossy(&other.stdout).trim().is_empty());
+    run(&["--sockets-of", "user:ann", "--disconnect", "maintenance"]);
+    let why = ann.expect_arg("disconnect_reason").await.unwrap();
+    assert_eq!(why["message"], "maintenance");
+    ann.expect_disconnect().await.unwrap();
+}
