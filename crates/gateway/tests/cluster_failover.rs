@@ -121,6 +121,10 @@ async fn a_failover_is_felt_only_by_the_failed_shard_and_recovery_spans_it() {
         "one hash tag, one shard"
     );
 
+    // TEST_LOG=bus=info shows what the nodes' buses do.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(std::env::var("TEST_LOG").unwrap_or_default())
+        .try_init();
     let mut watchers = Vec::new();
     for node in &nodes[1..] {
         let mut c = SioClient::connect(&node.url(), LIVE, Some(auth("ann")))

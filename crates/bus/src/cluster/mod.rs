@@ -340,6 +340,7 @@ impl RedisClusterBus {
         let (inbox_tx, inbox) = mpsc::channel(crate::INBOX_CAPACITY);
         tokio::spawn(publisher::run(
             conn.clone(),
+            factory.clone(),
             config.clone(),
             publish_rx,
             maps_rx.clone(),

@@ -1,7 +1,9 @@
-//! Publishes on Redis Cluster: one queue per master, so a master that stops answering
-//! holds back only the channels whose slots it owns. Each queue is sent in call order —
-//! a batch is submitted in order (the connection keeps per-node order), then awaited
-//! together — and retried within the configured budget.
+//! Publishes on Redis Cluster: one queue per master, each with its own connection to
+//! that master, so a master that stops answering — or the shared cluster connection
+//! while it re-learns the slots — holds back only the channels whose slots it owns. Each
+//! queue is sent in call order (a batch pipelined in order, then awaited together) and
+//! retried within the configured budget; a batch its master refuses (a slot that moved)
+//! is retried through the cluster connection, which follows `MOVED`.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -13,6 +15,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{Instant, timeout};
 
 use super::slots::{Master, SlotMap};
+use super::subscriber::LinkFactory;
 use super::{Connector, RedisClusterConfig, set_health};
 use crate::commands::{publish_answer, recorded_publish};
 use crate::{Health, LinkState, PublishError};
@@ -70,6 +73,7 @@ impl Publish {
 /// own while the slots are not known yet).
 pub(super) async fn run(
     conn: Arc<Connector>,
+    factory: Arc<LinkFactory>,
     config: RedisClusterConfig,
     mut rx: mpsc::Receiver<Publish>,
     mut maps: watch::Receiver<Arc<SlotMap>>,
@@ -83,9 +87,16 @@ pub(super) async fn run(
             queues.retain(|m, _| m.as_ref().is_none_or(|m| map.masters().any(|x| x == m)));
         }
         let owner = maps.borrow().owner_of(&p.channel).cloned();
-        let queue = queues.entry(owner).or_insert_with(|| {
+        let queue = queues.entry(owner.clone()).or_insert_with(|| {
             let (tx, rx) = mpsc::unbounded_channel();
-            tokio::spawn(send_queue(conn.clone(), config.clone(), rx, health.clone()));
+            let direct = owner.map(|m| (m, factory.clone()));
+            tokio::spawn(send_queue(
+                conn.clone(),
+                direct,
+                config.clone(),
+                rx,
+                health.clone(),
+            ));
             tx
         });
         if let Err(mpsc::error::SendError(p)) = queue.send(p) {
@@ -94,13 +105,46 @@ pub(super) async fn run(
     }
 }
 
+/// Sends `batch` on the queue's own connection to its master, in order; `None` when
+/// there is no such connection or the master refused one (the caller then uses the
+/// cluster connection).
+async fn send_direct(
+    link: &mut Option<redis::aio::MultiplexedConnection>,
+    master: Option<&(Master, Arc<LinkFactory>)>,
+    batch: &[Publish],
+    limit: Duration,
+) -> Option<Vec<Result<(usize, Option<String>), String>>> {
+    let (master, factory) = master?;
+    if link.is_none() {
+        *link = factory.command_link(master).await.ok();
+    }
+    let mut pipe = redis::pipe();
+    for p in batch {
+        pipe.add_command(p.command().0);
+    }
+    let c = link.as_mut()?;
+    match timeout(limit, pipe.query_async::<Vec<redis::Value>>(c)).await {
+        Ok(Ok(values)) if values.len() == batch.len() => {
+            let answers: Vec<_> = values.into_iter().map(publish_answer).collect();
+            // A slot that moved away: the cluster connection finds its new owner.
+            answers.iter().all(Result::is_ok).then_some(answers)
+        }
+        _ => {
+            *link = None;
+            None
+        }
+    }
+}
+
 /// Sends one master's publishes in call order.
 async fn send_queue(
     conn: Arc<Connector>,
+    master: Option<(Master, Arc<LinkFactory>)>,
     config: RedisClusterConfig,
     mut rx: mpsc::UnboundedReceiver<Publish>,
     health: Arc<Mutex<Health>>,
 ) {
+    let mut link = None;
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = rx.recv().await {
         batch.push(first);
@@ -111,6 +155,14 @@ async fn send_queue(
             }
         }
         let retry_until = Instant::now() + config.publish_retry_budget;
+        if let Some(answers) =
+            send_direct(&mut link, master.as_ref(), &batch, config.command_timeout).await
+        {
+            for (p, answer) in batch.drain(..).zip(answers) {
+                let _ = p.reply.send(answer.map_err(PublishError::Unavailable));
+            }
+            continue;
+        }
         loop {
             crate::commands::drop_expired(&mut batch, "Redis Cluster did not answer in time");
             if batch.is_empty() {

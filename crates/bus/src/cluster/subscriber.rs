@@ -84,6 +84,24 @@ impl LinkFactory {
         }
     }
 
+    /// A plain connection to `master` for commands (the publisher's own, per master).
+    pub(super) async fn command_link(
+        &self,
+        master: &Master,
+    ) -> Result<MultiplexedConnection, String> {
+        let client = self.client(master)?;
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.limit / 3))
+            .set_response_timeout(Some(self.limit));
+        timeout(
+            self.limit,
+            client.get_multiplexed_async_connection_with_config(&config),
+        )
+        .await
+        .map_err(|_| "timed out connecting".to_owned())?
+        .map_err(|e| e.to_string())
+    }
+
     fn client(&self, master: &Master) -> Result<redis::Client, String> {
         let addr = match self.seed.addr() {
             redis::ConnectionAddr::TcpTls { insecure, .. } => redis::ConnectionAddr::TcpTls {
