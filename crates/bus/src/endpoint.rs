@@ -50,6 +50,21 @@ pub struct RedisTls {
     pub client: Option<(Vec<u8>, Vec<u8>)>,
 }
 
+impl RedisTls {
+    /// The material as the `redis` client takes it.
+    pub(crate) fn certificates(&self) -> redis::TlsCertificates {
+        redis::TlsCertificates {
+            client_tls: self.client.clone().map(|(client_cert, client_key)| {
+                redis::ClientTlsConfig {
+                    client_cert,
+                    client_key,
+                }
+            }),
+            root_cert: self.root_ca.clone(),
+        }
+    }
+}
+
 impl std::fmt::Debug for RedisTls {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Never the key.
@@ -97,19 +112,8 @@ pub fn redis_client(config: &RedisConfig) -> Result<redis::Client, RedisSetupErr
         Some(_) if !config.url.starts_with("rediss://") => Err(invalid(
             "a CA or client certificate is set, but the URL is not rediss://".into(),
         )),
-        Some(tls) => redis::Client::build_with_tls(
-            config.url.as_str(),
-            redis::TlsCertificates {
-                client_tls: tls.client.clone().map(|(client_cert, client_key)| {
-                    redis::ClientTlsConfig {
-                        client_cert,
-                        client_key,
-                    }
-                }),
-                root_cert: tls.root_ca.clone(),
-            },
-        )
-        .map_err(|e| invalid(e.to_string())),
+        Some(tls) => redis::Client::build_with_tls(config.url.as_str(), tls.certificates())
+            .map_err(|e| invalid(e.to_string())),
     }
 }
 

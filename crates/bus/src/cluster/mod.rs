@@ -120,15 +120,7 @@ impl RedisClusterConfig {
             .min_retry_wait(50)
             .max_retry_wait(500);
         if let Some(tls) = &self.tls {
-            builder = builder.certs(redis::TlsCertificates {
-                client_tls: tls.client.clone().map(|(client_cert, client_key)| {
-                    redis::ClientTlsConfig {
-                        client_cert,
-                        client_key,
-                    }
-                }),
-                root_cert: tls.root_ca.clone(),
-            });
+            builder = builder.certs(tls.certificates());
         }
         builder
     }

@@ -124,18 +124,7 @@ impl LinkFactory {
             .set_redis_settings(settings);
         match &self.tls {
             None => redis::Client::open(info),
-            Some(tls) => redis::Client::build_with_tls(
-                info,
-                redis::TlsCertificates {
-                    client_tls: tls.client.clone().map(|(client_cert, client_key)| {
-                        redis::ClientTlsConfig {
-                            client_cert,
-                            client_key,
-                        }
-                    }),
-                    root_cert: tls.root_ca.clone(),
-                },
-            ),
+            Some(tls) => redis::Client::build_with_tls(info, tls.certificates()),
         }
         .map_err(|e| e.to_string())
     }
