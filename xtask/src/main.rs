@@ -28,8 +28,13 @@ tasks:
                   decoding, room and scoped names, raw Engine.IO/Socket.IO frames into a
                   running node) with CASES cases each (default 20000; the test suite runs
                   a few hundred)
-  bench [--quick] Roomcast against the reference stacks, side by side (--quick: a smoke
-                  run on debug builds, part of ci; no speed verdict)
+  bench [--quick] Roomcast against the reference stacks and the machine's ceiling
+                  (../shared/peer-raw, or PEER_RAW_DIR, when present), side by side
+                  (--quick: a smoke run on debug builds, part of ci; no speed verdict)
+  bench --scale [--quick]
+                  one node of each stack from 1 000 connections up to 100 000 (as far as
+                  the open-files limit allows): memory, storm, CPU per delivery, latency,
+                  SIGTERM drain; plots in docs/bench/scale-*.svg
   bench --recovery | --sharding | --tracing | --write-path | --polling | --compat
                   one study, release build, in one run: fan-out with connection state
                   recovery off/on; targeted load on one Redis vs a 3-shard Redis Cluster;
@@ -89,6 +94,10 @@ fn run() -> anyhow::Result<()> {
         ),
         ["bench"] => bench::run(false, None),
         ["bench", "--quick"] => bench::run(true, None),
+        ["bench", "--scale"] => bench::run(false, Some("--scale")),
+        ["bench", "--scale", "--quick"] | ["bench", "--quick", "--scale"] => {
+            bench::run(true, Some("--scale"))
+        }
         [
             "bench",
             study @ ("--recovery" | "--sharding" | "--tracing" | "--write-path" | "--polling"

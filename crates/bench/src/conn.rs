@@ -29,6 +29,16 @@ pub(crate) async fn connect(
     room: &str,
     source: Option<Ipv4Addr>,
 ) -> anyhow::Result<Conn> {
+    connect_with(port, &serde_json::json!({ "room": room }), source).await
+}
+
+/// Connects to `port` on 127.0.0.1 from `source` and joins the namespace with `auth` as
+/// the handshake's auth payload (a room for the contract, a token for the gateway).
+pub(crate) async fn connect_with(
+    port: u16,
+    auth: &serde_json::Value,
+    source: Option<Ipv4Addr>,
+) -> anyhow::Result<Conn> {
     let socket = TcpSocket::new_v4()?;
     if let Some(ip) = source {
         socket.bind(SocketAddr::new(IpAddr::V4(ip), 0))?;
@@ -49,7 +59,6 @@ pub(crate) async fn connect(
     if !open.starts_with('0') {
         bail!("expected an Engine.IO open packet, got {open:?}");
     }
-    let auth = serde_json::json!({ "room": room });
     sink.send(Message::Text(format!("40{auth}").into())).await?;
     loop {
         let text = next_text(&mut stream).await?;

@@ -14,6 +14,8 @@ mod conn;
 mod poll;
 mod recorder;
 mod report;
+mod scale;
+mod scale_report;
 mod scenarios;
 mod stacks;
 
@@ -328,7 +330,7 @@ async fn bytes_per_message(
 }
 
 /// The soft open-files limit of this process (inherited by the servers it starts).
-fn open_files_limit() -> usize {
+pub(crate) fn open_files_limit() -> usize {
     std::fs::read_to_string("/proc/self/limits")
         .ok()
         .and_then(|l| {
@@ -339,7 +341,7 @@ fn open_files_limit() -> usize {
         .unwrap_or(1024)
 }
 
-fn machine() -> String {
+pub(crate) fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|c| {
@@ -423,13 +425,28 @@ async fn main() -> anyhow::Result<()> {
         return compat_cost().await;
     }
     let quick = std::env::args().any(|a| a == "--quick");
+    if std::env::args().any(|a| a == "--scale") {
+        return scale::run(quick).await;
+    }
     let plan = if quick { Plan::quick() } else { Plan::full() };
     let started = std::time::Instant::now();
     stacks::prepare_node_peer()?;
     let mut next_point = 0;
     let mut results = Vec::new();
-    for kind in [Kind::Node, Kind::Socketioxide, Kind::Roomcast] {
-        results.push(measure(kind, &plan, &mut next_point).await?);
+    for kind in [
+        Kind::PeerRaw,
+        Kind::Node,
+        Kind::Socketioxide,
+        Kind::Roomcast,
+    ] {
+        if kind.available() {
+            results.push(measure(kind, &plan, &mut next_point).await?);
+        } else {
+            eprintln!(
+                "\n== {} == not built (no ../shared/peer-raw): left out",
+                kind.name()
+            );
+        }
     }
     let sdk_redis = testkit::RedisServer::start()?;
     let sdk = scenarios::sdk_throughput(&sdk_redis.url(), plan.sdk_messages).await?;

@@ -5,9 +5,32 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
-/// 0.1 ms buckets up to 500 ms; later arrivals go to the last bucket (and `max`).
+/// 0.1 ms buckets up to 500 ms, then 10 ms buckets up to 10.5 s (fan-outs to tens of
+/// thousands of sockets take longer than 500 ms); later arrivals go to the last bucket
+/// (and `max`).
 const BUCKET_US: u64 = 100;
-const BUCKETS: usize = 5000;
+const FINE: usize = 5000;
+const COARSE_US: u64 = 10_000;
+const BUCKETS: usize = FINE + 1000;
+
+/// The bucket of a latency.
+fn bucket(latency_us: u64) -> usize {
+    let fine = latency_us / BUCKET_US;
+    if fine < FINE as u64 {
+        return fine as usize;
+    }
+    let coarse = (latency_us - FINE as u64 * BUCKET_US) / COARSE_US;
+    (FINE as u64 + coarse).min(BUCKETS as u64 - 1) as usize
+}
+
+/// The upper bound of bucket `i`, in microseconds.
+fn bucket_top_us(i: usize) -> u64 {
+    if i < FINE {
+        (i as u64 + 1) * BUCKET_US
+    } else {
+        FINE as u64 * BUCKET_US + (i - FINE + 1) as u64 * COARSE_US
+    }
+}
 
 /// Microseconds since the epoch (the publish time travels in the payload).
 pub(crate) fn now_us() -> u64 {
@@ -72,10 +95,7 @@ impl Recorder {
             return;
         }
         let latency = now_us().saturating_sub(t);
-        let bucket = usize::try_from(latency / BUCKET_US)
-            .unwrap_or(BUCKETS)
-            .min(BUCKETS - 1);
-        self.buckets[bucket].fetch_add(1, Ordering::Relaxed);
+        self.buckets[bucket(latency)].fetch_add(1, Ordering::Relaxed);
         self.max_us.fetch_max(latency, Ordering::Relaxed);
         self.count.fetch_add(1, Ordering::Relaxed);
     }
@@ -97,10 +117,10 @@ impl Recorder {
             for (i, c) in counts.iter().enumerate() {
                 seen += c;
                 if seen >= rank {
-                    return ((i as u64 + 1) * BUCKET_US) as f64 / 1000.0;
+                    return bucket_top_us(i) as f64 / 1000.0;
                 }
             }
-            (BUCKETS as u64 * BUCKET_US) as f64 / 1000.0
+            bucket_top_us(BUCKETS - 1) as f64 / 1000.0
         };
         Latency {
             count: total,
@@ -136,5 +156,13 @@ mod tests {
         let l = r.latency();
         assert_eq!(l.count, 1);
         assert!(l.p50_ms >= 2.0 && l.p50_ms < 50.0, "{l:?}");
+    }
+
+    #[test]
+    fn slow_deliveries_keep_their_order_of_magnitude() {
+        assert_eq!(bucket_top_us(bucket(150)), 200);
+        assert_eq!(bucket_top_us(bucket(499_950)), 500_000);
+        assert_eq!(bucket_top_us(bucket(1_234_000)), 1_240_000);
+        assert_eq!(bucket(u64::MAX), BUCKETS - 1);
     }
 }

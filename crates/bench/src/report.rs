@@ -18,14 +18,14 @@ pub(crate) fn today() -> String {
         .unwrap_or_default()
 }
 
-fn target_dir() -> PathBuf {
+pub(crate) fn target_dir() -> PathBuf {
     std::env::current_exe()
         .ok()
         .and_then(|p| p.parent()?.parent().map(PathBuf::from))
         .unwrap_or_else(|| PathBuf::from("target"))
 }
 
-fn docs_dir() -> PathBuf {
+pub(crate) fn docs_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../docs")
 }
 
@@ -58,7 +58,14 @@ pub(crate) fn write(results: &Results, quick: bool) -> anyhow::Result<()> {
         std::fs::copy(out.join("fanout.svg"), docs.join("bench/fanout.svg"))?;
         std::fs::copy(out.join("targeted.svg"), docs.join("bench/targeted.svg"))?;
         std::fs::copy(&json_path, docs.join("bench/results.json"))?;
-        std::fs::write(docs.join("benchmarks.md"), &md).context("writing docs/benchmarks.md")?;
+        // The scale run writes its own section; a full run keeps it.
+        let path = docs.join("benchmarks.md");
+        let current = std::fs::read_to_string(&path).unwrap_or_default();
+        let md = match crate::scale_report::section(&current) {
+            Some(scale) => format!("{}\n{scale}\n", md.trim_end()),
+            None => md,
+        };
+        std::fs::write(&path, &md).context("writing docs/benchmarks.md")?;
         println!("report: {}", docs.join("benchmarks.md").display());
     }
     Ok(())
@@ -184,7 +191,7 @@ fn markdown(r: &Results, img: &str) -> String {
     );
     let _ = writeln!(
         md,
-        "- **Stacks**: Socket.IO's Node server with `@socket.io/redis-adapter` (`bench/peers/node`, lockfile committed); socketioxide with `socketioxide-redis` (`bench/peers/socketioxide-redis`); Roomcast as `roomcast-bench-node`, the `gateway` library with the contract's handlers (same adapter and Redis bus as production). Roomcast is also measured on its own publish path: the publisher SDK straight into Redis."
+        "- **Stacks**: Socket.IO's Node server with `@socket.io/redis-adapter` (`bench/peers/node`, lockfile committed); socketioxide with `socketioxide-redis` (`bench/peers/socketioxide-redis`); Roomcast as `roomcast-bench-node`, the `gateway` library with the contract's handlers (same adapter and Redis bus as production). Roomcast is also measured on its own publish path: the publisher SDK straight into Redis. The machine's ceiling, when `../shared/peer-raw` is present: a minimal fan-out server that is not Socket.IO (no acks, recovery or polling; it writes one shared frame to every socket), built at bench time; \"× ceiling\" is a stack's CPU per delivery divided by peer-raw's."
     );
     let _ = writeln!(
         md,
@@ -220,10 +227,16 @@ fn markdown(r: &Results, img: &str) -> String {
         .unwrap_or(0);
     let _ = writeln!(
         md,
-        "| stack | node CPU µs/delivery (fan-out at {common} msg/s) | fan-out best rate (msg/s, {} subs) | targeted best rate (msg/s) | connect storm (conn/s) | idle KiB/conn | Redis bytes/msg (3 → 5 nodes) |",
+        "| stack | node CPU µs/delivery (fan-out at {common} msg/s) | × ceiling | fan-out best rate (msg/s, {} subs) | targeted best rate (msg/s) | connect storm (conn/s) | idle KiB/conn | Redis bytes/msg (3 → 5 nodes) |",
         plan.subscribers
     );
-    let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---|");
+    let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---|");
+    // The machine's ceiling: every stack's CPU per delivery as a multiple of peer-raw's.
+    let ceiling = find(r, "peer-raw").and_then(|p| cpu_at(&p.fanout, common));
+    let times = |points: &[Point]| match (cpu_at(points, common), ceiling) {
+        (Some(c), Some(top)) if top > 0.0 => format!("{:.2}×", c / top),
+        _ => "—".into(),
+    };
     for s in &r.stacks {
         let idle = s
             .idle
@@ -239,9 +252,10 @@ fn markdown(r: &Results, img: &str) -> String {
             .join(" → ");
         let _ = writeln!(
             md,
-            "| {} | {} | {} | {} | {:.0} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {:.0} | {} | {} |",
             s.name,
             cpu_at(&s.fanout, common).map_or("—".into(), |c| format!("{c:.2}")),
+            times(&s.fanout),
             s.fanout_best,
             s.targeted_best,
             s.storm.as_ref().map_or(0.0, |x| x.per_second),
@@ -252,14 +266,16 @@ fn markdown(r: &Results, img: &str) -> String {
     if let Some(s) = find(r, "roomcast") {
         let _ = writeln!(
             md,
-            "| roomcast, publisher SDK path | {} | {} | | | | |",
+            "| roomcast, publisher SDK path | {} | {} | {} | | | | |",
             cpu_at(&s.fanout_sdk, common).map_or("—".into(), |c| format!("{c:.2}")),
+            times(&s.fanout_sdk),
             s.fanout_sdk_best
         );
         let _ = writeln!(
             md,
-            "| roomcast, client publish path | {} | {} | | | | |",
+            "| roomcast, client publish path | {} | {} | {} | | | | |",
             cpu_at(&s.fanout_client, common).map_or("—".into(), |c| format!("{c:.2}")),
+            times(&s.fanout_client),
             s.fanout_client_best
         );
     }
@@ -338,6 +354,34 @@ fn markdown(r: &Results, img: &str) -> String {
                     "| node CPU per delivery ≤ 0.8× socketioxide-redis | no common passing rate | no |"
                 );
             }
+        }
+        if let Some(top) = find(r, "peer-raw") {
+            let pairs: Vec<String> = rc
+                .fanout
+                .iter()
+                .filter(|p| p.run == 1)
+                .filter_map(|p| {
+                    let a = cpu_at(&rc.fanout, p.rate)?;
+                    let c = cpu_at(&top.fanout, p.rate)?;
+                    Some((p.rate, a / c))
+                })
+                .map(|(rate, x)| format!("{x:.2}× at {rate}"))
+                .collect();
+            let worst = rc
+                .fanout
+                .iter()
+                .filter_map(|p| Some(cpu_at(&rc.fanout, p.rate)? / cpu_at(&top.fanout, p.rate)?))
+                .fold(0.0, f64::max);
+            let _ = writeln!(
+                md,
+                "| node CPU per delivery within 1.15× of the ceiling (peer-raw) | {} | {} |",
+                if pairs.is_empty() {
+                    "no common passing rate".into()
+                } else {
+                    pairs.join(", ")
+                },
+                yes(!pairs.is_empty() && worst <= 1.15)
+            );
         }
         let lossless = r.stacks.iter().all(|s| {
             s.fanout

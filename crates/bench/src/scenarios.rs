@@ -46,6 +46,12 @@ pub(crate) enum Sender {
     /// A process that publishes one message per line `ROOM POINT SEQ` on its stdin (a
     /// real python-socketio publisher, `bench/peers/python/emit.py`).
     Lines(tokio::sync::Mutex<tokio::process::ChildStdin>),
+    /// The gateway's `POST /v1/publish` (tenant `bench`), round robin over the nodes.
+    Http {
+        client: reqwest::Client,
+        urls: Vec<String>,
+        key: String,
+    },
 }
 
 impl Sender {
@@ -70,8 +76,25 @@ impl Sender {
                     .await
                     .context("writing to the publisher process")
             }
+            Self::Http { client, urls, key } => {
+                let body = json!({"tenant": "bench", "event": "msg", "to": [room], "data": payload(point, seq)});
+                let url = &urls[(seq as usize) % urls.len()];
+                let answer = client
+                    .post(url)
+                    .bearer_auth(key)
+                    .json(&body)
+                    .send()
+                    .await
+                    .context("HTTP publish")?;
+                anyhow::ensure!(
+                    answer.status().is_success(),
+                    "HTTP publish answered {}",
+                    answer.status()
+                );
+                Ok(())
+            }
             Self::Sdk(p) => {
-                let data = json!({"t": now_us(), "p": point, "s": seq, "pad": "roomcast-benchmark-payload-padding-0123456789abcdef"});
+                let data = payload(point, seq);
                 p.to_room(room)
                     .emit_value("msg", data)
                     .await
@@ -79,6 +102,24 @@ impl Sender {
                     .context("sdk emit")
             }
         }
+    }
+}
+
+/// The message every sender sends: its send time, point and sequence, padded to about
+/// 100 bytes (the size the targets are stated for).
+fn payload(point: u64, seq: u64) -> serde_json::Value {
+    json!({"t": now_us(), "p": point, "s": seq, "pad": "roomcast-benchmark-payload-padding-0123456789abcdef"})
+}
+
+/// The gateway's HTTP publish endpoints on `ports`, with the bench key.
+pub(crate) fn http_publishers(ports: &[u16]) -> Sender {
+    Sender::Http {
+        client: reqwest::Client::new(),
+        urls: ports
+            .iter()
+            .map(|p| format!("http://127.0.0.1:{p}/v1/publish"))
+            .collect(),
+        key: crate::stacks::GATEWAY_SECRET.to_owned(),
     }
 }
 
@@ -90,14 +131,33 @@ pub(crate) async fn subscribe_many(
     recorder: &Arc<Recorder>,
     label: &str,
 ) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
+    subscribe_many_with(
+        ports,
+        count,
+        |i| json!({ "room": room(i) }),
+        recorder,
+        label,
+    )
+    .await
+}
+
+/// Connects `count` subscribers round robin over `ports`, subscriber `i` with `auth(i)`
+/// as its handshake's auth payload.
+pub(crate) async fn subscribe_many_with(
+    ports: &[u16],
+    count: usize,
+    auth: impl Fn(usize) -> serde_json::Value,
+    recorder: &Arc<Recorder>,
+    label: &str,
+) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
     let bar = bar(count as u64, label);
     let mut tasks = Vec::with_capacity(count);
     let mut pending = FuturesUnordered::new();
     for i in 0..count {
         let port = ports[i % ports.len()];
-        let room = room(i);
+        let auth = auth(i);
         let source = source_ip(i);
-        pending.push(async move { conn::connect(port, &room, Some(source)).await });
+        pending.push(async move { conn::connect_with(port, &auth, Some(source)).await });
         if pending.len() >= 128
             && let Some(c) = pending.next().await
         {
@@ -176,7 +236,42 @@ pub(crate) async fn point(
     fanout: u64,
     room: &(dyn Fn(u64) -> String + Sync),
 ) -> anyhow::Result<Point> {
-    let total = rate * secs;
+    let pace = Pace {
+        rate: rate as f64,
+        messages: rate * secs,
+    };
+    paced_point(
+        stack, redis_pid, sender, recorder, point_id, pace, run, fanout, room,
+    )
+    .await
+}
+
+/// How many messages a point sends, and how fast (fractional rates for fan-outs to very
+/// many sockets).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Pace {
+    pub(crate) rate: f64,
+    pub(crate) messages: u64,
+}
+
+/// [`point`] with any [`Pace`].
+#[allow(
+    clippy::too_many_arguments,
+    reason = "one call site per scenario, all named"
+)]
+pub(crate) async fn paced_point(
+    stack: &Stack,
+    redis_pid: Option<u32>,
+    sender: &Sender,
+    recorder: &Recorder,
+    point_id: u64,
+    pace: Pace,
+    run: u32,
+    fanout: u64,
+    room: &(dyn Fn(u64) -> String + Sync),
+) -> anyhow::Result<Point> {
+    let rate = pace.rate.round() as u64;
+    let total = pace.messages;
     let expected = total * fanout;
     recorder.start(point_id);
     let pids = stack.pids();
@@ -189,9 +284,9 @@ pub(crate) async fn point(
 
     let bar = bar(
         total,
-        &format!("{} {rate} msg/s (run {run})", stack.kind.key()),
+        &format!("{} {:.1} msg/s (run {run})", stack.kind.key(), pace.rate),
     );
-    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate as f64));
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / pace.rate));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     for seq in 0..total {
         tick.tick().await;
@@ -202,10 +297,16 @@ pub(crate) async fn point(
     }
     let send_time = started.elapsed();
     bar.finish_and_clear();
-    // Stragglers: wait until everything arrived, or 5 s of silence after the last send.
-    let drain_until = Instant::now() + Duration::from_secs(5);
-    while recorder.count() < expected && Instant::now() < drain_until {
+    // Stragglers: wait until everything arrived, or for 5 s in which nothing arrived.
+    let mut seen = recorder.count();
+    let mut quiet_until = Instant::now() + Duration::from_secs(5);
+    while seen < expected && Instant::now() < quiet_until {
         tokio::time::sleep(Duration::from_millis(20)).await;
+        let now = recorder.count();
+        if now > seen {
+            seen = now;
+            quiet_until = Instant::now() + Duration::from_secs(5);
+        }
     }
     let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
     let latency = recorder.latency();

@@ -16,6 +16,12 @@ pub(crate) enum Kind {
     Socketioxide,
     /// Roomcast's gateway library (bench contract).
     Roomcast,
+    /// The `gateway` binary as deployed: clients authenticate with a JWT (user `<i>`,
+    /// tenant `bench`), messages are published over `POST /v1/publish`.
+    Gateway,
+    /// `../shared/peer-raw`: a minimal fan-out server (not Socket.IO), the machine's
+    /// ceiling.
+    PeerRaw,
 }
 
 impl Kind {
@@ -24,6 +30,8 @@ impl Kind {
             Self::Node => "node socket.io + redis-adapter",
             Self::Socketioxide => "socketioxide + socketioxide-redis",
             Self::Roomcast => "roomcast",
+            Self::Gateway => "roomcast gateway (JWT, HTTP publish)",
+            Self::PeerRaw => "peer-raw (ceiling)",
         }
     }
 
@@ -32,9 +40,20 @@ impl Kind {
             Self::Node => "node",
             Self::Socketioxide => "socketioxide",
             Self::Roomcast => "roomcast",
+            Self::Gateway => "gateway",
+            Self::PeerRaw => "peer-raw",
         }
     }
+
+    /// Whether this stack can run here (peer-raw is built from a directory outside the
+    /// repository that may be absent).
+    pub(crate) fn available(self) -> bool {
+        self != Self::PeerRaw || bin_dir().join("peer-raw").exists()
+    }
 }
+
+/// The JWT secret and publish key of the [`Kind::Gateway`] stack.
+pub(crate) const GATEWAY_SECRET: &str = "roomcast-bench-secret-at-least-32-bytes";
 
 /// Running server processes of one stack.
 pub(crate) struct Stack {
@@ -109,6 +128,28 @@ impl Stack {
                     c.args([port.to_string(), redis_url.to_owned()]);
                     c
                 }
+                Kind::Gateway => {
+                    let mut c = Command::new(bin_dir().join("gateway"));
+                    c.env("HOST", "127.0.0.1")
+                        .env("PORT", port.to_string())
+                        .env("REDIS_URL", redis_url)
+                        .env("GATEWAY_NODE_ID", format!("bench-{i}"))
+                        .env("JWT_SECRET", GATEWAY_SECRET)
+                        .env("PUBLISH_API_KEY", GATEWAY_SECRET)
+                        .env("MAX_CONNECTIONS", "1000000")
+                        .env("SHUTDOWN_DRAIN_MS", "0")
+                        .env("RUST_LOG", "warn");
+                    c
+                }
+                Kind::PeerRaw => {
+                    let mut c = Command::new(bin_dir().join("peer-raw"));
+                    c.env("HOST", "127.0.0.1")
+                        .env("PORT", port.to_string())
+                        .env("REDIS_URL", redis_url)
+                        .env("MODE", "direct")
+                        .env("WORKERS", "0");
+                    c
+                }
                 Kind::Roomcast => {
                     // `BENCH_NODE_WRAPPER="valgrind --tool=massif"` (or `perf record -g
                     // --`) runs each Roomcast node under a profiler.
@@ -133,19 +174,26 @@ impl Stack {
             }
             let mut child = cmd
                 .stdout(Stdio::piped())
-                .stderr(Stdio::null())
+                .stderr(Stdio::piped())
                 .spawn()
                 .with_context(|| format!("starting {}", kind.name()))?;
             let stdout = child.stdout.take().context("piped stdout")?;
+            let stderr = child.stderr.take().context("piped stderr")?;
             stack.children.push(child);
+            // Some servers say it on stdout, peer-raw on stderr; both are read to the end
+            // so that a chatty server never blocks on a full pipe.
             let (tx, rx) = std::sync::mpsc::channel();
-            std::thread::spawn(move || {
-                for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                    if line.contains("listening on") {
-                        let _ = tx.send(());
+            let readers: [Box<dyn std::io::Read + Send>; 2] = [Box::new(stdout), Box::new(stderr)];
+            for stream in readers {
+                let tx = tx.clone();
+                std::thread::spawn(move || {
+                    for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                        if line.contains("listening on") {
+                            let _ = tx.send(());
+                        }
                     }
-                }
-            });
+                });
+            }
             rx.recv_timeout(Duration::from_secs(30))
                 .with_context(|| format!("{} on port {port} did not start", kind.name()))?;
             stack.ports.push(port);
@@ -156,6 +204,27 @@ impl Stack {
     /// Process ids of the servers.
     pub(crate) fn pids(&self) -> Vec<u32> {
         self.children.iter().map(Child::id).collect()
+    }
+
+    /// Sends SIGTERM to every server and waits (up to `limit`) for each to exit; the time
+    /// the last one took, or `None` if one was still running at `limit` (it is killed).
+    pub(crate) fn terminate(&mut self, limit: Duration) -> Option<Duration> {
+        let started = std::time::Instant::now();
+        for child in &self.children {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+        }
+        let mut all = true;
+        for child in &mut self.children {
+            while matches!(child.try_wait(), Ok(None)) && started.elapsed() < limit {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            if matches!(child.try_wait(), Ok(None)) {
+                all = false;
+            }
+        }
+        all.then(|| started.elapsed())
     }
 }
 
