@@ -94,6 +94,10 @@ pub(crate) fn run() -> anyhow::Result<()> {
         "bench --quick: smoke run of the benchmark (no speed verdict)",
         || crate::bench::run(true, None),
     )?;
+    timed(
+        "bench --scale --quick: smoke run of the scale study (200 and 1000 connections)",
+        || crate::bench::run(true, Some("--scale")),
+    )?;
     eprintln!("==> ci: all steps passed");
     Ok(())
 }

@@ -156,7 +156,7 @@ pub(crate) async fn subscribe_many_with(
     for i in 0..count {
         let port = ports[i % ports.len()];
         let auth = auth(i);
-        let source = source_ip(i);
+        let source = source_ip();
         pending.push(async move { conn::connect_with(port, &auth, Some(source)).await });
         if pending.len() >= 128
             && let Some(c) = pending.next().await
@@ -183,9 +183,17 @@ pub(crate) async fn fanout_subscribers(
     subscribe_many(ports, count, |_| "room:bench".into(), recorder, label).await
 }
 
-/// Spreads connections over 127.0.0.1..: each source address has its own ports.
-fn source_ip(i: usize) -> Ipv4Addr {
-    Ipv4Addr::new(127, 0, 0, 1 + u8::try_from(i / 20_000).unwrap_or(200))
+/// The source address of the next connection: 10 000 connections per address from
+/// 127.0.0.2 up, round the 250 addresses, counted over the whole run. Each address has its
+/// own ~28 000 ephemeral ports, and the ports of closed connections stay in TIME_WAIT for a
+/// minute: a run that opens and closes tens of thousands of connections would run out of
+/// ports on one address (`EADDRINUSE`, or connects slowed by the kernel's search for a
+/// free port).
+fn source_ip() -> Ipv4Addr {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static OPENED: AtomicUsize = AtomicUsize::new(0);
+    let n = OPENED.fetch_add(1, Ordering::Relaxed);
+    Ipv4Addr::new(127, 0, 0, 2 + ((n / 10_000) % 250) as u8)
 }
 
 pub(crate) async fn socket_publishers(ports: &[u16]) -> anyhow::Result<Sender> {

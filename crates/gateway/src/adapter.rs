@@ -42,6 +42,23 @@ use tokio::sync::mpsc;
 
 use crate::membership::Confirmation;
 
+tokio::task_local! {
+    /// Set around a local delivery that wants to know how many sockets its broadcast
+    /// addressed ([`count_local_targets`]).
+    static LOCAL_TARGETS: Arc<std::sync::atomic::AtomicUsize>;
+}
+
+/// Runs `delivery` (a local broadcast through this adapter) and returns its output with
+/// the number of local sockets the broadcast addressed. Counted from the room sets' socket
+/// ids while the broadcast runs, not by collecting socket handles: a handle per target
+/// would touch every socket once more per message (measured as part of the fan-out's
+/// growth with room size).
+pub(crate) async fn count_local_targets<F: Future>(delivery: F) -> (F::Output, usize) {
+    let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let out = LOCAL_TARGETS.scope(count.clone(), delivery).await;
+    (out, count.load(std::sync::atomic::Ordering::Relaxed))
+}
+
 /// What the adapter needs of the node it runs in ([`Cluster`](crate::Cluster) provides it).
 ///
 /// The adapter knows its node only through this trait, so the dependency runs one way
@@ -246,6 +263,13 @@ impl CoreAdapter<Emitter> for BusAdapter {
                     .map_err(AdapterError::from)?;
             }
         }
+        // Only a delivery that asked for the count pays for it.
+        let _ = LOCAL_TARGETS.try_with(|count| {
+            count.store(
+                self.local.sockets(opts.clone()).len(),
+                std::sync::atomic::Ordering::Relaxed,
+            );
+        });
         self.local
             .broadcast(packet, opts)
             .map_err(BroadcastError::from)

@@ -630,16 +630,10 @@ impl Cluster {
             Some(offset) => self.hand_over(&env.ns, offset),
             None => Vec::new(),
         };
-        let operator = || {
-            self.operator(env, to, except, sender).map(|op| {
-                if held.is_empty() {
-                    op
-                } else {
-                    op.except(held.clone())
-                }
-            })
-        };
-        let Some(op) = operator() else {
+        let Some(op) = self
+            .operator(env, to, except, sender)
+            .map(|op| if held.is_empty() { op } else { op.except(held) })
+        else {
             return;
         };
         let args = Args {
@@ -647,18 +641,22 @@ impl Cluster {
             attachments: &env.attachments,
             offset,
         };
-        // Counted once per socket written to: the targets, less those that failed.
-        let targets = operator().map_or(0, |op| op.local().sockets().len());
         // A child of the publish span, whichever node published.
         let span = tracing::info_span!(
             "deliver",
             server_id = %self.node_id,
             id = %env.id,
             event = %env.event,
-            sockets = targets
+            sockets = tracing::field::Empty
         );
         crate::telemetry::continue_trace(&span, env.trace.as_deref());
-        let failed = match op.local().emit(&env.event, &args).instrument(span).await {
+        let (sent, targets) = crate::adapter::count_local_targets(
+            op.local().emit(&env.event, &args).instrument(span.clone()),
+        )
+        .await;
+        span.record("sockets", targets);
+        // Counted once per socket written to: the targets, less those that failed.
+        let failed = match sent {
             Ok(()) => 0,
             Err(e) => {
                 tracing::debug!(id = %env.id, error = %e, "some local sockets could not be reached");
