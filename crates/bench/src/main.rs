@@ -396,11 +396,20 @@ async fn targeted_subscribers(
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() -> anyhow::Result<()> {
-    if let Some(count) = std::env::args().skip_while(|a| a != "--idle").nth(1) {
+    // `--idle N [gateway]`: N idle sockets on one node of the contract stack, or of the
+    // deployed gateway with JWT clients (under `BENCH_NODE_WRAPPER` for a heap profile).
+    let mut idle = std::env::args().skip_while(|a| a != "--idle").skip(1);
+    if let Some(count) = idle.next() {
+        let count: usize = count.parse()?;
         let redis = testkit::RedisServer::start()?;
-        let stack = Stack::start(Kind::Roomcast, 1, &redis.url())?;
-        let idle = scenarios::idle_memory(&stack, count.parse()?).await?;
-        eprintln!("roomcast idle: {idle:?}");
+        let idle = if idle.next().as_deref() == Some("gateway") {
+            let stack = Stack::start(Kind::Gateway, 1, &redis.url())?;
+            scenarios::idle_memory_with(&stack, count, scale::gateway_token).await?
+        } else {
+            let stack = Stack::start(Kind::Roomcast, 1, &redis.url())?;
+            scenarios::idle_memory(&stack, count).await?
+        };
+        eprintln!("idle: {idle:?}");
         return Ok(());
     }
     if let Some(kind) = std::env::args().skip_while(|a| a != "--probe").nth(1) {

@@ -186,7 +186,7 @@ impl Contract {
 }
 
 /// A token for user `i` of tenant `bench`, valid for a day.
-fn gateway_token(i: usize) -> anyhow::Result<Value> {
+pub(crate) fn gateway_token(i: usize) -> anyhow::Result<Value> {
     let claims =
         json!({"sub": i.to_string(), "tenant_id": "bench", "exp": gateway::unix_now() + 86_400});
     let token = gateway::sign_hs256(stacks::GATEWAY_SECRET, &claims).context("signing a token")?;

@@ -201,8 +201,13 @@ fn markdown(r: &ScaleResults, img: &str) -> String {
         md,
         "| stack | sizes reached | fan-out µs/delivery (change) | KiB/conn at the largest | where it stopped |\n|---|---|---|---:|---|"
     );
+    let limit = p
+        .capped
+        .as_ref()
+        .and(p.reachable.last())
+        .map(|l| format!("not by itself: this machine's open-files limit ({l} connections)"));
     for s in &r.stacks {
-        let _ = writeln!(md, "{}", curve_row(s));
+        let _ = writeln!(md, "{}", curve_row(s, limit.as_deref()));
     }
     let _ = writeln!(md, "\n### Plots\n");
     for (file, title, ..) in METRICS {
@@ -211,7 +216,7 @@ fn markdown(r: &ScaleResults, img: &str) -> String {
     md
 }
 
-fn curve_row(s: &StackScale) -> String {
+fn curve_row(s: &StackScale, limit: Option<&str>) -> String {
     let first = s.sizes.first();
     let last = s.sizes.last();
     let (a, b) = (
@@ -234,7 +239,10 @@ fn curve_row(s: &StackScale) -> String {
             .join(", "),
         change,
         opt(last.map(|z| z.kib_per_connection), 2),
-        s.stopped.as_deref().unwrap_or("did not stop"),
+        s.stopped
+            .as_deref()
+            .or(limit)
+            .unwrap_or("did not stop: every size passed"),
     )
 }
 

@@ -455,23 +455,36 @@ pub(crate) struct Idle {
 }
 
 pub(crate) async fn idle_memory(stack: &Stack, count: usize) -> anyhow::Result<Idle> {
+    idle_memory_with(stack, count, |i| {
+        Ok(json!({ "room": format!("room:idle-{}", i % 100) }))
+    })
+    .await
+}
+
+/// [`idle_memory`] with socket `i` connecting with `auth(i)` (a token for the gateway).
+pub(crate) async fn idle_memory_with(
+    stack: &Stack,
+    count: usize,
+    auth: impl Fn(usize) -> anyhow::Result<serde_json::Value>,
+) -> anyhow::Result<Idle> {
+    let auths = (0..=count).map(auth).collect::<anyhow::Result<Vec<_>>>()?;
     let pid = stack.pids()[0];
     let recorder = Arc::new(Recorder::default());
     // Warm up: one connection, so lazily allocated structures exist before the baseline.
-    let warm = subscribe_many(
+    let warm = subscribe_many_with(
         &stack.ports,
         1,
-        |_| "room:idle-0".into(),
+        |_| auths[count].clone(),
         &recorder,
         "warm-up",
     )
     .await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let before = rss_kib(pid)?;
-    let tasks = subscribe_many(
+    let tasks = subscribe_many_with(
         &stack.ports,
         count,
-        |i| format!("room:idle-{}", i % 100),
+        |i| auths[i].clone(),
         &recorder,
         &format!("{} idle sockets", count),
     )

@@ -89,6 +89,21 @@ pub(crate) fn prepare_node_peer() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `program`, under `BENCH_NODE_WRAPPER` when set (`valgrind --tool=massif`, `perf record
+/// -g --`): Roomcast's nodes, either kind, run under a profiler.
+fn wrapped(program: PathBuf) -> Command {
+    let wrapper = std::env::var("BENCH_NODE_WRAPPER").unwrap_or_default();
+    let mut words = wrapper.split_whitespace();
+    match words.next() {
+        Some(profiler) => {
+            let mut c = Command::new(profiler);
+            c.args(words).arg(program);
+            c
+        }
+        None => Command::new(program),
+    }
+}
+
 fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
@@ -129,7 +144,7 @@ impl Stack {
                     c
                 }
                 Kind::Gateway => {
-                    let mut c = Command::new(bin_dir().join("gateway"));
+                    let mut c = wrapped(bin_dir().join("gateway"));
                     c.env("HOST", "127.0.0.1")
                         .env("PORT", port.to_string())
                         .env("REDIS_URL", redis_url)
@@ -151,19 +166,7 @@ impl Stack {
                     c
                 }
                 Kind::Roomcast => {
-                    // `BENCH_NODE_WRAPPER="valgrind --tool=massif"` (or `perf record -g
-                    // --`) runs each Roomcast node under a profiler.
-                    let node = bin_dir().join("roomcast-bench-node");
-                    let wrapper = std::env::var("BENCH_NODE_WRAPPER").unwrap_or_default();
-                    let mut words = wrapper.split_whitespace();
-                    let mut c = match words.next() {
-                        Some(program) => {
-                            let mut c = Command::new(program);
-                            c.args(words).arg(node);
-                            c
-                        }
-                        None => Command::new(node),
-                    };
+                    let mut c = wrapped(bin_dir().join("roomcast-bench-node"));
                     c.args([port.to_string(), redis_url.to_owned(), format!("bench-{i}")]);
                     c.env("RUST_LOG", "warn");
                     c
