@@ -244,14 +244,10 @@ async fn measure_size(
     let mut stack = Stack::start(kind, 1, &redis.url())?;
 
     // Memory: after one warm-up socket, so lazily built structures exist already.
-    let warm = scenarios::subscribe_many_with(
-        &stack.ports,
-        1,
-        |_| contract.fanout_auth(size).unwrap_or_default(),
-        recorder,
-        "warm-up",
-    )
-    .await?;
+    let warm_auth = contract.fanout_auth(size)?;
+    let warm =
+        scenarios::subscribe_many_with(&stack.ports, 1, |_| warm_auth.clone(), recorder, "warm-up")
+            .await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss_before_kib = rss(&stack)?;
     let fanout_auths = auths(size, |i| contract.fanout_auth(i))?;
@@ -279,23 +275,16 @@ async fn measure_size(
         messages: ((rate * plan.point_secs).round() as u64).max(3),
     };
     let room = contract.fanout_room();
-    let mut fanout = Vec::new();
-    for run in 1..=plan.repeats {
-        fanout.push(
-            scale_point(
-                &stack,
-                &sender,
-                recorder,
-                next_point,
-                pace,
-                run,
-                size as u64,
-                &|_| room.to_owned(),
-                idle_ms_per_sec,
-            )
-            .await?,
-        );
-    }
+    let measure = Measure {
+        stack: &stack,
+        sender: &sender,
+        recorder,
+        repeats: plan.repeats,
+        idle_ms_per_sec,
+    };
+    let fanout = measure
+        .runs(next_point, pace, size as u64, &|_| room.to_owned())
+        .await?;
     for t in subs.into_iter().chain(warm) {
         t.abort();
     }
@@ -317,24 +306,11 @@ async fn measure_size(
         rate: plan.targeted_rate as f64,
         messages: (plan.targeted_rate as f64 * plan.point_secs) as u64,
     };
-    let mut targeted = Vec::new();
-    for run in 1..=plan.repeats {
-        targeted.push(
-            scale_point(
-                &stack,
-                &sender,
-                recorder,
-                next_point,
-                pace,
-                run,
-                1,
-                &move |seq| format!("user:{}", seq.wrapping_mul(7919) % users),
-                idle_ms_per_sec,
-            )
-            .await?,
-        );
-    }
-    drop(sender);
+    let targeted = measure
+        .runs(next_point, pace, 1, &move |seq| {
+            format!("user:{}", seq.wrapping_mul(7919) % users)
+        })
+        .await?;
 
     // SIGTERM with every socket open.
     let started = Instant::now();
@@ -367,65 +343,85 @@ async fn measure_size(
     })
 }
 
-/// One point, printed as it is measured.
-#[allow(
-    clippy::too_many_arguments,
-    reason = "one call site per phase, all named"
-)]
-async fn scale_point(
-    stack: &Stack,
-    sender: &Sender,
-    recorder: &Recorder,
-    next_point: &mut u64,
-    pace: Pace,
-    run: u32,
-    fanout: u64,
-    room: &(dyn Fn(u64) -> String + Sync),
+/// What every point of one size shares.
+struct Measure<'a> {
+    stack: &'a Stack,
+    sender: &'a Sender,
+    recorder: &'a Recorder,
+    repeats: u32,
+    /// The node's CPU with every socket open and nothing sent, ms per second.
     idle_ms_per_sec: f64,
-) -> anyhow::Result<ScalePoint> {
-    *next_point += 1;
-    let started = Instant::now();
-    let p = scenarios::paced_point(
-        stack,
-        None,
-        sender,
-        recorder,
-        *next_point,
-        pace,
-        run,
-        fanout,
-        room,
-    )
-    .await?;
-    let secs = started.elapsed().as_secs_f64();
-    let delivered = p.delivered.max(1) as f64;
-    let node_ms = p.node_cpu_us_per_delivery * delivered / 1000.0;
-    let net_ms = (node_ms - idle_ms_per_sec * secs).max(0.0);
-    let point = ScalePoint {
-        run,
-        rate: pace.rate,
-        messages: pace.messages,
-        expected: p.expected,
-        delivered: p.delivered,
-        loss: p.loss,
-        p50_ms: p.latency.p50_ms,
-        p99_ms: p.latency.p99_ms,
-        node_cpu_us_per_delivery: p.node_cpu_us_per_delivery,
-        net_cpu_us_per_delivery: net_ms * 1000.0 / delivered,
-        generator_cpu_pct: p.generator_cpu_pct,
-    };
-    eprintln!(
-        "    {:>3} × {fanout:>6} at {:>7.2} msg/s run {run}: p50 {:>7.1} ms  p99 {:>7.1} ms  loss {:>6}  node {:>5.2} µs/delivery ({:>5.2} without idle)  gen cpu {:>3.0}%",
-        pace.messages,
-        pace.rate,
-        point.p50_ms,
-        point.p99_ms,
-        point.loss,
-        point.node_cpu_us_per_delivery,
-        point.net_cpu_us_per_delivery,
-        point.generator_cpu_pct
-    );
-    Ok(point)
+}
+
+impl Measure<'_> {
+    /// `repeats` points at `pace`, each message reaching `fanout` sockets of `room(seq)`.
+    async fn runs(
+        &self,
+        next_point: &mut u64,
+        pace: Pace,
+        fanout: u64,
+        room: &(dyn Fn(u64) -> String + Sync),
+    ) -> anyhow::Result<Vec<ScalePoint>> {
+        let mut points = Vec::new();
+        for run in 1..=self.repeats {
+            points.push(self.point(next_point, pace, run, fanout, room).await?);
+        }
+        Ok(points)
+    }
+
+    /// One point, printed as it is measured.
+    async fn point(
+        &self,
+        next_point: &mut u64,
+        pace: Pace,
+        run: u32,
+        fanout: u64,
+        room: &(dyn Fn(u64) -> String + Sync),
+    ) -> anyhow::Result<ScalePoint> {
+        *next_point += 1;
+        let started = Instant::now();
+        let p = scenarios::paced_point(
+            self.stack,
+            None,
+            self.sender,
+            self.recorder,
+            *next_point,
+            pace,
+            run,
+            fanout,
+            room,
+        )
+        .await?;
+        let secs = started.elapsed().as_secs_f64();
+        let delivered = p.delivered.max(1) as f64;
+        let node_ms = p.node_cpu_us_per_delivery * delivered / 1000.0;
+        let net_ms = (node_ms - self.idle_ms_per_sec * secs).max(0.0);
+        let point = ScalePoint {
+            run,
+            rate: pace.rate,
+            messages: pace.messages,
+            expected: p.expected,
+            delivered: p.delivered,
+            loss: p.loss,
+            p50_ms: p.latency.p50_ms,
+            p99_ms: p.latency.p99_ms,
+            node_cpu_us_per_delivery: p.node_cpu_us_per_delivery,
+            net_cpu_us_per_delivery: net_ms * 1000.0 / delivered,
+            generator_cpu_pct: p.generator_cpu_pct,
+        };
+        eprintln!(
+            "    {:>3} × {fanout:>6} at {:>7.2} msg/s run {run}: p50 {:>7.1} ms  p99 {:>7.1} ms  loss {:>6}  node {:>5.2} µs/delivery ({:>5.2} without idle)  gen cpu {:>3.0}%",
+            pace.messages,
+            pace.rate,
+            point.p50_ms,
+            point.p99_ms,
+            point.loss,
+            point.node_cpu_us_per_delivery,
+            point.net_cpu_us_per_delivery,
+            point.generator_cpu_pct
+        );
+        Ok(point)
+    }
 }
 
 /// `bench --scale [--quick]`: every stack at every reachable size; writes the report.
